@@ -1,0 +1,432 @@
+//! The queue on disk and the commit protocol (docs/INTERNALS.md has the full state table).
+//!
+//! ```text
+//! queue/tmp/ID        a message being written; its writer holds an flock on it
+//! queue/todo/ID       committed, waiting for send (a hard link of tmp/ID: the commit point)
+//! queue/mess/XX/ID    the message while it is being delivered (send has taken it)
+//! queue/info/XX/ID    send's per-recipient state (see crate::info)
+//! queue/lock/trigger  FIFO: one byte wakes send
+//! ```
+//!
+//! A queue file holds the message, then the envelope (qmail format), then a 16-byte trailer:
+//! the magic `ferryq1\n` and the message length (u64, little-endian). Deliverers read the first
+//! `length` bytes; send reads the envelope. One file per message means one file to make
+//! durable and one directory entry to commit.
+//!
+//! Commit: write tmp/ID; make it durable (fsync, or one syncfs for a batch); link it into
+//! todo/; fsync todo/ (one fsync covers every link of the batch); only then confirm; remove
+//! tmp/ID. A writer that dies leaves tmp/ID unlocked: `clean` removes such files at start.
+
+use crate::envelope::Envelope;
+use crate::id::MsgId;
+use crate::root::Root;
+use crate::status;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const TRAILER_MAGIC: &[u8; 8] = b"ferryq1\n";
+pub const TRAILER_LEN: u64 = 16;
+/// Mode of queue files: owner (ferryq) writes, the group (ferry: send, remote) reads.
+pub const FILE_MODE: u32 = 0o640;
+
+#[derive(Clone, Debug)]
+pub struct Queue {
+    dir: PathBuf,
+}
+
+/// A failure of the queue, with the `queue` exit code that tells the caller what to answer.
+#[derive(Debug)]
+pub struct QueueError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl QueueError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        QueueError { code, message: message.into() }
+    }
+    fn io(what: &str, e: io::Error) -> Self {
+        let code = match e.raw_os_error() {
+            Some(libc_enospc) if libc_enospc == nix::libc::ENOSPC || libc_enospc == nix::libc::EDQUOT => {
+                status::QUEUE_WRITE_ERROR
+            }
+            Some(c) if c == nix::libc::EACCES || c == nix::libc::ENOENT || c == nix::libc::EPERM => {
+                status::QUEUE_DIR_ERROR
+            }
+            _ => status::QUEUE_WRITE_ERROR,
+        };
+        QueueError::new(code, format!("{what}: {e}"))
+    }
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (exit {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for QueueError {}
+
+impl Queue {
+    pub fn new(root: &Root) -> Queue {
+        Queue { dir: root.queue() }
+    }
+    pub fn at(dir: impl Into<PathBuf>) -> Queue {
+        Queue { dir: dir.into() }
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+    pub fn tmp(&self, id: &MsgId) -> PathBuf {
+        self.dir.join("tmp").join(id.to_string())
+    }
+    pub fn todo_dir(&self) -> PathBuf {
+        self.dir.join("todo")
+    }
+    pub fn todo(&self, id: &MsgId) -> PathBuf {
+        self.dir.join("todo").join(id.to_string())
+    }
+    pub fn mess(&self, id: &MsgId) -> PathBuf {
+        self.dir.join("mess").join(id.split()).join(id.to_string())
+    }
+    pub fn info(&self, id: &MsgId) -> PathBuf {
+        self.dir.join("info").join(id.split()).join(id.to_string())
+    }
+    pub fn trigger(&self) -> PathBuf {
+        self.dir.join("lock").join("trigger")
+    }
+    /// The control socket of send (ferryctl's requests).
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.dir.join("lock").join("ctl")
+    }
+
+    /// Starts a new message: creates and locks tmp/ID. `limit` is `databytes` (0: none).
+    pub fn begin(&self, limit: u64) -> Result<Incoming, QueueError> {
+        for _ in 0..8 {
+            let id = MsgId::random().map_err(|e| QueueError::new(status::QUEUE_BUG, format!("random id: {e}")))?;
+            let path = self.tmp(&id);
+            let file = match OpenOptions::new().read(true).write(true).create_new(true).mode(FILE_MODE).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(QueueError::io(&format!("cannot create {}", path.display()), e)),
+            };
+            let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| QueueError::new(status::QUEUE_BUG, format!("cannot lock {}: {e}", path.display())))?;
+            return Ok(Incoming { id, path, out: BufWriter::with_capacity(64 * 1024, Locked(lock)), bytes: 0, limit, too_big: false });
+        }
+        Err(QueueError::new(status::QUEUE_BUG, "could not find a free message id"))
+    }
+
+    /// Pulls the trigger: one byte into lock/trigger wakes send. Errors are ignored (send also
+    /// rescans todo/ on its own).
+    pub fn pull_trigger(&self) {
+        if let Ok(mut f) = OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(self.trigger()) {
+            let _ = f.write(b"!");
+        }
+    }
+}
+
+/// A message being written into tmp/ID.
+pub struct Incoming {
+    id: MsgId,
+    path: PathBuf,
+    out: BufWriter<Locked>,
+    bytes: u64,
+    limit: u64,
+    too_big: bool,
+}
+
+impl Incoming {
+    pub fn id(&self) -> MsgId {
+        self.id
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// True once more than `databytes` was offered; the rest is counted but not written.
+    pub fn too_big(&self) -> bool {
+        self.too_big
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<(), QueueError> {
+        self.bytes += data.len() as u64;
+        if self.limit > 0 && self.bytes > self.limit {
+            self.too_big = true;
+            return Ok(());
+        }
+        self.out.write_all(data).map_err(|e| QueueError::io("cannot write message", e))
+    }
+
+    /// Appends the envelope and the trailer. Nothing is durable yet: pass the result to [`commit`].
+    pub fn finish(self, env: &Envelope) -> Result<Prepared, QueueError> {
+        if self.too_big {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(QueueError::new(status::QUEUE_TOO_BIG, format!("message larger than {} bytes", self.limit)));
+        }
+        let Incoming { id, path, mut out, bytes, .. } = self;
+        let mut tail = env.encode();
+        tail.extend_from_slice(TRAILER_MAGIC);
+        tail.extend_from_slice(&bytes.to_le_bytes());
+        let res = out.write_all(&tail).and_then(|_| out.flush());
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&path);
+            return Err(QueueError::io("cannot write message", e));
+        }
+        match out.into_inner() {
+            Ok(Locked(file)) => Ok(Prepared { id, path, file }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(QueueError::io("cannot write message", e.into_error()))
+            }
+        }
+    }
+
+    /// Gives up on the message (the client went away, or it was refused).
+    pub fn abort(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The locked tmp file, writable through the lock guard.
+struct Locked(Flock<File>);
+
+impl Write for Locked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A complete message in tmp/ID, still locked, not yet durable.
+pub struct Prepared {
+    id: MsgId,
+    path: PathBuf,
+    file: Flock<File>,
+}
+
+impl Prepared {
+    pub fn id(&self) -> MsgId {
+        self.id
+    }
+    pub fn abort(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Commits a batch: makes every file durable (fsync for one, one syncfs for several), links
+/// each into todo/, fsyncs todo/ once, removes the tmp names and pulls the trigger.
+/// The result for each message is in the order given.
+pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueError>> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let synced = if batch.len() == 1 { batch[0].file.sync_all() } else { crate::durable::syncfs(&*batch[0].file) };
+    if let Err(e) = synced {
+        return batch
+            .into_iter()
+            .map(|p| {
+                p.abort_ref();
+                Err(QueueError::io("cannot sync message", io::Error::new(e.kind(), e.to_string())))
+            })
+            .collect();
+    }
+    let mut results: Vec<Result<MsgId, QueueError>> = Vec::with_capacity(batch.len());
+    let mut linked = Vec::new();
+    for p in &batch {
+        match std::fs::hard_link(&p.path, queue.todo(&p.id)) {
+            Ok(()) => {
+                results.push(Ok(p.id));
+                linked.push(p);
+            }
+            Err(e) => results.push(Err(QueueError::io("cannot link into todo", e))),
+        }
+    }
+    if !linked.is_empty()
+        && let Err(e) = crate::durable::sync_dir(&queue.todo_dir())
+    {
+        // The links may or may not survive a crash; the caller must not confirm. send will
+        // still deliver what it finds (at-least-once); the client retries the rest.
+        for (r, p) in results.iter_mut().zip(&batch) {
+            if r.is_ok() {
+                let _ = std::fs::remove_file(queue.todo(&p.id));
+                *r = Err(QueueError::io("cannot sync todo", io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+    }
+    for p in batch {
+        let _ = std::fs::remove_file(&p.path);
+    }
+    if results.iter().any(|r| r.is_ok()) {
+        queue.pull_trigger();
+    }
+    results
+}
+
+impl Prepared {
+    fn abort_ref(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An open queue file (todo/ID or mess/XX/ID): the message length and the envelope position.
+pub struct QueueFile {
+    pub file: File,
+    pub message_len: u64,
+    pub total_len: u64,
+}
+
+impl QueueFile {
+    pub fn open(path: &Path) -> io::Result<QueueFile> {
+        Self::from_file(File::open(path)?)
+    }
+
+    pub fn from_file(file: File) -> io::Result<QueueFile> {
+        let total_len = file.metadata()?.len();
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad queue file: {why}"));
+        if total_len < TRAILER_LEN {
+            return Err(bad("shorter than its trailer"));
+        }
+        let mut t = [0u8; 16];
+        file.read_exact_at(&mut t, total_len - TRAILER_LEN)?;
+        if &t[..8] != TRAILER_MAGIC {
+            return Err(bad("no trailer"));
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&t[8..]);
+        let message_len = u64::from_le_bytes(n);
+        if message_len > total_len - TRAILER_LEN {
+            return Err(bad("message length beyond the end"));
+        }
+        Ok(QueueFile { file, message_len, total_len })
+    }
+
+    pub fn envelope(&self) -> io::Result<Envelope> {
+        let len = self.total_len - TRAILER_LEN - self.message_len;
+        if len > crate::envelope::MAX_ENVELOPE as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "envelope too large"));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, self.message_len)?;
+        Envelope::parse(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    /// A reader over the message bytes only (from the start of the file).
+    pub fn message_reader(&mut self) -> io::Result<impl Read + '_> {
+        self.file.seek(SeekFrom::Start(0))?;
+        Ok((&self.file).take(self.message_len))
+    }
+
+    /// The message's header section (up to the first empty line), at most `max` bytes.
+    pub fn read_head(&self, max: usize) -> io::Result<Vec<u8>> {
+        let want = (self.message_len as usize).min(max);
+        let mut buf = vec![0u8; want];
+        self.file.read_exact_at(&mut buf, 0)?;
+        if let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            buf.truncate(end + 1);
+        }
+        Ok(buf)
+    }
+}
+
+/// Removes tmp/ files whose writer died (no lock held on them). Returns the names removed.
+/// A live writer holds its lock from creation to commit, so its file is never touched.
+pub fn recover_tmp(queue: &Queue) -> io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(queue.tmp_dir())? {
+        let entry = entry?;
+        let path = entry.path();
+        let Ok(f) = OpenOptions::new().read(true).open(&path) else { continue };
+        if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn make_queue() -> (tempfile::TempDir, Queue) {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["tmp", "todo", "lock"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        }
+        let q = Queue::at(d.path());
+        (d, q)
+    }
+
+    fn env() -> Envelope {
+        Envelope { sender: "a@b.example".into(), recipients: vec!["c@d.example".into()] }
+    }
+
+    #[test]
+    fn write_commit_read() {
+        let (_d, q) = make_queue();
+        let mut inc = q.begin(0).unwrap();
+        inc.write(b"Subject: hi\n\nbody\n").unwrap();
+        let id = inc.id();
+        let prep = inc.finish(&env()).unwrap();
+        let res = commit(&q, vec![prep]);
+        assert_eq!(res[0].as_ref().unwrap(), &id);
+        assert!(!q.tmp(&id).exists());
+        let mut qf = QueueFile::open(&q.todo(&id)).unwrap();
+        assert_eq!(qf.envelope().unwrap(), env());
+        let mut s = String::new();
+        qf.message_reader().unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "Subject: hi\n\nbody\n");
+        assert_eq!(qf.read_head(100).unwrap(), b"Subject: hi\n");
+    }
+
+    #[test]
+    fn batch_commit_and_limit() {
+        let (_d, q) = make_queue();
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            let mut inc = q.begin(0).unwrap();
+            inc.write(format!("m{i}\n").as_bytes()).unwrap();
+            batch.push(inc.finish(&env()).unwrap());
+        }
+        assert!(commit(&q, batch).iter().all(|r| r.is_ok()));
+        assert_eq!(std::fs::read_dir(q.todo_dir()).unwrap().count(), 5);
+        let mut inc = q.begin(10).unwrap();
+        inc.write(b"0123456789abc").unwrap();
+        assert!(inc.too_big());
+        assert_eq!(inc.finish(&env()).err().unwrap().code, status::QUEUE_TOO_BIG);
+        assert_eq!(std::fs::read_dir(q.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn recover_skips_locked_files() {
+        let (_d, q) = make_queue();
+        let live = q.begin(0).unwrap();
+        std::fs::write(q.tmp_dir().join("deadbeef"), b"partial").unwrap();
+        let removed = recover_tmp(&q).unwrap();
+        assert_eq!(removed, vec!["deadbeef".to_string()]);
+        assert!(q.tmp(&live.id()).exists());
+        live.abort();
+    }
+
+    #[test]
+    fn corrupt_files_are_errors() {
+        let (d, _q) = make_queue();
+        let p = d.path().join("x");
+        std::fs::write(&p, b"short").unwrap();
+        assert!(QueueFile::open(&p).is_err());
+        let mut v = b"msg".to_vec();
+        v.extend_from_slice(TRAILER_MAGIC);
+        v.extend_from_slice(&100u64.to_le_bytes());
+        std::fs::write(&p, &v).unwrap();
+        assert!(QueueFile::open(&p).is_err());
+    }
+}

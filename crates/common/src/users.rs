@@ -1,0 +1,64 @@
+//! The ferry users (DESIGN.md §2) and the run mode.
+//!
+//! Run as root, the suite separates privileges: each program runs under its own user.
+//! Run as anybody else (a demo, a developer's laptop), every program runs as that user
+//! ("single-user mode"): same protocols, no privilege drop.
+
+use ferry_sys::Cred;
+use std::io;
+
+/// smtpd after binding its ports.
+pub const SMTPD: &str = "ferryd";
+/// Owner of the queue; the setuid `queue`, the queue writer and `clean` run as it.
+pub const QUEUE: &str = "ferryq";
+/// The scheduler `send`.
+pub const SEND: &str = "ferrys";
+/// Remote delivery (`rspawn`, `remote-deliver`).
+pub const REMOTE: &str = "ferryr";
+/// The loggers (s6-log).
+pub const LOG: &str = "ferryl";
+/// Owner of the virtual mailboxes under `mail/`.
+pub const MAILBOX: &str = "ferrym";
+/// The group of the programs that read queue files (queue, send, remote).
+pub const GROUP: &str = "ferry";
+
+/// Every ferry user with its role, for `make install` and `ferryctl check`.
+pub const ALL: &[(&str, &str)] = &[
+    (SMTPD, "smtpd after binding: talks to the network"),
+    (QUEUE, "owns the queue: queue, queue writer, clean"),
+    (SEND, "the scheduler send"),
+    (REMOTE, "remote delivery"),
+    (LOG, "the loggers (s6-log)"),
+    (MAILBOX, "owns the virtual mailboxes under mail/"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Started as root: each program under its own user.
+    Separated,
+    /// Started as a normal user: every program runs as that user.
+    SingleUser,
+}
+
+impl Mode {
+    pub fn current() -> Mode {
+        if ferry_sys::running_as_root() { Mode::Separated } else { Mode::SingleUser }
+    }
+
+    /// The identity a ferry role runs as in this mode.
+    pub fn cred(self, user: &str) -> io::Result<Cred> {
+        match self {
+            Mode::SingleUser => Ok(Cred::current()),
+            Mode::Separated => Cred::lookup(user)?.ok_or_else(|| {
+                io::Error::other(format!("user {user} does not exist (make install creates the ferry users)"))
+            }),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Separated => "privilege separation: each program under its own user",
+            Mode::SingleUser => "single-user mode: every program runs as the invoking user",
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! ferry-sys: the only crate of ferry that may use `unsafe`.
+//!
+//! Everything here is a thin, documented wrapper around a system call that the
+//! safe libraries (std, nix) do not offer in the form ferry needs: dropping
+//! privileges between fork and exec, adopting inherited file descriptors,
+//! receiving descriptors over a Unix socket, and the random id source.
+//! Each `unsafe` block carries a `// SAFETY:` comment.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+pub use nix::unistd::{Gid, Uid};
+
+/// A Unix identity to run as: numeric ids and supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cred {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: std::path::PathBuf,
+    pub shell: std::path::PathBuf,
+}
+
+impl Cred {
+    /// Looks a user up in the password database, with its supplementary groups.
+    pub fn lookup(name: &str) -> io::Result<Option<Cred>> {
+        let user = match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => u,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_else(|_| vec![user.gid.as_raw()]);
+        Ok(Some(Cred {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+            home: user.dir,
+            shell: user.shell,
+        }))
+    }
+
+    /// The identity of the running process (for single-user mode).
+    pub fn current() -> Cred {
+        let uid = nix::unistd::getuid();
+        let gid = nix::unistd::getgid();
+        let user = nix::unistd::User::from_uid(uid).ok().flatten();
+        Cred {
+            name: user.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| uid.to_string()),
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            groups: vec![gid.as_raw()],
+            home: user.as_ref().map(|u| u.dir.clone()).unwrap_or_else(|| "/".into()),
+            shell: user.map(|u| u.shell).unwrap_or_else(|| "/bin/sh".into()),
+        }
+    }
+}
+
+/// True when the real user id is root.
+pub fn running_as_root() -> bool {
+    nix::unistd::getuid().is_root()
+}
+
+/// Drops the whole process to `cred` for good: supplementary groups, then gid, then uid,
+/// each with the saved id too, so that nothing can be regained. Verifies the result.
+pub fn drop_privileges(cred: &Cred) -> io::Result<()> {
+    let groups: Vec<Gid> = cred.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups)?;
+    let g = Gid::from_raw(cred.gid);
+    nix::unistd::setresgid(g, g, g)?;
+    let u = Uid::from_raw(cred.uid);
+    nix::unistd::setresuid(u, u, u)?;
+    let ids = nix::unistd::getresuid()?;
+    if ids.real != u || ids.effective != u || ids.saved != u {
+        return Err(io::Error::other("privilege drop did not take"));
+    }
+    if cred.uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(io::Error::other("privilege drop did not take: uid 0 regained"));
+    }
+    Ok(())
+}
+
+/// Arranges for a child started by `cmd` to run as `cred` (groups, gid, uid set between
+/// fork and exec with async-signal-safe system calls only).
+pub fn command_as(cmd: &mut Command, cred: &Cred) {
+    let groups: Vec<libc::gid_t> = cred.groups.clone();
+    let (uid, gid) = (cred.uid, cred.gid);
+    // SAFETY: the closure runs in the child between fork and exec. It calls only
+    // setgroups/setresgid/setresuid, which are async-signal-safe system calls, on data
+    // prepared before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setresgid(gid, gid, gid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setresuid(uid, uid, uid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Arranges for a child started by `cmd` to receive `fds` at the given descriptor numbers
+/// (in addition to stdin/stdout/stderr, which `Command` handles itself). The sources stay
+/// owned by the caller; close them after spawning.
+pub fn command_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+    // SAFETY: runs in the child between fork and exec; uses only fcntl and dup2, which are
+    // async-signal-safe, on numbers prepared before the fork. Sources are first moved above
+    // every target so that no dup2 overwrites a source that is still needed.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut moved = [0 as RawFd; 32];
+            if fds.len() > moved.len() {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+            for (i, (src, _)) in fds.iter().enumerate() {
+                let high = libc::fcntl(*src, libc::F_DUPFD, 64);
+                if high < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                moved[i] = high;
+            }
+            for (i, (_, dst)) in fds.iter().enumerate() {
+                if libc::dup2(moved[i], *dst) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(moved[i]);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes the child the leader of a new session (so that a stray terminal signal does not hit it).
+pub fn command_setsid(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of an inherited descriptor number, if it is open.
+pub fn take_fd(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 || nix::fcntl::fcntl(borrow(fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return None;
+    }
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and by the protocol of the
+    // calling program it was passed to us to own; nothing else in the process uses it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    Some(owned)
+}
+
+fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: only used for a single fcntl(F_GETFD) probe, which is harmless on any number.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Signals readiness to s6: writes a newline to descriptor `fd` and closes it.
+pub fn notify_ready(fd: RawFd) {
+    if let Some(owned) = take_fd(fd) {
+        let mut f = std::fs::File::from(owned);
+        let _ = io::Write::write_all(&mut f, b"\n");
+    }
+}
+
+/// Fills `buf` with random bytes from the kernel (getrandom(2)).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we own mutably.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Sends `data` with descriptor `fd` attached (SCM_RIGHTS) over a Unix stream socket.
+/// Returns how many bytes of `data` were sent (the descriptor goes with the first byte).
+pub fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: RawFd) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [io::IoSlice::new(data)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+}
+
+/// Receives bytes into `buf` and at most one descriptor passed with them (SCM_RIGHTS).
+/// Extra descriptors, if a peer sent several, are closed.
+pub fn recv_with_fd(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut got: Option<OwnedFd> = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor in our table for us;
+                // nobody else refers to it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if got.is_none() {
+                    got = Some(owned);
+                }
+            }
+        }
+    }
+    Ok((msg.bytes, got))
+}
+
+/// Raises the soft open-file limit toward `want` (up to the hard limit). Returns the new soft limit.
+pub fn raise_nofile(want: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let target = want.min(hard).max(soft);
+            if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+                return target;
+            }
+            soft
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Sets the core file size limit to zero (setuid programs must not dump core).
+pub fn no_core_dumps() {
+    use nix::sys::resource::{Resource, setrlimit};
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+}
+
+/// The host name of the machine (gethostname), or "localhost".
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Sets the process umask.
+pub fn set_umask(mask: u32) {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+}
+
+/// Returns `(ruid, euid)`.
+pub fn uids() -> (u32, u32) {
+    (nix::unistd::getuid().as_raw(), nix::unistd::geteuid().as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_bytes_fill() {
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        random_bytes(&mut a).unwrap();
+        random_bytes(&mut b).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn fd_passing_roundtrip() {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut f = tempfile_in_tmp();
+        f.write_all(b"hello").unwrap();
+        f.rewind().unwrap();
+        assert_eq!(send_with_fd(&a, b"x", f.as_raw_fd()).unwrap(), 1);
+        let mut buf = [0u8; 8];
+        let (n, fd) = recv_with_fd(&b, &mut buf).unwrap();
+        assert_eq!(n, 1);
+        let mut got = std::fs::File::from(fd.unwrap());
+        let mut s = String::new();
+        got.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+    }
+
+    fn tempfile_in_tmp() -> std::fs::File {
+        let mut name = [0u8; 8];
+        random_bytes(&mut name).unwrap();
+        let p = std::env::temp_dir().join(format!("ferry-sys-test-{:x}", u64::from_ne_bytes(name)));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f
+    }
+
+    #[test]
+    fn take_fd_rejects_closed() {
+        assert!(take_fd(987).is_none());
+    }
+}
