@@ -66,8 +66,9 @@ pub fn manifest() -> Vec<Entry> {
         e("queue/todo", Kind::Dir, QUEUE, GROUP, 0o750),
         e("queue/mess", Kind::Dir, QUEUE, GROUP, 0o750),
         e("queue/info", Kind::Dir, SEND, GROUP, 0o700),
-        e("queue/lock", Kind::Dir, SEND, GROUP, 0o750),
-        e("queue/lock/trigger", Kind::Fifo, SEND, GROUP, 0o620),
+        e("queue/lock", Kind::Dir, QUEUE, GROUP, 0o750),
+        e("queue/lock/trigger", Kind::Fifo, SEND, GROUP, 0o622),
+        e("queue/ctl", Kind::Dir, SEND, GROUP, 0o700),
     ];
     for s in id::splits() {
         m.push(e(format!("queue/mess/{s}"), Kind::Dir, QUEUE, GROUP, 0o750));

@@ -6,6 +6,7 @@
 //! queue/mess/XX/ID    the message while it is being delivered (send has taken it)
 //! queue/info/XX/ID    send's per-recipient state (see crate::info)
 //! queue/lock/trigger  FIFO: one byte wakes send
+//! queue/ctl/send      send's control socket (ferryctl)
 //! ```
 //!
 //! A queue file holds the message, then the envelope (qmail format), then a 16-byte trailer:
@@ -29,8 +30,10 @@ use std::path::{Path, PathBuf};
 
 pub const TRAILER_MAGIC: &[u8; 8] = b"ferryq1\n";
 pub const TRAILER_LEN: u64 = 16;
-/// Mode of queue files: owner (ferryq) writes, the group (ferry: send, remote) reads.
-pub const FILE_MODE: u32 = 0o640;
+/// Mode of queue files. Their directories (ferryq:ferry, 0750) keep out everyone but the
+/// owner and the group (send, remote delivery); the file's own group is whatever the caller of
+/// the setuid `queue` had, so the file must be readable by "others" (as in qmail).
+pub const FILE_MODE: u32 = 0o644;
 
 #[derive(Clone, Debug)]
 pub struct Queue {
@@ -103,7 +106,7 @@ impl Queue {
     }
     /// The control socket of send (ferryctl's requests).
     pub fn ctl_socket(&self) -> PathBuf {
-        self.dir.join("lock").join("ctl")
+        self.dir.join("ctl").join("send")
     }
 
     /// Starts a new message: creates and locks tmp/ID. `limit` is `databytes` (0: none).

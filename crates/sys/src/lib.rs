@@ -208,26 +208,25 @@ pub fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: RawFd) -> io::Result<u
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
 }
 
-/// Receives bytes into `buf` and at most one descriptor passed with them (SCM_RIGHTS).
-/// Extra descriptors, if a peer sent several, are closed.
-pub fn recv_with_fd(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+/// Receives bytes into `buf` and the descriptors passed with them (SCM_RIGHTS), in order.
+pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut iov = [io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut space = nix::cmsg_space!([RawFd; 64]);
     let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
         .map_err(io::Error::from)?;
-    let mut got: Option<OwnedFd> = None;
+    let mut got = Vec::new();
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             for fd in fds {
                 // SAFETY: the kernel just installed this descriptor in our table for us;
                 // nobody else refers to it.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                if got.is_none() {
-                    got = Some(owned);
-                }
+                got.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::other("descriptors lost: control message truncated"));
     }
     Ok((msg.bytes, got))
 }
@@ -295,9 +294,9 @@ mod tests {
         f.rewind().unwrap();
         assert_eq!(send_with_fd(&a, b"x", f.as_raw_fd()).unwrap(), 1);
         let mut buf = [0u8; 8];
-        let (n, fd) = recv_with_fd(&b, &mut buf).unwrap();
-        assert_eq!(n, 1);
-        let mut got = std::fs::File::from(fd.unwrap());
+        let (n, mut fds) = recv_with_fds(&b, &mut buf).unwrap();
+        assert_eq!((n, fds.len()), (1, 1));
+        let mut got = std::fs::File::from(fds.remove(0));
         let mut s = String::new();
         got.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");

@@ -1,0 +1,37 @@
+//! Putting a message into the queue from another program (sendmail, send's bounces,
+//! local-deliver's forwards): runs ROOT/bin/queue with the message on its fd 0 and the
+//! envelope on its fd 1, and returns its exit code (see [`crate::status`]).
+
+use crate::envelope::Envelope;
+use crate::root::Root;
+use std::io::{self, Read, Write};
+use std::process::{Command, Stdio};
+
+/// Runs `queue`, streaming the message from `message`. Ok(exit code); Err if it could not run.
+pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Result<i32> {
+    let (env_r, env_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let mut child = Command::new(root.bin("queue"))
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(env_r))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", root.bin("queue").display())))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin pipe"))?;
+    let copied = io::copy(message, &mut stdin);
+    drop(stdin);
+    let mut env_w = std::fs::File::from(env_w);
+    // If queue refused early (e.g. too big) it exits without reading: ignore EPIPE here and
+    // let the exit code tell.
+    if copied.is_ok() {
+        let _ = env_w.write_all(&env.encode());
+    }
+    drop(env_w);
+    let status = child.wait()?;
+    if let Err(e) = copied
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        return Err(e);
+    }
+    Ok(status.code().unwrap_or(crate::status::QUEUE_BUG))
+}

@@ -1,0 +1,139 @@
+//! Just enough RFC 5322 for sendmail and the tests: split a header section into fields, and
+//! pull the addresses out of an address-list header (To, Cc, Bcc), with display names,
+//! comments, quoted strings, angle addresses and groups.
+
+/// The header fields of a message: (name, raw value with continuation lines joined by "\n"),
+/// and the byte length of the header section including the blank line (if any).
+pub fn fields(header: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(header);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            out.push((name.trim().to_string(), value.to_string()));
+        }
+    }
+    out
+}
+
+/// Is this line the start of a header field (`Name:` with printable name characters)?
+pub fn is_field_line(line: &[u8]) -> bool {
+    match line.iter().position(|b| *b == b':') {
+        Some(0) | None => false,
+        Some(i) => line[..i].iter().all(|b| (33..=126).contains(b) && *b != b':'),
+    }
+}
+
+/// The addresses in an address-list value: `"A, B" <a@x>, b@y (c), G: c@z, d@w;`.
+pub fn addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new(); // the text of the current mailbox outside comments
+    let mut angle: Option<String> = None;
+    let mut in_angle = false;
+    let mut chars = value.chars().peekable();
+    let flush = |cur: &mut String, angle: &mut Option<String>, out: &mut Vec<String>| {
+        let a = match angle.take() {
+            Some(a) => a,
+            None => cur.split_whitespace().collect::<Vec<_>>().join(""),
+        };
+        let a = a.trim().to_string();
+        if !a.is_empty() && a.contains(|c: char| c.is_alphanumeric()) {
+            out.push(a);
+        }
+        cur.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut q = String::from('"');
+                while let Some(c) = chars.next() {
+                    q.push(c);
+                    if c == '\\' {
+                        if let Some(n) = chars.next() {
+                            q.push(n);
+                        }
+                    } else if c == '"' {
+                        break;
+                    }
+                }
+                if in_angle {
+                    angle.get_or_insert_with(String::new).push_str(&q);
+                } else {
+                    cur.push_str(&q);
+                }
+            }
+            '(' => {
+                let mut depth = 1;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '(' => depth += 1,
+                        ')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                cur.push(' ');
+            }
+            '<' => {
+                in_angle = true;
+                angle = Some(String::new());
+            }
+            '>' => in_angle = false,
+            ':' if !in_angle => cur.clear(), // a group's display name
+            ',' | ';' if !in_angle => flush(&mut cur, &mut angle, &mut out),
+            c if in_angle => {
+                if !c.is_whitespace() {
+                    angle.get_or_insert_with(String::new).push(c);
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    flush(&mut cur, &mut angle, &mut out);
+    // A source route inside angle brackets (<@a,@b:x@y>) keeps only the mailbox.
+    out.into_iter().map(|a| a.rsplit_once(':').filter(|(r, _)| r.starts_with('@')).map(|(_, m)| m.to_string()).unwrap_or(a)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(addresses(" a@x.example"), vec!["a@x.example"]);
+        assert_eq!(
+            addresses(" \"Doe, John\" <john@x.example>, b@y.example (Bob, B.), Ann <ann@z>"),
+            vec!["john@x.example", "b@y.example", "ann@z"]
+        );
+        assert_eq!(addresses(" team: c@z.example, d@w.example;, e@v"), vec!["c@z.example", "d@w.example", "e@v"]);
+        assert_eq!(addresses(" undisclosed-recipients:;"), Vec::<String>::new());
+        assert_eq!(addresses(" <\"a b\"@x>"), vec!["\"a b\"@x"]);
+    }
+
+    #[test]
+    fn header_fields() {
+        let f = fields(b"To: a@x,\n b@y\nSubject: hi\n\nbody: no\n");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0], ("To".to_string(), " a@x,\n b@y".to_string()));
+        assert!(is_field_line(b"X-Thing: 1"));
+        assert!(!is_field_line(b"not a header"));
+        assert!(!is_field_line(b": empty name"));
+    }
+}

@@ -1,0 +1,74 @@
+//! `ferryctl init`: makes the root a complete install: the ferry users (as root), every
+//! directory of the manifest with its owner and mode, the s6 service directories, and (with
+//! `--demo PORT`) the embedded demo configuration. Existing control files and service scripts
+//! are never overwritten.
+
+use crate::users;
+use anyhow::{Context, Result};
+use ferry_common::layout;
+use ferry_common::root::Root;
+use ferry_common::users::Mode;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The service directories, embedded from the repository's supervise/ at build time.
+pub const SERVICES: &[(&str, &str, u32)] = &[
+    ("send/run", include_str!("../../../supervise/send/run"), 0o755),
+    ("send/notification-fd", include_str!("../../../supervise/send/notification-fd"), 0o644),
+    ("send/timeout-kill", include_str!("../../../supervise/send/timeout-kill"), 0o644),
+    ("send/log/run", include_str!("../../../supervise/send/log/run"), 0o755),
+    ("smtpd/run", include_str!("../../../supervise/smtpd/run"), 0o755),
+    ("smtpd/notification-fd", include_str!("../../../supervise/smtpd/notification-fd"), 0o644),
+    ("smtpd/timeout-kill", include_str!("../../../supervise/smtpd/timeout-kill"), 0o644),
+    ("smtpd/log/run", include_str!("../../../supervise/smtpd/log/run"), 0o755),
+];
+
+/// The configuration `make run` starts with: a catch-all demo domain `localhost`, loopback
+/// only, never an open relay.
+pub fn demo_control(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("me", "localhost".into()),
+        ("locals", "# none: in the demo every address is a mailbox under mail/\n".into()),
+        ("virtualdomains", "localhost:mail/*\n".into()),
+        ("smtplisten", format!("127.0.0.1:{port}\n")),
+        ("relayclients", "# nobody may relay in the demo\n".into()),
+        ("concurrencyincoming", "200\n".into()),
+    ]
+}
+
+pub fn write_new(path: &Path, contents: &str, mode: u32) -> Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(true)
+}
+
+pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
+    let mode = Mode::current();
+    let mut done = Vec::new();
+    if mode == Mode::Separated {
+        done.extend(users::ensure(root)?);
+    }
+    std::fs::create_dir_all(root.path()).with_context(|| format!("cannot create {}", root.path().display()))?;
+    done.extend(layout::apply(root, mode).context("laying out the root")?);
+    for (path, text, m) in SERVICES {
+        if write_new(&root.service().join(path), text, *m)? {
+            done.push(format!("wrote service/{path}"));
+        }
+    }
+    if let Some(port) = demo_port {
+        for (name, value) in demo_control(port) {
+            if write_new(&root.control_file(name), &value, 0o644)? {
+                done.push(format!("wrote control/{name}"));
+            }
+        }
+    }
+    let readme = root.control_file("README");
+    std::fs::write(&readme, include_str!("../../../etc/control/README")).ok();
+    Ok(done)
+}

@@ -1,0 +1,313 @@
+//! Running deliveries and acting on their results.
+
+use crate::bounce::{self, Failed};
+use crate::sched::{Job, Scheduler};
+use crate::state::{self, Msg};
+use ferry_common::id::MsgId;
+use ferry_common::info::{self, Channel, State};
+use ferry_common::queue::QueueFile;
+use ferry_common::record::Record;
+use ferry_common::route::{Dest, Resolved};
+use ferry_common::{addr, date, inject, log, status};
+
+/// Most recipients in one remote job (one SMTP transaction).
+const MAX_RCPTS_PER_JOB: usize = 100;
+
+impl Scheduler {
+    /// Moves due recipients into the ready lists and starts deliveries while slots are free.
+    pub fn dispatch(&mut self) {
+        let now = date::now_secs();
+        for (id, idx) in self.schedule.take_due(now, usize::MAX) {
+            let Some(m) = self.msgs.get_mut(&id) else { continue };
+            let Some(r) = m.rcpts.get_mut(idx) else { continue };
+            r.due = None;
+            if r.state != State::Pending || r.busy || r.ready || m.hold || m.deleting {
+                continue;
+            }
+            r.ready = true;
+            match r.channel {
+                Channel::Local => self.ready_local.push_back((id, idx)),
+                Channel::Remote => self.ready_remote.push_back((id, idx)),
+            }
+        }
+        while self.local_busy < self.cfg.concurrencylocal as usize {
+            let Some((id, idx)) = self.ready_local.pop_front() else { break };
+            self.start_local(id, idx);
+        }
+        let mut skipped = Vec::new();
+        while self.remote_busy < self.cfg.concurrencyremote as usize {
+            let Some((id, idx)) = self.ready_remote.pop_front() else { break };
+            if !self.start_remote(id, idx) {
+                skipped.push((id, idx));
+            }
+        }
+        // Recipients whose domain is at its limit wait, in order, for the next turn.
+        for e in skipped.into_iter().rev() {
+            self.ready_remote.push_front(e);
+        }
+    }
+
+    /// Takes a ready entry if it is still to be delivered.
+    fn claim(&mut self, id: MsgId, idx: usize) -> bool {
+        let Some(m) = self.msgs.get_mut(&id) else { return false };
+        let Some(r) = m.rcpts.get_mut(idx) else { return false };
+        let ok = r.ready && r.state == State::Pending && !r.busy && !m.hold && !m.deleting;
+        r.ready = false;
+        ok
+    }
+
+    fn start_local(&mut self, id: MsgId, idx: usize) {
+        if !self.claim(id, idx) {
+            return;
+        }
+        let Some(m) = self.msgs.get(&id) else { return };
+        let rcpt = m.rcpts[idx].addr.clone();
+        let sender = m.sender.clone();
+        let (local, domain) = addr::split(&rcpt);
+        let (local, domain) = (addr::unquote_local(local), domain.to_lowercase());
+        let (kind, name, ext) = match self.router().resolve(&rcpt) {
+            Resolved::Deliver(Dest::User { user, ext }) => ("U", user, ext),
+            Resolved::Deliver(Dest::Mailbox { name, ext }) => ("M", name, ext),
+            Resolved::Deliver(Dest::Remote) => {
+                // The configuration changed since the message came: deliver it remotely.
+                if let Some(m) = self.msgs.get_mut(&id) {
+                    m.rcpts[idx].channel = Channel::Remote;
+                    m.rcpts[idx].ready = true;
+                }
+                self.ready_remote.push_back((id, idx));
+                return;
+            }
+            Resolved::Deliver(Dest::Alias(_)) => {
+                self.record_result(id, idx, 100, "5.4.6 alias loop: the address expands to itself");
+                return;
+            }
+            Resolved::Unknown(why) => {
+                self.record_result(id, idx, 100, &format!("5.1.1 <{rcpt}>: {why}"));
+                return;
+            }
+        };
+        let job = self.new_job(Job { msg: id, rcpts: vec![idx], channel: Channel::Local, domain: domain.clone() });
+        let rec = Record::new(b'D')
+            .with_u64(job)
+            .with(id.to_string())
+            .with(kind)
+            .with(name)
+            .with(ext)
+            .with(sender)
+            .with(&rcpt)
+            .with(local)
+            .with(domain);
+        self.lspawn.send(&rec);
+        self.local_busy += 1;
+    }
+
+    /// Starts a remote job with this recipient and every other ready one of the same message
+    /// and domain. False if the domain is at its concurrency limit (the entry is kept).
+    fn start_remote(&mut self, id: MsgId, idx: usize) -> bool {
+        let Some(m) = self.msgs.get(&id) else { return true };
+        let Some(r) = m.rcpts.get(idx) else { return true };
+        let domain = addr::split(&r.addr).1.to_lowercase();
+        let busy = self.remote_by_domain.get(&domain).copied().unwrap_or(0);
+        if busy >= self.cfg.concurrencydomain as usize && r.ready {
+            return false;
+        }
+        if !self.claim(id, idx) {
+            return true;
+        }
+        let Some(m) = self.msgs.get_mut(&id) else { return true };
+        let mut idxs = vec![idx];
+        for (i, other) in m.rcpts.iter_mut().enumerate() {
+            if i != idx
+                && idxs.len() < MAX_RCPTS_PER_JOB
+                && other.ready
+                && other.state == State::Pending
+                && addr::split(&other.addr).1.eq_ignore_ascii_case(&domain)
+            {
+                other.ready = false;
+                idxs.push(i);
+            }
+        }
+        let mut rec = Record::new(b'D').with_u64(0).with(id.to_string()).with(&m.sender).with(&domain);
+        for i in &idxs {
+            rec.push(&m.rcpts[*i].addr);
+        }
+        let job = self.new_job(Job { msg: id, rcpts: idxs, channel: Channel::Remote, domain: domain.clone() });
+        rec.fields[0] = job.to_string().into_bytes();
+        self.rspawn.send(&rec);
+        self.remote_busy += 1;
+        *self.remote_by_domain.entry(domain).or_insert(0) += 1;
+        true
+    }
+
+    fn new_job(&mut self, job: Job) -> u64 {
+        let n = self.next_job;
+        self.next_job += 1;
+        if let Some(m) = self.msgs.get_mut(&job.msg) {
+            for i in &job.rcpts {
+                m.rcpts[*i].busy = true;
+            }
+        }
+        self.jobs.insert(n, job);
+        n
+    }
+
+    /// `R job status text [status text]...` from lspawn or rspawn.
+    pub fn job_result(&mut self, r: Record) {
+        let Ok(n) = r.u64(0) else { return };
+        let Some(job) = self.jobs.remove(&n) else {
+            log!("result for unknown job {n}");
+            return;
+        };
+        match job.channel {
+            Channel::Local => self.local_busy = self.local_busy.saturating_sub(1),
+            Channel::Remote => {
+                self.remote_busy = self.remote_busy.saturating_sub(1);
+                if let Some(c) = self.remote_by_domain.get_mut(&job.domain) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        self.remote_by_domain.remove(&job.domain);
+                    }
+                }
+            }
+        }
+        for (k, idx) in job.rcpts.iter().enumerate() {
+            let code = r.str(1 + 2 * k).ok().and_then(|c| c.parse::<i32>().ok()).unwrap_or(111);
+            let text = r.str(2 + 2 * k).unwrap_or("no result for this recipient").to_string();
+            if let Some(m) = self.msgs.get_mut(&job.msg)
+                && let Some(rc) = m.rcpts.get_mut(*idx)
+            {
+                rc.busy = false;
+            }
+            self.record_result(job.msg, *idx, code, &text);
+        }
+    }
+
+    /// Records a delivery result in info (synced this turn) and reschedules or finishes.
+    pub fn record_result(&mut self, id: MsgId, idx: usize, code: i32, text: &str) {
+        let now = date::now_secs();
+        let lifetime = self.cfg.queuelifetime;
+        let Some(m) = self.msgs.get_mut(&id) else { return };
+        let Some(rc) = m.rcpts.get(idx) else { return };
+        let outcome = status::Outcome::from_code(code);
+        let expired = now.saturating_sub(m.birth) >= lifetime;
+        let result = match outcome {
+            status::Outcome::Ok => {
+                log!("{id}: <{}> delivered: {text}", rc.addr);
+                info::mark(&m.info, &rc.record, State::Delivered).map(|_| State::Delivered)
+            }
+            status::Outcome::Permanent => {
+                log!("{id}: <{}> failed: {text}", rc.addr);
+                info::append_note(&m.info, true, idx, now, text)
+                    .and_then(|_| info::mark(&m.info, &rc.record, State::Failed))
+                    .map(|_| State::Failed)
+            }
+            status::Outcome::Temporary if expired => {
+                let why = format!("4.4.7 message expired after {} days in the queue; last error: {text}", lifetime / 86_400);
+                log!("{id}: <{}> failed: {why}", rc.addr);
+                info::append_note(&m.info, true, idx, now, &why)
+                    .and_then(|_| info::mark(&m.info, &rc.record, State::Failed))
+                    .map(|_| State::Failed)
+            }
+            status::Outcome::Temporary => {
+                log!("{id}: <{}> deferred: {text}", rc.addr);
+                info::append_note(&m.info, false, idx, now, text).map(|_| State::Pending)
+            }
+        };
+        match result {
+            Ok(state) => {
+                let rc = &mut m.rcpts[idx];
+                rc.state = state;
+                match state {
+                    State::Failed => rc.failure = Some(text.to_string()),
+                    State::Pending => {
+                        rc.attempts += 1;
+                        rc.last_error = Some(text.to_string());
+                        let next = state::next_retry(m.birth, now, rc.channel);
+                        // One last attempt at the end of the lifetime, then bounce.
+                        let next = next.min(m.birth + lifetime).max(now + 1);
+                        if !m.hold && !m.deleting {
+                            self.schedule.add(m, idx, next);
+                        }
+                    }
+                    State::Delivered => {}
+                }
+            }
+            Err(e) => {
+                // The result could not be recorded: the delivery will be repeated.
+                log!("{id}: cannot record the result in info: {e}");
+                if !m.hold {
+                    self.schedule.add(m, idx, now + 60);
+                }
+            }
+        }
+        self.dirty.insert(id);
+    }
+
+    /// A message whose recipients all have their final state: bounce what failed, then remove it.
+    pub fn finish(&mut self, id: MsgId) {
+        let Some(m) = self.msgs.get(&id) else { return };
+        if !m.deleting {
+            let failed: Vec<Failed> = m
+                .rcpts
+                .iter()
+                .filter(|r| r.state == State::Failed)
+                .map(|r| Failed { addr: r.addr.clone(), text: r.failure.clone().unwrap_or_else(|| "failed".into()) })
+                .collect();
+            if !failed.is_empty()
+                && let Err(e) = self.send_bounce(m, &failed)
+            {
+                log!("{id}: cannot queue the bounce ({e}); trying again in a minute");
+                let when = date::now_secs() + 60;
+                self.finish_later.insert((when, id));
+                if let Some(m) = self.msgs.get_mut(&id) {
+                    m.finish_retry = Some(when);
+                }
+                return;
+            }
+        }
+        let _ = std::fs::remove_file(self.queue.info(&id));
+        self.clean.send(&Record::new(b'D').with(id.to_string()));
+        self.msgs.remove(&id);
+        log!("{id}: done");
+    }
+
+    fn send_bounce(&self, m: &Msg, failed: &[Failed]) -> std::io::Result<()> {
+        let header = QueueFile::open(&self.queue.mess(&m.id)).and_then(|q| q.read_head(64 * 1024)).unwrap_or_default();
+        let Some(b) = bounce::build(&self.cfg, &m.id.to_string(), &m.sender, m.birth, failed, &header) else {
+            log!("{}: a double bounce failed; dropped", m.id);
+            return Ok(());
+        };
+        match inject::run_queue(&self.root, &mut b.message.as_slice(), &b.envelope)? {
+            0 => {
+                log!("{}: bounce to <{}> queued", m.id, b.envelope.recipients[0]);
+                Ok(())
+            }
+            code => Err(std::io::Error::other(status::queue_exit(code).meaning)),
+        }
+    }
+
+    pub fn retry_finishes(&mut self) {
+        let now = date::now_secs();
+        while let Some(&(when, id)) = self.finish_later.first() {
+            if when > now {
+                break;
+            }
+            self.finish_later.pop_first();
+            if self.msgs.get(&id).is_some_and(|m| m.finish_retry == Some(when)) {
+                self.finish(id);
+            }
+        }
+    }
+
+    /// Every pending recipient is due now (ferryctl flush, SIGALRM).
+    pub fn flush_all(&mut self) -> usize {
+        let ids: Vec<MsgId> = self.msgs.keys().copied().collect();
+        let before = self.schedule.len();
+        let now = date::now_secs();
+        for id in ids {
+            self.schedule_pending(id, Some(now));
+        }
+        log!("flush: {} recipients due now", self.schedule.len().max(before));
+        self.schedule.len()
+    }
+}

@@ -1,0 +1,103 @@
+//! Recovery at start (docs/INTERNALS.md, "Crash states"): rebuild the picture from info/,
+//! finish what a crash interrupted, and remove what a crash left behind.
+//!
+//! - info/ID with todo/ID: send was taking the message; the info may be partial, so it is
+//!   removed and the message is taken again from todo/.
+//! - info/ID with mess/ID: a message being delivered: loaded, its pending recipients due now.
+//! - info/ID alone: the message was being removed: the info goes too.
+//! - mess/ID alone: removed after its info: clean deletes it.
+
+use crate::sched::Scheduler;
+use crate::state::Msg;
+use ferry_common::id::{self, MsgId};
+use ferry_common::info::{self, State};
+use ferry_common::queue::QueueFile;
+use ferry_common::record::Record;
+use ferry_common::{date, log};
+use std::io;
+
+impl Scheduler {
+    pub fn recover(&mut self) -> io::Result<()> {
+        for split in id::splits() {
+            let dir = self.queue.dir().join("info").join(&split);
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(mid) = name.to_str().and_then(MsgId::parse) else {
+                    log!("stray file info/{split}/{}: left alone", name.to_string_lossy());
+                    continue;
+                };
+                let path = entry.path();
+                if self.queue.todo(&mid).exists() {
+                    let _ = std::fs::remove_file(&path);
+                } else if self.queue.mess(&mid).exists() {
+                    let m = self.load(mid, &path)?;
+                    self.msgs.insert(mid, m);
+                    self.schedule_pending(mid, None);
+                } else {
+                    log!("{mid}: removing info left by an interrupted removal");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            let dir = self.queue.dir().join("mess").join(&split);
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                if let Some(mid) = entry.file_name().to_str().and_then(MsgId::parse)
+                    && !self.msgs.contains_key(&mid)
+                {
+                    log!("{mid}: removing a message whose delivery had finished");
+                    self.clean.send(&Record::new(b'D').with(mid.to_string()));
+                }
+            }
+        }
+        // Messages that were complete when send stopped are finished now.
+        let done: Vec<MsgId> = self.msgs.iter().filter(|(_, m)| m.complete()).map(|(id, _)| *id).collect();
+        for id in done {
+            self.finish(id);
+        }
+        Ok(())
+    }
+
+    /// Reads info/ID; if it is unreadable, rebuilds it from the message's envelope (all
+    /// recipients pending: some may be delivered twice, none is lost).
+    fn load(&mut self, mid: MsgId, path: &std::path::Path) -> io::Result<Msg> {
+        match info::read(path) {
+            Ok((f, i)) => Ok(Msg::from_info(mid, f, i)),
+            Err(e) => {
+                log!("{mid}: info unreadable ({e}); rebuilding it from the envelope");
+                let qf = QueueFile::open(&self.queue.mess(&mid))?;
+                let env = qf.envelope()?;
+                let birth = qf.file.metadata()?.modified().ok().map(secs).unwrap_or_else(date::now_secs);
+                let rcpts = self.classify(&env.recipients);
+                let f = info::create(path, &info::encode(birth, &env.sender, &rcpts))?;
+                f.sync_all()?;
+                let (f, i) = info::read(path)?;
+                Ok(Msg::from_info(mid, f, i))
+            }
+        }
+    }
+
+    /// Puts every pending recipient of a message that is not held into the schedule: at
+    /// `due`, or (None) when its retry schedule says, counting from its last failure.
+    pub fn schedule_pending(&mut self, mid: MsgId, due: Option<u64>) {
+        let now = date::now_secs();
+        let Some(m) = self.msgs.get_mut(&mid) else { return };
+        if m.hold || m.deleting {
+            return;
+        }
+        for idx in 0..m.rcpts.len() {
+            let r = &m.rcpts[idx];
+            if r.state == State::Pending && !r.busy && !r.ready {
+                let when = due.unwrap_or_else(|| match &r.record.last_error {
+                    Some((t, _)) => crate::state::next_retry(m.birth, *t, r.channel).max(now),
+                    None => now,
+                });
+                self.schedule.add(m, idx, when);
+            }
+        }
+    }
+}
+
+pub fn secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,321 @@
+//! The event loop of send and the state it keeps.
+
+use crate::state::{Msg, Schedule};
+use ferry_common::config::Config;
+use ferry_common::id::MsgId;
+use ferry_common::info::Channel;
+use ferry_common::queue::Queue;
+use ferry_common::record::{Outbox, Reader, Record};
+use ferry_common::root::Root;
+use ferry_common::{date, durable, log};
+use mio::unix::SourceFd;
+use mio::unix::pipe;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+const LSPAWN_IN: Token = Token(1);
+const LSPAWN_OUT: Token = Token(2);
+const RSPAWN_IN: Token = Token(3);
+const RSPAWN_OUT: Token = Token(4);
+const CLEAN_IN: Token = Token(5);
+const CLEAN_OUT: Token = Token(6);
+const TRIGGER: Token = Token(7);
+const SIGNALS: Token = Token(8);
+pub const CTL_LISTEN: Token = Token(9);
+pub const FIRST_CTL_CONN: usize = 100;
+
+/// Most new messages taken from todo/ per loop turn, so that heavy injection never starves
+/// delivery.
+pub const TODO_BATCH: usize = 200;
+/// todo/ is rescanned this often even without a trigger (a safety net).
+const RESCAN: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A helper program at the other end of two pipes.
+pub struct Peer {
+    pub name: &'static str,
+    pub tx: pipe::Sender,
+    pub rx: pipe::Receiver,
+    pub reader: Reader,
+    pub outbox: Outbox,
+}
+
+impl Peer {
+    fn open(name: &'static str, to: i32, from: i32) -> io::Result<Peer> {
+        let missing = || io::Error::other(format!("fd {to}/{from} to {name} is not open (send is started by start)"));
+        let tx = pipe::Sender::from(ferry_sys::take_fd(to).ok_or_else(missing)?);
+        let rx = pipe::Receiver::from(ferry_sys::take_fd(from).ok_or_else(missing)?);
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Peer { name, tx, rx, reader: Reader::new(), outbox: Outbox::default() })
+    }
+    pub fn send(&mut self, r: &Record) {
+        self.outbox.push(r);
+    }
+}
+
+/// A delivery handed to a spawner.
+pub struct Job {
+    pub msg: MsgId,
+    pub rcpts: Vec<usize>,
+    pub channel: Channel,
+    pub domain: String,
+}
+
+pub struct Scheduler {
+    pub root: Root,
+    pub queue: Queue,
+    pub cfg: Config,
+    pub poll: Poll,
+    pub lspawn: Peer,
+    pub rspawn: Peer,
+    pub clean: Peer,
+    pub msgs: HashMap<MsgId, Msg>,
+    /// New messages whose move into mess/ clean has not confirmed yet.
+    pub taking: HashMap<MsgId, Msg>,
+    /// todo/ entries that could not be read (logged once).
+    pub broken: HashSet<MsgId>,
+    pub schedule: Schedule,
+    pub jobs: HashMap<u64, Job>,
+    pub next_job: u64,
+    pub local_busy: usize,
+    pub remote_busy: usize,
+    pub remote_by_domain: HashMap<String, usize>,
+    /// Messages whose info changed this turn: synced once, then checked for completion.
+    pub dirty: HashSet<MsgId>,
+    /// Recipients that are due, waiting for a free delivery slot.
+    pub ready_local: VecDeque<(MsgId, usize)>,
+    pub ready_remote: VecDeque<(MsgId, usize)>,
+    /// Messages whose bounce could not be queued: finish again at that time.
+    pub finish_later: BTreeSet<(u64, MsgId)>,
+    pub scan_todo: bool,
+    pub ctl: crate::ctl::Ctl,
+    trigger: File,
+    stopping: Option<Instant>,
+}
+
+impl Scheduler {
+    pub fn start() -> io::Result<Scheduler> {
+        let root = Root::from_exe()?;
+        let cfg = Config::load(&root).map_err(|e| io::Error::other(e.to_string()))?;
+        let queue = Queue::new(&root);
+        let trigger = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(queue.trigger())
+            .map_err(|e| io::Error::other(format!("cannot open {}: {e}", queue.trigger().display())))?;
+        let ctl = crate::ctl::Ctl::bind(&queue.ctl_socket())?;
+        Ok(Scheduler {
+            poll: Poll::new()?,
+            lspawn: Peer::open("lspawn", 3, 4)?,
+            rspawn: Peer::open("rspawn", 5, 6)?,
+            clean: Peer::open("clean", 7, 8)?,
+            root,
+            queue,
+            cfg,
+            msgs: HashMap::new(),
+            taking: HashMap::new(),
+            broken: HashSet::new(),
+            schedule: Schedule::default(),
+            jobs: HashMap::new(),
+            next_job: 1,
+            local_busy: 0,
+            remote_busy: 0,
+            remote_by_domain: HashMap::new(),
+            dirty: HashSet::new(),
+            ready_local: VecDeque::new(),
+            ready_remote: VecDeque::new(),
+            finish_later: BTreeSet::new(),
+            scan_todo: true,
+            ctl,
+            trigger,
+            stopping: None,
+        })
+    }
+
+    pub fn run(&mut self, ready_fd: Option<i32>) -> io::Result<i32> {
+        let reg = self.poll.registry();
+        reg.register(&mut self.lspawn.rx, LSPAWN_IN, Interest::READABLE)?;
+        reg.register(&mut self.lspawn.tx, LSPAWN_OUT, Interest::WRITABLE)?;
+        reg.register(&mut self.rspawn.rx, RSPAWN_IN, Interest::READABLE)?;
+        reg.register(&mut self.rspawn.tx, RSPAWN_OUT, Interest::WRITABLE)?;
+        reg.register(&mut self.clean.rx, CLEAN_IN, Interest::READABLE)?;
+        reg.register(&mut self.clean.tx, CLEAN_OUT, Interest::WRITABLE)?;
+        reg.register(&mut SourceFd(&self.trigger.as_raw_fd()), TRIGGER, Interest::READABLE)?;
+        reg.register(&mut self.ctl.listener, CTL_LISTEN, Interest::READABLE)?;
+        use signal_hook::consts::{SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGTERM])?;
+        reg.register(&mut signals, SIGNALS, Interest::READABLE)?;
+
+        self.recover()?;
+        log!(
+            "started: {} messages in the queue, {} recipients due or scheduled",
+            self.msgs.len(),
+            self.schedule.len()
+        );
+        if let Some(fd) = ready_fd {
+            ferry_sys::notify_ready(fd);
+        }
+        let mut events = Events::with_capacity(256);
+        let mut last_scan = Instant::now();
+        loop {
+            let timeout = self.timeout(last_scan);
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LSPAWN_IN => self.read_peer(Which::Lspawn)?,
+                    RSPAWN_IN => self.read_peer(Which::Rspawn)?,
+                    CLEAN_IN => self.read_peer(Which::Clean)?,
+                    TRIGGER => {
+                        let mut buf = [0u8; 1024];
+                        while matches!(io::Read::read(&mut self.trigger, &mut buf), Ok(n) if n > 0) {}
+                        self.scan_todo = true;
+                    }
+                    SIGNALS => {
+                        for sig in signals.pending() {
+                            match sig {
+                                SIGALRM => {
+                                    self.flush_all();
+                                }
+                                SIGHUP => self.reload(),
+                                SIGTERM | SIGINT if self.stopping.is_none() => {
+                                    log!("stopping: waiting for {} running deliveries", self.jobs.len());
+                                    self.stopping = Some(Instant::now());
+                                }
+                                _ => reap(),
+                            }
+                        }
+                    }
+                    CTL_LISTEN => self.ctl_accept(),
+                    Token(t) if t >= FIRST_CTL_CONN => self.ctl_event(t),
+                    _ => {}
+                }
+            }
+            self.sync_dirty();
+            if let Some(since) = self.stopping {
+                if self.jobs.is_empty() || since.elapsed() > STOP_GRACE {
+                    self.flush_peers()?;
+                    log!("stopped");
+                    return Ok(0);
+                }
+            } else {
+                if self.scan_todo || last_scan.elapsed() > RESCAN {
+                    if last_scan.elapsed() > RESCAN {
+                        last_scan = Instant::now();
+                    }
+                    self.scan_todo = self.take_todo()?;
+                }
+                self.retry_finishes();
+                self.dispatch();
+            }
+            self.flush_peers()?;
+        }
+    }
+
+    fn timeout(&self, last_scan: Instant) -> Duration {
+        if self.scan_todo && self.stopping.is_none() {
+            return Duration::ZERO;
+        }
+        let mut t = RESCAN.saturating_sub(last_scan.elapsed());
+        if self.stopping.is_some() {
+            t = t.min(Duration::from_millis(200));
+        }
+        let now_ms = date::now_millis();
+        let next = [self.schedule.first_due(), self.finish_later.first().map(|e| e.0)];
+        for due in next.into_iter().flatten() {
+            t = t.min(Duration::from_millis((due * 1000).saturating_sub(now_ms)));
+        }
+        t
+    }
+
+    fn flush_peers(&mut self) -> io::Result<()> {
+        for p in [&mut self.lspawn, &mut self.rspawn, &mut self.clean] {
+            p.outbox.flush_to(&mut p.tx).map_err(|e| io::Error::other(format!("{} is gone ({e}); stopping", p.name)))?;
+        }
+        Ok(())
+    }
+
+    fn read_peer(&mut self, which: Which) -> io::Result<()> {
+        let peer = match which {
+            Which::Lspawn => &mut self.lspawn,
+            Which::Rspawn => &mut self.rspawn,
+            Which::Clean => &mut self.clean,
+        };
+        let open = peer.reader.fill_from(&mut peer.rx)?;
+        let name = peer.name;
+        let mut records = Vec::new();
+        while let Some(r) = peer.reader.next_record()? {
+            records.push(r);
+        }
+        for r in records {
+            match which {
+                Which::Clean => self.clean_reply(r),
+                _ => self.job_result(r),
+            }
+        }
+        if !open {
+            self.sync_dirty();
+            return Err(io::Error::other(format!("{name} exited; stopping so that s6 restarts the service")));
+        }
+        Ok(())
+    }
+
+    /// Makes the info changes of this turn durable (one sync for all), then finishes the
+    /// messages that are complete.
+    pub fn sync_dirty(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let ids: Vec<MsgId> = self.dirty.drain().collect();
+        let files: Vec<&File> = ids.iter().filter_map(|id| self.msgs.get(id).map(|m| &m.info)).collect();
+        if let Err(e) = durable::sync_all(&files, &[]) {
+            log!("cannot sync info files: {e}");
+        }
+        for id in ids {
+            if self.msgs.get(&id).is_some_and(|m| m.complete()) {
+                self.finish(id);
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.root) {
+            Ok(c) => {
+                self.cfg = c;
+                log!("control files reloaded");
+            }
+            Err(e) => log!("reload refused: {e}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Lspawn,
+    Rspawn,
+    Clean,
+}
+
+/// Collects exited helpers; their pipes closing is what stops send.
+fn reap() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        match st {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(pid, code) => log!("helper {pid} exited {code}"),
+            WaitStatus::Signaled(pid, sig, _) => log!("helper {pid} killed by {sig:?}"),
+            _ => {}
+        }
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
