@@ -41,8 +41,21 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode a program started as root or as anybody else sets up (start, smtpd, init).
     pub fn current() -> Mode {
         if ferry_sys::running_as_root() { Mode::Separated } else { Mode::SingleUser }
+    }
+
+    /// The mode of an install, for programs that already run under their own user: the queue
+    /// belongs to ferryq when the suite separates privileges.
+    pub fn of_root(root: &crate::root::Root) -> Mode {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(root.queue()).map(|m| m.uid()).ok();
+        let ferryq = nix::unistd::User::from_name(QUEUE).ok().flatten().map(|u| u.uid.as_raw());
+        match (owner, ferryq) {
+            (Some(o), Some(q)) if o == q => Mode::Separated,
+            _ => Mode::SingleUser,
+        }
     }
 
     /// The identity a ferry role runs as in this mode.

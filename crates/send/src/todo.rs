@@ -21,7 +21,7 @@ const MAX_ALIAS_DEPTH: usize = 10;
 
 impl Scheduler {
     pub fn router(&self) -> Router<'_, SystemAccounts> {
-        let only_uid = (Mode::current() == Mode::SingleUser).then(|| ferry_sys::uids().0);
+        let only_uid = (Mode::of_root(&self.root) == Mode::SingleUser).then(|| ferry_sys::uids().0);
         Router { cfg: &self.cfg, mail_dir: self.root.mail(), accounts: SystemAccounts { only_uid } }
     }
 

@@ -119,7 +119,11 @@ fn run() -> io::Result<()> {
     ls.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     let mut events = Events::with_capacity(256);
     loop {
-        ls.poll.poll(&mut events, Some(Duration::from_secs(1)))?;
+        match ls.poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
         for ev in events.iter() {
             match ev.token() {
                 FROM_SEND => {
