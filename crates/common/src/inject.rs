@@ -7,14 +7,28 @@ use crate::root::Root;
 use std::io::{self, Read, Write};
 use std::process::{Command, Stdio};
 
-/// Runs `queue`, streaming the message from `message`. Ok(exit code); Err if it could not run.
-pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Result<i32> {
+/// What `queue` said: its exit code and its one line of explanation (empty on success).
+pub struct QueueResult {
+    pub code: i32,
+    pub message: String,
+}
+
+impl QueueResult {
+    /// The explanation: queue's own line, else the meaning of the exit code.
+    pub fn reason(&self) -> String {
+        let m = self.message.trim().trim_start_matches("queue: ").trim();
+        if m.is_empty() { crate::status::queue_exit(self.code).meaning.to_string() } else { m.to_string() }
+    }
+}
+
+/// Runs `queue`, streaming the message from `message`. Err if it could not run at all.
+pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Result<QueueResult> {
     let (env_r, env_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let mut child = Command::new(root.bin("queue"))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::from(env_r))
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", root.bin("queue").display())))?;
     let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin pipe"))?;
@@ -27,11 +41,15 @@ pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Res
         let _ = env_w.write_all(&env.encode());
     }
     drop(env_w);
+    let mut text = String::new();
+    if let Some(err) = child.stderr.take() {
+        let _ = err.take(4096).read_to_string(&mut text);
+    }
     let status = child.wait()?;
     if let Err(e) = copied
         && e.kind() != io::ErrorKind::BrokenPipe
     {
         return Err(e);
     }
-    Ok(status.code().unwrap_or(crate::status::QUEUE_BUG))
+    Ok(QueueResult { code: status.code().unwrap_or(crate::status::QUEUE_BUG), message: text })
 }

@@ -121,7 +121,8 @@ impl Queue {
             };
             let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
                 .map_err(|(_, e)| QueueError::new(status::QUEUE_BUG, format!("cannot lock {}: {e}", path.display())))?;
-            return Ok(Incoming { id, path, out: BufWriter::with_capacity(64 * 1024, Locked(lock)), bytes: 0, limit, too_big: false });
+            let out = Some(BufWriter::with_capacity(64 * 1024, Locked(lock)));
+            return Ok(Incoming { id, path, out, bytes: 0, limit, too_big: false });
         }
         Err(QueueError::new(status::QUEUE_BUG, "could not find a free message id"))
     }
@@ -135,11 +136,12 @@ impl Queue {
     }
 }
 
-/// A message being written into tmp/ID.
+/// A message being written into tmp/ID. Dropped before [`Incoming::finish`], it removes
+/// its file, so that a refused or failed message leaves nothing behind.
 pub struct Incoming {
     id: MsgId,
     path: PathBuf,
-    out: BufWriter<Locked>,
+    out: Option<BufWriter<Locked>>,
     bytes: u64,
     limit: u64,
     too_big: bool,
@@ -163,36 +165,39 @@ impl Incoming {
             self.too_big = true;
             return Ok(());
         }
-        self.out.write_all(data).map_err(|e| QueueError::io("cannot write message", e))
+        match self.out.as_mut() {
+            Some(out) => out.write_all(data).map_err(|e| QueueError::io("cannot write message", e)),
+            None => Err(QueueError::new(status::QUEUE_BUG, "write after finish")),
+        }
     }
 
     /// Appends the envelope and the trailer. Nothing is durable yet: pass the result to [`commit`].
-    pub fn finish(self, env: &Envelope) -> Result<Prepared, QueueError> {
+    pub fn finish(mut self, env: &Envelope) -> Result<Prepared, QueueError> {
         if self.too_big {
-            let _ = std::fs::remove_file(&self.path);
             return Err(QueueError::new(status::QUEUE_TOO_BIG, format!("message larger than {} bytes", self.limit)));
         }
-        let Incoming { id, path, mut out, bytes, .. } = self;
+        let Some(mut out) = self.out.take() else {
+            return Err(QueueError::new(status::QUEUE_BUG, "finish twice"));
+        };
         let mut tail = env.encode();
         tail.extend_from_slice(TRAILER_MAGIC);
-        tail.extend_from_slice(&bytes.to_le_bytes());
-        let res = out.write_all(&tail).and_then(|_| out.flush());
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&path);
-            return Err(QueueError::io("cannot write message", e));
-        }
+        tail.extend_from_slice(&self.bytes.to_le_bytes());
+        out.write_all(&tail).and_then(|_| out.flush()).map_err(|e| QueueError::io("cannot write message", e))?;
         match out.into_inner() {
-            Ok(Locked(file)) => Ok(Prepared { id, path, file }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                Err(QueueError::io("cannot write message", e.into_error()))
-            }
+            Ok(Locked(file)) => Ok(Prepared { id: self.id, path: std::mem::take(&mut self.path), file }),
+            Err(e) => Err(QueueError::io("cannot write message", e.into_error())),
         }
     }
 
     /// Gives up on the message (the client went away, or it was refused).
-    pub fn abort(self) {
-        let _ = std::fs::remove_file(&self.path);
+    pub fn abort(self) {}
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -219,7 +224,14 @@ impl Prepared {
     pub fn id(&self) -> MsgId {
         self.id
     }
-    pub fn abort(self) {
+    /// Gives up on the message: dropping it removes tmp/ID.
+    pub fn abort(self) {}
+}
+
+/// The tmp/ name goes when a prepared message is dropped: after its commit (the todo/ link
+/// keeps the file) or instead of it.
+impl Drop for Prepared {
+    fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -235,10 +247,7 @@ pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueErr
     if let Err(e) = synced {
         return batch
             .into_iter()
-            .map(|p| {
-                p.abort_ref();
-                Err(QueueError::io("cannot sync message", io::Error::new(e.kind(), e.to_string())))
-            })
+            .map(|_| Err(QueueError::io("cannot sync message", io::Error::new(e.kind(), e.to_string()))))
             .collect();
     }
     let mut results: Vec<Result<MsgId, QueueError>> = Vec::with_capacity(batch.len());
@@ -264,19 +273,11 @@ pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueErr
             }
         }
     }
-    for p in batch {
-        let _ = std::fs::remove_file(&p.path);
-    }
+    drop(batch);
     if results.iter().any(|r| r.is_ok()) {
         queue.pull_trigger();
     }
     results
-}
-
-impl Prepared {
-    fn abort_ref(&self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// An open queue file (todo/ID or mess/XX/ID): the message length and the envelope position.

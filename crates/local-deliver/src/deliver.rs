@@ -234,11 +234,9 @@ fn forward(root: &Root, job: &Job, dtline: &str, targets: Vec<String>) -> Outcom
     let env = Envelope { sender: job.sender.clone(), recipients: targets };
     let mut msg = dtline.as_bytes().chain(job.msg.reader());
     match inject::run_queue(root, &mut msg, &env) {
-        Ok(0) => Outcome::Done,
-        Ok(code) if status::queue_exit_is_permanent(code) => {
-            Outcome::Permanent(format!("forward refused: {}", status::queue_exit(code).meaning))
-        }
-        Ok(code) => Outcome::Temporary(format!("forward failed: {}", status::queue_exit(code).meaning)),
+        Ok(r) if r.code == 0 => Outcome::Done,
+        Ok(r) if status::queue_exit_is_permanent(r.code) => Outcome::Permanent(format!("forward refused: {}", r.reason())),
+        Ok(r) => Outcome::Temporary(format!("forward failed: {}", r.reason())),
         Err(e) => Outcome::Temporary(format!("forward failed: {e}")),
     }
 }

@@ -190,27 +190,31 @@ impl Scheduler {
         let Some(rc) = m.rcpts.get(idx) else { return };
         let outcome = status::Outcome::from_code(code);
         let expired = now.saturating_sub(m.birth) >= lifetime;
-        let result = match outcome {
+        let expired_text;
+        let (result, text) = match outcome {
             status::Outcome::Ok => {
                 log!("{id}: <{}> delivered: {text}", rc.addr);
-                info::mark(&m.info, &rc.record, State::Delivered).map(|_| State::Delivered)
+                (info::mark(&m.info, &rc.record, State::Delivered).map(|_| State::Delivered), text)
             }
             status::Outcome::Permanent => {
                 log!("{id}: <{}> failed: {text}", rc.addr);
-                info::append_note(&m.info, true, idx, now, text)
+                let r = info::append_note(&m.info, true, idx, now, text)
                     .and_then(|_| info::mark(&m.info, &rc.record, State::Failed))
-                    .map(|_| State::Failed)
+                    .map(|_| State::Failed);
+                (r, text)
             }
             status::Outcome::Temporary if expired => {
-                let why = format!("4.4.7 message expired after {} days in the queue; last error: {text}", lifetime / 86_400);
-                log!("{id}: <{}> failed: {why}", rc.addr);
-                info::append_note(&m.info, true, idx, now, &why)
+                expired_text =
+                    format!("4.4.7 message expired after {} days in the queue; last error: {text}", lifetime / 86_400);
+                log!("{id}: <{}> failed: {expired_text}", rc.addr);
+                let r = info::append_note(&m.info, true, idx, now, &expired_text)
                     .and_then(|_| info::mark(&m.info, &rc.record, State::Failed))
-                    .map(|_| State::Failed)
+                    .map(|_| State::Failed);
+                (r, expired_text.as_str())
             }
             status::Outcome::Temporary => {
                 log!("{id}: <{}> deferred: {text}", rc.addr);
-                info::append_note(&m.info, false, idx, now, text).map(|_| State::Pending)
+                (info::append_note(&m.info, false, idx, now, text).map(|_| State::Pending), text)
             }
         };
         match result {
@@ -277,12 +281,12 @@ impl Scheduler {
             log!("{}: a double bounce failed; dropped", m.id);
             return Ok(());
         };
-        match inject::run_queue(&self.root, &mut b.message.as_slice(), &b.envelope)? {
-            0 => {
-                log!("{}: bounce to <{}> queued", m.id, b.envelope.recipients[0]);
-                Ok(())
-            }
-            code => Err(std::io::Error::other(status::queue_exit(code).meaning)),
+        let r = inject::run_queue(&self.root, &mut b.message.as_slice(), &b.envelope)?;
+        if r.code == 0 {
+            log!("{}: bounce to <{}> queued", m.id, b.envelope.recipients[0]);
+            Ok(())
+        } else {
+            Err(std::io::Error::other(r.reason()))
         }
     }
 

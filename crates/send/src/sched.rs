@@ -216,6 +216,8 @@ impl Scheduler {
                 }
                 self.retry_finishes();
                 self.dispatch();
+                // Results decided without a delivery (unknown users) are recorded now.
+                self.sync_dirty();
             }
             self.flush_peers()?;
         }

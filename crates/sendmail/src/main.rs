@@ -39,7 +39,11 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let a = args::parse(&argv).unwrap_or_else(|e| fail(EX_USAGE, e));
+    let mut a = args::parse(&argv).unwrap_or_else(|e| fail(EX_USAGE, e));
+    // Called as mailq (a link): list the queue.
+    if std::env::args().next().is_some_and(|a0| a0.rsplit('/').next() == Some("mailq")) {
+        a.mode = Mode::ListQueue;
+    }
     let root = Root::from_exe().unwrap_or_else(|e| fail(EX_SOFTWARE, format!("cannot find the ferry root: {e}")));
     let ctl = |args: &[&str]| -> ! {
         let e = Command::new(root.bin("ferryctl")).args(args).exec();
@@ -119,11 +123,11 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     let mut body = Body { input, dots: !a.ignore_dots, done: head.ended, line: Vec::new(), pos: 0 };
     let mut message = header.as_slice().chain(&mut body);
     match inject::run_queue(root, &mut message, &env) {
-        Ok(0) => 0,
-        Ok(code) => {
-            let e = status::queue_exit(code);
-            eprintln!("sendmail: the queue refused the message: {} (queue exit {code})", e.meaning);
-            if status::queue_exit_is_permanent(code) { EX_DATAERR } else { EX_TEMPFAIL }
+        Ok(r) if r.code == 0 => 0,
+        Ok(r) => {
+            let meaning = status::queue_exit(r.code).meaning;
+            eprintln!("sendmail: message not sent: {} ({meaning}, queue exit {})", r.reason(), r.code);
+            if status::queue_exit_is_permanent(r.code) { EX_DATAERR } else { EX_TEMPFAIL }
         }
         Err(e) => fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")),
     }

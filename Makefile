@@ -1,0 +1,46 @@
+# ferry — build, test, run, install, bench.
+#   make            release build of every program
+#   make test       every test (unit, end to end, a bounded fuzz run); installs test tools as root
+#   make run        a complete root in run/, supervised by s6 in the foreground (PORT, ROOT)
+#   make install    into $(DESTDIR)$(PREFIX) (default /var/ferry); SENDMAIL=yes links /usr/sbin/sendmail
+#   make bench      sendmail -> Maildir throughput (see scripts/bench-sendmail.sh)
+
+PREFIX  ?= /var/ferry
+DESTDIR ?=
+PORT    ?= 2525
+ROOT    ?= $(CURDIR)/run
+SENDMAIL ?= no
+FUZZ_SECONDS ?= 15
+CARGO   ?= cargo
+
+.PHONY: all build test unit e2e fuzz run install uninstall bench clean deps-run deps-test
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+deps-run:
+	@scripts/deps.sh run
+
+deps-test:
+	@scripts/deps.sh test
+
+test: deps-test build
+	$(CARGO) test --release --workspace
+	fuzz/run-all.sh $(FUZZ_SECONDS)
+
+run: deps-run build
+	@scripts/run.sh "$(ROOT)" "$(PORT)"
+
+install: build
+	@scripts/install.sh "$(DESTDIR)" "$(PREFIX)" "$(SENDMAIL)"
+
+uninstall:
+	@scripts/uninstall.sh "$(DESTDIR)" "$(PREFIX)"
+
+bench: build
+	@scripts/bench-sendmail.sh
+
+clean:
+	$(CARGO) clean

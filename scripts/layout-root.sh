@@ -1,0 +1,20 @@
+#!/bin/sh
+# layout-root.sh ROOT — puts the built programs into ROOT/bin and lays the root out with
+# `ferryctl init` (users when root, directories, owners, modes, service directories).
+# Shared by make run, make install and the benchmarks.
+set -e
+root=$1
+bindir=${FERRY_BIN_DIR:-target/release}
+mkdir -p "$root/bin"
+for p in queue qwriter start send lspawn rspawn clean local-deliver remote-deliver smtpd sendmail ferryctl; do
+  if [ ! -f "$bindir/$p" ]; then
+    echo "layout-root.sh: $bindir/$p is missing (run make)" >&2
+    exit 1
+  fi
+  # Replace by rename, so that a running program keeps its old file.
+  cp "$bindir/$p" "$root/bin/.$p.new"
+  chmod 755 "$root/bin/.$p.new"
+  mv -f "$root/bin/.$p.new" "$root/bin/$p"
+done
+shift
+"$root/bin/ferryctl" init "$@"

@@ -1,0 +1,45 @@
+#!/bin/sh
+# run.sh ROOT PORT — `make run`: a complete ferry root in ROOT (default run/), laid out as
+# make install lays out a real one, with the embedded demo configuration, supervised by s6 in
+# the foreground. Ctrl-C stops everything; the queue and mailboxes stay for the next run.
+set -e
+root=$1
+port=$2
+case "$root" in /*) ;; *) root="$PWD/$root" ;; esac
+if [ "$(id -u)" = 0 ]; then
+  mode="privilege separation: each program runs under its own ferry user"
+  mkdir -p "$root"
+  dir=$root
+  while [ "$dir" != / ]; do
+    if [ "$(stat -c %A "$dir" | cut -c10)" != x ]; then
+      echo "make run: $dir is closed to other users (mode $(stat -c %a "$dir")), so the ferry users" >&2
+      echo "cannot reach $root. Choose a root they can reach, e.g.: make run ROOT=/var/tmp/ferry-run" >&2
+      exit 1
+    fi
+    dir=$(dirname "$dir")
+  done
+else
+  mode="single-user mode: every program runs as $(id -un)"
+fi
+scripts/layout-root.sh "$root" --demo "$port" >/dev/null
+echo "127.0.0.1:$port" > "$root/control/smtplisten"
+rel=$(realpath --relative-to="$PWD" "$root" 2>/dev/null || echo "$root")
+cat <<INFO
+ferry is starting ($mode)
+  SMTP       127.0.0.1:$port (loopback only; relaying elsewhere is refused)
+  mail       any NAME@localhost lands in $rel/mail/NAME/Maildir/new/
+  logs       $rel/log/smtpd/current, $rel/log/send/current ($rel/bin/ferryctl log)
+  status     $rel/bin/ferryctl stat     queue: $rel/bin/ferryctl queue
+  try        swaks --server 127.0.0.1:$port --to you@localhost
+             printf 'Subject: hi\n\nhello\n' | $rel/bin/sendmail you@localhost
+Ctrl-C stops everything (the queue is kept for the next make run).
+INFO
+# s6-svscan gets its own session: Ctrl-C reaches this script, which tears the tree down
+# cleanly (services get TERM, loggers drain) instead of killing it.
+setsid s6-svscan "$root/service" </dev/null &
+scan=$!
+trap 's6-svscanctl -t "$root/service" 2>/dev/null || kill $scan 2>/dev/null' INT TERM
+while kill -0 $scan 2>/dev/null; do
+  wait $scan || true
+done
+echo "ferry stopped; queue and mailboxes are kept in $rel"

@@ -1,0 +1,236 @@
+//! The end-to-end test harness: a complete ferry root in a temporary directory, laid out by
+//! the real `ferryctl init` from the real binaries, with the services started the way s6 starts
+//! them. Run as root, the root uses the ferry users (created if missing) and tests can add
+//! recipient users of their own; as a normal user everything runs single-user.
+//!
+//! Waits are deadlines for failing, never timings that are asserted.
+
+#![allow(clippy::unwrap_used)]
+
+pub mod procs;
+pub mod rcpt;
+pub mod users;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the binaries under test are: FERRY_BIN_DIR, or target/<profile> of this workspace.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("FERRY_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+}
+
+pub fn is_root() -> bool {
+    ferry_sys::running_as_root()
+}
+
+/// A ferry root for one test.
+pub struct Env {
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+    pub users: Vec<users::TestUser>,
+}
+
+impl Env {
+    /// A fresh root with `me` = test.example, `localhost` a catch-all mailbox domain and
+    /// `virt.example` a mailbox domain without catch-all. No service is started.
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir_in("/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().join("root");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for p in ferry_common::layout::PROGRAMS {
+            let src = bin_dir().join(p);
+            if !src.exists() {
+                if ["qwriter", "smtpd", "remote-deliver"].contains(p) {
+                    continue;
+                }
+                panic!("{} is missing: build first (make test does)", src.display());
+            }
+            // The setuid queue is copied (its owner and mode change); the rest is linked.
+            if *p == "queue" || std::fs::hard_link(&src, bin.join(p)).is_err() {
+                std::fs::copy(&src, bin.join(p)).unwrap();
+            }
+        }
+        let env = Env { root, _dir: dir, children: Vec::new(), users: Vec::new() };
+        let out = env.ferryctl(&["init"]);
+        assert!(out.status.success(), "ferryctl init failed: {}", String::from_utf8_lossy(&out.stderr));
+        env.control("me", "test.example");
+        env.control("locals", "test.example");
+        env.control("virtualdomains", "localhost:mail/*\nvirt.example:mail/\n");
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn control(&self, name: &str, value: &str) {
+        std::fs::write(self.root.join("control").join(name), format!("{value}\n")).unwrap();
+    }
+
+    pub fn ferryctl(&self, args: &[&str]) -> Output {
+        Command::new(self.root.join("bin/ferryctl")).args(args).output().unwrap()
+    }
+
+    /// Starts the send service as s6 does: `s6-supervise service/send`, which runs its `run`
+    /// script and restarts it when it exits. Its output goes to ROOT/send.log.
+    pub fn start_send(&mut self) {
+        let log = std::fs::File::create(self.root.join("send.log")).unwrap();
+        let child = Command::new("s6-supervise")
+            .arg(self.root.join("service/send"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("s6-supervise (package s6) must be installed");
+        self.children.push(child);
+        self.wait_for("send to start", Duration::from_secs(20), || self.log("send.log").contains("send: started"));
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.join(name)).unwrap_or_default()
+    }
+
+    /// Runs ROOT/bin/sendmail with `args` and `message` on stdin.
+    pub fn sendmail(&self, args: &[&str], message: &[u8]) -> Output {
+        self.sendmail_as(None, args, message)
+    }
+
+    pub fn sendmail_as(&self, user: Option<&users::TestUser>, args: &[&str], message: &[u8]) -> Output {
+        let mut cmd = Command::new(self.root.join("bin/sendmail"));
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(u) = user {
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Waits until `cond` holds; panics with `what` and the logs after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > limit {
+                panic!("timed out waiting for {what}\n--- send.log ---\n{}", self.log("send.log"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The files in a Maildir's new/ (full paths), sorted.
+    pub fn maildir_new(&self, maildir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Waits for `n` messages in `maildir`/new and returns their contents.
+    pub fn wait_maildir(&self, maildir: &Path, n: usize) -> Vec<Vec<u8>> {
+        self.wait_for(&format!("{n} messages in {}", maildir.display()), Duration::from_secs(30), || {
+            self.maildir_new(maildir).len() >= n
+        });
+        self.maildir_new(maildir).iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    pub fn mailbox(&self, name: &str) -> PathBuf {
+        self.root.join("mail").join(name).join("Maildir")
+    }
+
+    /// Files left anywhere in the queue (tmp, todo, mess, info), by relative path.
+    pub fn queue_files(&self) -> Vec<String> {
+        let q = self.root.join("queue");
+        let mut out = Vec::new();
+        for top in ["tmp", "todo", "mess", "info"] {
+            walk(&q.join(top), &mut |p| out.push(p.strip_prefix(&q).unwrap().display().to_string()));
+        }
+        out
+    }
+
+    pub fn wait_queue_empty(&self) {
+        self.wait_for("the queue to be empty", Duration::from_secs(60), || self.queue_files().is_empty());
+    }
+
+    /// Sends SIGALRM to send: retry everything now.
+    pub fn flush(&self) {
+        let out = self.ferryctl(&["flush"]);
+        assert!(out.status.success(), "ferryctl flush: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn stop(&mut self) {
+        let svc = self.root.join("service/send");
+        let _ = Command::new("s6-svc").arg("-wD").arg("-T").arg("15000").arg("-d").arg(&svc).output();
+        let _ = Command::new("s6-svc").arg("-x").arg(&svc).output();
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+        self.children.clear();
+        procs::kill_all_under(&self.root);
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop();
+        for u in self.users.drain(..) {
+            u.remove();
+        }
+    }
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, f);
+            } else {
+                f(&p);
+            }
+        }
+    }
+}
+
+/// A message with a unique Subject, LF line ends.
+pub fn message(subject: &str, body: &str) -> Vec<u8> {
+    format!("From: Tester <tester@test.example>\nTo: somebody\nSubject: {subject}\nMessage-ID: <{subject}@test.example>\n\n{body}").into_bytes()
+}
+
+/// The part of a delivered file after the lines ferry adds (Return-Path, Delivered-To, Received).
+pub fn strip_trace(delivered: &[u8]) -> Vec<u8> {
+    let mut rest = delivered;
+    loop {
+        let line_end = rest.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        let is_trace = line.starts_with(b"Return-Path:") || line.starts_with(b"Delivered-To:") || line.starts_with(b"Received:");
+        let is_cont = line.starts_with(b"\t") || line.starts_with(b" ");
+        if is_trace || is_cont {
+            rest = &rest[line_end..];
+        } else {
+            return rest.to_vec();
+        }
+    }
+}
