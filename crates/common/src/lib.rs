@@ -26,3 +26,4 @@ pub mod rfc5322;
 pub mod route;
 pub mod status;
 pub mod users;
+pub mod writer;

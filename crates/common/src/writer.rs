@@ -1,0 +1,59 @@
+//! The protocol between smtpd and its queue writer (`qwriter`, running as ferryq), over one
+//! Unix stream socket carrying records of many sessions at once (crate::record framing):
+//!
+//! smtpd → qwriter:
+//! - `B txn helo ip protocol tls sender rcpt...` begin a message; `txn` is smtpd's number for
+//!   it; helo, ip, protocol (ESMTP, ESMTPS, ...) and tls (version and cipher, or empty) go into
+//!   the Received line.
+//! - `C txn bytes` the next piece of the message (LF line ends, dot-unstuffed).
+//! - `E txn` the message is complete: commit it.
+//! - `A txn` forget it (the client went away, or it was refused).
+//!
+//! qwriter → smtpd:
+//! - `K txn id` committed (durable, in todo/): smtpd may answer 250.
+//! - `F txn code text` not queued; `code` is a `queue` exit code (crate::status), which gives
+//!   the SMTP reply.
+//!
+//! qwriter commits every message whose `E` it has read whenever its input runs dry, with one
+//! syncfs and one fsync of todo/ for the whole batch (crate::queue::commit).
+
+use crate::date;
+
+/// The Received line qwriter puts on top of each message (RFC 5321 §4.4). Every field is
+/// reduced to printable ASCII without spaces at the edges and bounded, so that nothing a
+/// client sends can add a line or a header.
+pub fn received(helo: &str, ip: &str, by: &str, protocol: &str, tls: &str, id: &str, rcpt: Option<&str>, now: u64) -> String {
+    let helo = clean(helo, 255);
+    let ip = clean(ip, 64);
+    let mut s = format!("Received: from {helo} ([{ip}])\n\tby {} (ferry) with {}", clean(by, 255), clean(protocol, 16));
+    if !tls.is_empty() {
+        s.push_str(&format!(" ({})", clean(tls, 100)));
+    }
+    s.push_str(&format!("\n\tid {}", clean(id, 40)));
+    if let Some(r) = rcpt {
+        s.push_str(&format!("\n\tfor <{}>", clean(r, 300)));
+    }
+    s.push_str(&format!(";\n\t{}\n", date::rfc5322(now)));
+    s
+}
+
+/// Printable ASCII only (anything else becomes `?`), trimmed, at most `max` characters.
+pub fn clean(s: &str, max: usize) -> String {
+    let out: String = s.chars().take(max).map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let out = out.trim().to_string();
+    if out.is_empty() { "unknown".to_string() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_cannot_be_split() {
+        let r = received("evil\r\nX-Injected: 1", "192.0.2.1", "mx.example", "ESMTPS", "TLSv1.3 TLS13_AES_128_GCM_SHA256", "abc", Some("a@b"), 0);
+        assert_eq!(r.matches('\n').count(), 5);
+        assert!(r.starts_with("Received: from evil??X-Injected: 1 ([192.0.2.1])\n\tby mx.example (ferry) with ESMTPS (TLSv1.3 "));
+        assert!(!r.contains("\nX-Injected"));
+        assert!(r.ends_with("Thu, 1 Jan 1970 00:00:00 +0000\n"));
+    }
+}

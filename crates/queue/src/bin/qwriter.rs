@@ -1,0 +1,206 @@
+//! qwriter — the queue writer of smtpd (runs as ferryq).
+//!
+//! Started by smtpd (as root, before it drops to ferryd) with fd 0 a Unix stream socket; lives
+//! as long as smtpd. Speaks the protocol of crates/common/src/writer.rs: many sessions'
+//! messages arrive interleaved as `B`/`C`/`E`/`A` records; each is streamed into its own
+//! tmp/ID as it comes (memory stays bounded), and every message completed (`E`) by the time
+//! the input runs dry is committed in one batch — one syncfs, the todo/ links, one fsync of
+//! todo/ — before any of them is confirmed with `K txn id`. Failures are `F txn code text` with
+//! a `queue` exit code. Reads `databytes` and `me`. Exits when smtpd closes the socket (after
+//! committing what is complete) or on a broken record (111).
+
+use ferry_common::envelope::{self, Envelope};
+use ferry_common::queue::{self, Incoming, Prepared, Queue, QueueError};
+use ferry_common::record::{Outbox, Reader, Record};
+use ferry_common::root::Root;
+use ferry_common::{control, date, log, status, writer};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+struct Open {
+    msg: Incoming,
+    env: Envelope,
+}
+
+struct Writer {
+    queue: Queue,
+    limit: u64,
+    me: String,
+    open: HashMap<u64, Open>,
+    /// Transactions that failed before their `E`: the failure is reported at `E`.
+    failed: HashMap<u64, QueueError>,
+    batch: Vec<(u64, Prepared)>,
+    out: Outbox,
+}
+
+fn main() {
+    log::init("qwriter");
+    ferry_sys::no_core_dumps();
+    ferry_sys::set_umask(0o022);
+    match run() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            log!("fatal: {e}");
+            std::process::exit(111);
+        }
+    }
+}
+
+fn run() -> io::Result<()> {
+    let root = Root::from_exe()?;
+    let dir = root.control();
+    let limit = control::read_number(&dir, "databytes", 26_214_400).map_err(|e| io::Error::other(e.to_string()))?;
+    let me = control::read_text(&dir, "me").map_err(|e| io::Error::other(e.to_string()))?.unwrap_or_else(ferry_sys::hostname);
+    ferry_sys::raise_nofile(65_536);
+    let mut sock = UnixStream::from(ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 is not open"))?);
+    sock.set_nonblocking(true)?;
+    let mut w = Writer {
+        queue: Queue::new(&root),
+        limit,
+        me,
+        open: HashMap::new(),
+        failed: HashMap::new(),
+        batch: Vec::new(),
+        out: Outbox::default(),
+    };
+    let mut reader = Reader::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut eof = false;
+    loop {
+        // Block only when nothing is waiting to be committed or sent.
+        let idle = w.batch.is_empty() && w.out.is_empty();
+        if !eof {
+            let mut flags = PollFlags::POLLIN;
+            if !w.out.is_empty() {
+                flags |= PollFlags::POLLOUT;
+            }
+            let mut fds = [PollFd::new(sock.as_fd(), flags)];
+            let timeout = if idle { PollTimeout::NONE } else { PollTimeout::ZERO };
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut got = false;
+        while !eof {
+            match sock.read(&mut buf) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    reader.feed(&buf[..n]);
+                    got = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some(rec) = reader.next_record()? {
+            w.handle(rec)?;
+        }
+        // The input ran dry: commit what is complete, as one batch.
+        if !got && !w.batch.is_empty() {
+            w.commit();
+        }
+        if let Err(e) = w.out.flush_to(&mut sock) {
+            return Err(io::Error::other(format!("smtpd went away: {e}")));
+        }
+        if eof {
+            w.commit();
+            let _ = sock.set_nonblocking(false);
+            let _ = w.out.flush_to(&mut sock);
+            return Ok(());
+        }
+    }
+}
+
+impl Writer {
+    fn handle(&mut self, r: Record) -> io::Result<()> {
+        let txn = r.u64(0)?;
+        match r.kind {
+            b'B' => {
+                let (helo, ip, proto, tls) = (r.str(1)?, r.str(2)?, r.str(3)?, r.str(4)?);
+                let sender = r.str(5)?.to_string();
+                let mut rcpts = Vec::with_capacity(r.fields.len().saturating_sub(6));
+                for i in 6..r.fields.len() {
+                    rcpts.push(r.str(i)?.to_string());
+                }
+                let env = Envelope { sender, recipients: rcpts };
+                // The envelope is checked now, so that a bad one never gets as far as a file.
+                if let Err(e) = Envelope::parse(&env.encode()) {
+                    let code = if matches!(e, envelope::EnvelopeError::BadAddress(_)) { status::QUEUE_BAD_ADDRESS } else { status::QUEUE_BAD_ENVELOPE };
+                    self.failed.insert(txn, QueueError::new(code, e.to_string()));
+                    return Ok(());
+                }
+                match self.queue.begin(self.limit) {
+                    Ok(mut msg) => {
+                        let id = msg.id().to_string();
+                        let one = (env.recipients.len() == 1).then(|| env.recipients[0].as_str());
+                        let line = writer::received(helo, ip, &self.me, proto, tls, &id, one, date::now_secs());
+                        match msg.write(line.as_bytes()) {
+                            Ok(()) => {
+                                self.open.insert(txn, Open { msg, env });
+                            }
+                            Err(e) => {
+                                self.failed.insert(txn, e);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log!("cannot start a message: {e}");
+                        self.failed.insert(txn, e);
+                    }
+                }
+            }
+            b'C' => {
+                if let Some(o) = self.open.get_mut(&txn)
+                    && let Err(e) = o.msg.write(r.bytes(1)?)
+                {
+                    log!("cannot write a message: {e}");
+                    self.open.remove(&txn);
+                    self.failed.insert(txn, e);
+                }
+            }
+            b'E' => {
+                if let Some(e) = self.failed.remove(&txn) {
+                    self.reply_failure(txn, &e);
+                } else if let Some(o) = self.open.remove(&txn) {
+                    match o.msg.finish(&o.env) {
+                        Ok(p) => self.batch.push((txn, p)),
+                        Err(e) => self.reply_failure(txn, &e),
+                    }
+                } else {
+                    self.reply_failure(txn, &QueueError::new(status::QUEUE_BUG, "no such transaction"));
+                }
+            }
+            b'A' => {
+                self.open.remove(&txn);
+                self.failed.remove(&txn);
+            }
+            other => return Err(io::Error::other(format!("unknown record {:?} from smtpd", other as char))),
+        }
+        Ok(())
+    }
+
+    fn reply_failure(&mut self, txn: u64, e: &QueueError) {
+        self.out.push(&Record::new(b'F').with_u64(txn).with(e.code.to_string()).with(&e.message));
+    }
+
+    fn commit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (txns, prepared): (Vec<u64>, Vec<Prepared>) = std::mem::take(&mut self.batch).into_iter().unzip();
+        for (txn, r) in txns.into_iter().zip(queue::commit(&self.queue, prepared)) {
+            match r {
+                Ok(id) => self.out.push(&Record::new(b'K').with_u64(txn).with(id.to_string())),
+                Err(e) => {
+                    log!("commit failed: {e}");
+                    self.reply_failure(txn, &e);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! smtpd — the ESMTP server of ferry.
+//!
+//! Usage: `smtpd [READY-FD]`, run by s6 from service/smtpd/run as root (or as a normal user in
+//! single-user mode). READY-FD is s6's notification fd: it gets a newline once smtpd listens.
+//!
+//! Start: reads the control files, binds every address of `smtplisten` (backlog 4096),
+//! loads `tlscert`/`tlskey` if both exist (then STARTTLS is offered), raises its open-file
+//! limit, starts the queue writer `qwriter` as ferryq on a socket pair, and drops to ferryd.
+//! Then it serves every session in one mio event loop (crates/smtpd/src/server.rs) and streams
+//! each message, as it arrives, to qwriter (protocol: crates/common/src/writer.rs); a message
+//! gets 250 only after qwriter has committed it durably.
+//!
+//! The SMTP dialogue is crates/smtpd/src/session.rs (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, STARTTLS); who may send what is policy.rs.
+//! Control files: me, smtpgreeting, smtplisten, databytes, maxrcpt, timeoutsmtpd,
+//! concurrencyincoming, concurrencyperip, rcpthosts, relayclients, locals, virtualdomains,
+//! aliases, badmailfrom, badrcptto, tlscert, tlskey. Signals: HUP reloads the control files
+//! and the certificate; TERM stops (idle sessions get 421, messages in flight finish).
+//! Logs one line per session and per message on stderr. Exit 111 on a setup error or when the
+//! queue writer dies (s6 restarts both).
+
+mod conn;
+mod listen;
+mod policy;
+mod server;
+mod session;
+mod tls;
+
+use ferry_common::config::Config;
+use ferry_common::root::Root;
+use ferry_common::users::{self, Mode};
+use ferry_common::log;
+use std::process::{Command, Stdio};
+
+fn main() {
+    log::init("smtpd");
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            log!("fatal: {e}");
+            std::process::exit(111);
+        }
+    }
+}
+
+fn run() -> std::io::Result<i32> {
+    let ready_fd = std::env::args().nth(1).and_then(|a| a.parse::<i32>().ok());
+    let root = Root::from_exe()?;
+    let cfg = Config::load(&root).map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
+    let mode = Mode::current();
+    let mut listeners = Vec::new();
+    for addr in &cfg.smtplisten {
+        listeners.push(listen::bind_tcp(*addr)?);
+    }
+    let tls = match (&cfg.tlscert, &cfg.tlskey) {
+        (Some(c), Some(k)) => match tls::server_config(c, k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log!("{e}: STARTTLS is off until it is fixed");
+                None
+            }
+        },
+        _ => None,
+    };
+    let nofile = ferry_sys::raise_nofile(cfg.concurrencyincoming * 2 + 256);
+    if nofile < cfg.concurrencyincoming + 64 {
+        log!("open-file limit {nofile} is low for concurrencyincoming {}", cfg.concurrencyincoming);
+    }
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut cmd = Command::new(root.bin("qwriter"));
+    cmd.env_clear()
+        .current_dir(root.path())
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if mode == Mode::Separated {
+        ferry_sys::command_as(&mut cmd, &mode.cred(users::QUEUE)?);
+    }
+    let mut writer = cmd.spawn().map_err(|e| std::io::Error::other(format!("cannot start qwriter: {e}")))?;
+    if mode == Mode::Separated {
+        ferry_sys::drop_privileges(&mode.cred(users::SMTPD)?)?;
+    }
+    let only_uid = (mode == Mode::SingleUser).then(|| ferry_sys::uids().0);
+    let policy = policy::ConfigPolicy { mail_dir: root.mail(), cfg, only_uid };
+    let listening: Vec<String> = policy.cfg.smtplisten.iter().map(|a| a.to_string()).collect();
+    let starttls = tls.is_some();
+    let mut server = server::Server::new(root, policy, tls, listeners, mine)?;
+    let code = server.run(|| {
+        log!(
+            "listening on {} ({}; STARTTLS {})",
+            listening.join(", "),
+            mode.describe(),
+            if starttls { "on" } else { "off: no control/tlscert" }
+        );
+        if let Some(fd) = ready_fd {
+            ferry_sys::notify_ready(fd);
+        }
+    });
+    drop(server);
+    let _ = writer.wait();
+    code
+}

@@ -1,0 +1,409 @@
+//! The event loop: every session of the server in one mio loop, and the link to the queue
+//! writer that all messages are streamed to.
+
+use crate::conn::{Conn, ReadResult};
+use crate::policy::{Client, ConfigPolicy};
+use crate::session::{Event, Session};
+use ferry_common::config::{Config, canonical_ip};
+use ferry_common::log;
+use ferry_common::record::{Outbox, Reader, Record};
+use ferry_common::root::Root;
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use rustls::ServerConfig;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WRITER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_LISTENER: usize = 10;
+const FIRST_CONN: usize = 1000;
+/// Input read ahead per session while it waits (commit, TLS switch).
+const INPUT_CAP: usize = 64 * 1024;
+/// Stop reading message data while this much is waiting for the writer, resume below a tenth.
+const WRITER_BACKLOG: usize = 32 << 20;
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub root: Root,
+    pub policy: ConfigPolicy,
+    pub tls: Option<Arc<ServerConfig>>,
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: HashMap<usize, Conn>,
+    next_token: usize,
+    writer: UnixStream,
+    writer_in: Reader,
+    writer_out: Outbox,
+    txns: HashMap<u64, usize>,
+    next_txn: u64,
+    per_ip: HashMap<IpAddr, u64>,
+    paused: HashSet<usize>,
+    scratch: Vec<u8>,
+    stopping: Option<Instant>,
+}
+
+impl Server {
+    pub fn new(root: Root, policy: ConfigPolicy, tls: Option<Arc<ServerConfig>>, listeners: Vec<std::net::TcpListener>, writer: std::os::unix::net::UnixStream) -> io::Result<Server> {
+        writer.set_nonblocking(true)?;
+        Ok(Server {
+            root,
+            policy,
+            tls,
+            poll: Poll::new()?,
+            listeners: listeners.into_iter().map(TcpListener::from_std).collect(),
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            writer: UnixStream::from_std(writer),
+            writer_in: Reader::new(),
+            writer_out: Outbox::default(),
+            txns: HashMap::new(),
+            next_txn: 1,
+            per_ip: HashMap::new(),
+            paused: HashSet::new(),
+            scratch: vec![0u8; 64 * 1024],
+            stopping: None,
+        })
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.policy.cfg
+    }
+
+    pub fn run(&mut self, ready: impl FnOnce()) -> io::Result<i32> {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            self.poll.registry().register(l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+        }
+        self.poll.registry().register(&mut self.writer, WRITER, Interest::READABLE | Interest::WRITABLE)?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        ready();
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        loop {
+            match self.poll.poll(&mut events, Some(Duration::from_millis(500))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WRITER => self.writer_event()?,
+                    SIGNALS => {
+                        for s in signals.pending() {
+                            if s == SIGHUP {
+                                self.reload();
+                            } else if self.stopping.is_none() {
+                                self.stop();
+                            }
+                        }
+                    }
+                    Token(t) if (FIRST_LISTENER..FIRST_CONN).contains(&t) => self.accept(t - FIRST_LISTENER),
+                    Token(t) => self.conn_event(t),
+                }
+            }
+            if last_sweep.elapsed() >= Duration::from_millis(500) {
+                last_sweep = Instant::now();
+                self.sweep();
+            }
+            if let Some(since) = self.stopping
+                && (self.conns.is_empty() || since.elapsed() > STOP_GRACE)
+            {
+                let _ = self.writer_out.flush_to(&mut self.writer);
+                log!("stopped");
+                return Ok(0);
+            }
+        }
+    }
+
+    fn accept(&mut self, idx: usize) {
+        loop {
+            let Some(l) = self.listeners.get(idx) else { return };
+            let (mut stream, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log!("accept: {e}");
+                    return;
+                }
+            };
+            let ip = canonical_ip(peer.ip());
+            let relay = self.cfg().is_relay_client(ip);
+            let limited = !relay && !ip.is_loopback();
+            if self.conns.len() as u64 >= self.cfg().concurrencyincoming {
+                let _ = io::Write::write(&mut stream, b"421 4.3.2 Too many connections; try again later\r\n");
+                log!("refused {ip}: {} sessions already (concurrencyincoming)", self.conns.len());
+                continue;
+            }
+            if limited && self.per_ip.get(&ip).copied().unwrap_or(0) >= self.cfg().concurrencyperip {
+                let _ = io::Write::write(&mut stream, b"421 4.7.0 Too many connections from your address; try again later\r\n");
+                log!("refused {ip}: too many sessions from it (concurrencyperip)");
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            if self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
+                continue;
+            }
+            if limited {
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+            }
+            let mut session = Session::new(Client { ip, relay }, self.tls.is_some());
+            session.greeting(&self.policy.cfg.smtpgreeting);
+            let deadline = Instant::now() + self.timeout();
+            self.conns.insert(token, Conn::new(stream, peer, session, deadline, limited));
+            self.conn_event(token);
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg().timeoutsmtpd)
+    }
+
+    fn writer_backlogged(&self) -> bool {
+        self.writer_out.pending() > WRITER_BACKLOG
+    }
+
+    /// Reads, processes and writes for one connection, until nothing more can be done now.
+    fn conn_event(&mut self, token: usize) {
+        let backlogged = self.writer_backlogged();
+        let timeout = self.timeout();
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        let mut events = Vec::new();
+        let mut failed: Option<String> = None;
+        loop {
+            let can_read = !c.eof && !(backlogged && c.session.in_data()) && !c.tls_pending && !c.session.is_closed();
+            if backlogged && c.session.in_data() {
+                self.paused.insert(token);
+            }
+            let mut progress = false;
+            if can_read {
+                match c.read_in(&mut self.scratch, INPUT_CAP) {
+                    Ok(ReadResult::Eof) => c.eof = true,
+                    Ok(ReadResult::Got { progress: p }) => {
+                        if p {
+                            c.deadline = Instant::now() + timeout;
+                        }
+                        progress = true;
+                    }
+                    Ok(ReadResult::Nothing) => {}
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let consumed = c.session.input(&mut c.inbuf, &self.policy, &mut events);
+            for ev in events.drain(..) {
+                match ev {
+                    Event::Begin { helo, protocol, sender, rcpts } => {
+                        let txn = self.next_txn;
+                        self.next_txn += 1;
+                        c.txn = Some(txn);
+                        self.txns.insert(txn, token);
+                        let mut r = Record::new(b'B')
+                            .with_u64(txn)
+                            .with(helo)
+                            .with(c.peer.ip().to_string())
+                            .with(protocol)
+                            .with(c.session.tls.clone().unwrap_or_default())
+                            .with(sender);
+                        for rc in rcpts {
+                            r.push(rc);
+                        }
+                        self.writer_out.push(&r);
+                    }
+                    Event::Chunk(bytes) => {
+                        if let Some(t) = c.txn {
+                            self.writer_out.push(&Record::new(b'C').with_u64(t).with(bytes));
+                        }
+                    }
+                    Event::End => {
+                        if let Some(t) = c.txn {
+                            self.writer_out.push(&Record::new(b'E').with_u64(t));
+                        }
+                    }
+                    Event::Abort => {
+                        if let Some(t) = c.txn.take() {
+                            self.txns.remove(&t);
+                            self.writer_out.push(&Record::new(b'A').with_u64(t));
+                        }
+                    }
+                    Event::StartTls => c.tls_pending = true,
+                    Event::Close => {}
+                    Event::Refused { sender, rcpts, reply } => {
+                        log!("message ip={} from=<{}> rcpts={rcpts} result={}", c.peer.ip(), log::quote(&sender, 300), log::quote(&reply, 200));
+                    }
+                }
+            }
+            match c.flush() {
+                Ok(true) => {
+                    if c.tls_pending
+                        && let Some(cfg) = &self.tls
+                        && let Err(e) = c.start_tls(cfg.clone())
+                    {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            if !(progress || consumed) || c.session.is_closed() || c.eof {
+                break;
+            }
+        }
+        let _ = self.writer_out.flush_to(&mut self.writer);
+        let Some(c) = self.conns.get(&token) else { return };
+        let done = c.session.is_closed() || c.eof;
+        if let Some(why) = failed {
+            self.close(token, &format!("error: {why}"));
+        } else if done && !c.session.waiting_for_commit() {
+            let why = if c.session.is_closed() { "quit" } else { "client closed" };
+            self.close(token, why);
+        }
+    }
+
+    pub fn close(&mut self, token: usize, why: &str) {
+        let Some(mut c) = self.conns.remove(&token) else { return };
+        if let Some(t) = c.txn.take() {
+            self.txns.remove(&t);
+            self.writer_out.push(&Record::new(b'A').with_u64(t));
+        }
+        c.send_close_notify();
+        let _ = c.flush();
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.paused.remove(&token);
+        let ip = canonical_ip(c.peer.ip());
+        if c.limited
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        log!(
+            "session ip={ip} helo={} tls={} messages={} rejected_rcpts={} seconds={} end={why}",
+            log::quote(c.session.helo.as_deref().unwrap_or("-"), 100),
+            c.tls_description(),
+            c.session.messages,
+            c.session.rejected_rcpts,
+            c.started.elapsed().as_secs()
+        );
+    }
+
+    fn writer_event(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.writer.read(&mut buf) {
+                Ok(0) => return Err(io::Error::other("the queue writer exited; stopping so that s6 restarts smtpd")),
+                Ok(n) => self.writer_in.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let timeout = self.timeout();
+        while let Some(r) = self.writer_in.next_record()? {
+            let txn = r.u64(0)?;
+            let Some(token) = self.txns.remove(&txn) else { continue };
+            let result = match r.kind {
+                b'K' => Ok(r.str(1)?.to_string()),
+                _ => Err((r.str(1)?.parse::<i32>().unwrap_or(ferry_common::status::QUEUE_BUG), r.str(2).unwrap_or("").to_string())),
+            };
+            if let Some(c) = self.conns.get_mut(&token) {
+                c.txn = None;
+                let (sender, rcpts, bytes) = c.session.committed(result.as_ref().map(|s| s.as_str()).map_err(|e| e.0));
+                let res = match &result {
+                    Ok(id) => format!("250 queued id={id}"),
+                    Err((code, text)) => format!("{} ({})", ferry_common::status::queue_exit_reply(*code), log::quote(text, 200)),
+                };
+                log!(
+                    "message ip={} from=<{}> rcpts={rcpts} size={bytes} tls={} result={res}",
+                    c.peer.ip(),
+                    log::quote(&sender, 300),
+                    c.tls_description()
+                );
+                c.deadline = Instant::now() + timeout;
+                // Pipelined commands that waited for this answer go on now.
+                self.conn_event(token);
+            }
+        }
+        self.writer_out.flush_to(&mut self.writer)?;
+        if self.writer_out.pending() < WRITER_BACKLOG / 10 && !self.paused.is_empty() {
+            let resume: Vec<usize> = self.paused.drain().collect();
+            for t in resume {
+                self.conn_event(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes sessions past their deadline (a client that does not send a full line or take
+    /// our reply in `timeoutsmtpd` seconds).
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now > c.deadline && !c.session.waiting_for_commit())
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            if let Some(c) = self.conns.get_mut(&t) {
+                let mut ev = Vec::new();
+                c.session.close_with("4.4.2", "Error: timeout exceeded", &mut ev);
+                let _ = c.flush();
+            }
+            self.close(t, "timeout");
+        }
+        let _ = self.writer_out.flush_to(&mut self.writer);
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.root) {
+            Ok(cfg) => {
+                self.tls = match (&cfg.tlscert, &cfg.tlskey) {
+                    (Some(c), Some(k)) => match crate::tls::server_config(c, k) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            log!("reload: {e}; keeping the old TLS settings");
+                            self.tls.clone()
+                        }
+                    },
+                    _ => None,
+                };
+                self.policy.cfg = cfg;
+                log!("control files reloaded; STARTTLS {}", if self.tls.is_some() { "on" } else { "off" });
+            }
+            Err(e) => log!("reload refused: {e}"),
+        }
+    }
+
+    /// Stops taking connections; idle sessions get 421, the others finish (at most 10 s).
+    fn stop(&mut self) {
+        log!("stopping: {} sessions open", self.conns.len());
+        self.stopping = Some(Instant::now());
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+        self.listeners.clear();
+        let idle: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.session.in_message()).map(|(t, _)| *t).collect();
+        for t in idle {
+            if let Some(c) = self.conns.get_mut(&t) {
+                let mut ev = Vec::new();
+                c.session.close_with("4.3.2", "Service shutting down", &mut ev);
+                let _ = c.flush();
+            }
+            self.close(t, "shutdown");
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! One SMTP session as a state machine without I/O: bytes in, replies and events out.
+//!
+//! The server feeds it the plaintext the client sent ([`Session::input`]); it consumes whole
+//! command lines and DATA/BDAT bytes, appends replies to [`Session::out`] and pushes
+//! [`Event`]s for the server to act on (stream to the queue writer, start TLS, close). While a
+//! message is being committed it stops consuming input, so pipelined commands are answered
+//! in order once [`Session::committed`] gives the result.
+
+use crate::policy::{Client, Policy};
+use ferry_smtp::{Command, CommandError, DataDecoder, DataEvent, ForwardPath, Reply, ReversePath};
+
+/// Longest command line (RFC 5321 allows 512; extensions make it longer).
+pub const MAX_LINE: usize = ferry_smtp::MAX_COMMAND_LINE;
+/// Errors before the session is closed.
+const MAX_ERRORS: u32 = 20;
+/// Pieces of a message go to the writer in chunks of about this size.
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message starts: envelope and what the Received line says.
+    Begin { helo: String, protocol: String, sender: String, rcpts: Vec<String> },
+    Chunk(Vec<u8>),
+    /// The message is complete: commit it and call `committed`.
+    End,
+    /// Forget the message being written.
+    Abort,
+    /// Reply sent ("220 Ready to start TLS"): switch to TLS once it is on the wire.
+    StartTls,
+    /// Close after sending what is in `out`.
+    Close,
+    /// A transaction ended without reaching the queue (for the log).
+    Refused { sender: String, rcpts: usize, reply: String },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Command,
+    Data,
+    Bdat { left: u64, last: bool },
+    /// Waiting for the writer's answer.
+    Commit,
+    Closed,
+}
+
+struct Txn {
+    sender: String,
+    smtputf8: bool,
+    rcpts: Vec<String>,
+    /// Begin was sent to the writer.
+    begun: bool,
+    bytes: u64,
+    too_big: bool,
+    bare_cr: bool,
+    /// A BDAT failed: the rest of the chunks are read and dropped.
+    bdat_failed: Option<Reply>,
+}
+
+pub struct Session {
+    pub client: Client,
+    pub helo: Option<String>,
+    esmtp: bool,
+    pub tls: Option<String>,
+    tls_offered: bool,
+    txn: Option<Txn>,
+    phase: Phase,
+    decoder: DataDecoder,
+    pending_cr: bool,
+    chunk: Vec<u8>,
+    errors: u32,
+    discarding_line: bool,
+    pub out: Vec<u8>,
+    pub messages: u32,
+    pub rejected_rcpts: u32,
+}
+
+fn reply(code: u16, enhanced: &str, text: &str) -> Vec<u8> {
+    Reply::new(code, enhanced, text).to_bytes()
+}
+
+impl Session {
+    pub fn new(client: Client, tls_offered: bool) -> Session {
+        Session {
+            client,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            tls_offered,
+            txn: None,
+            phase: Phase::Command,
+            decoder: DataDecoder::new(),
+            pending_cr: false,
+            chunk: Vec::new(),
+            errors: 0,
+            discarding_line: false,
+            out: Vec::new(),
+            messages: 0,
+            rejected_rcpts: 0,
+        }
+    }
+
+    pub fn greeting(&mut self, name: &str) {
+        self.out.extend_from_slice(format!("220 {name} ESMTP ferry\r\n").as_bytes());
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+    pub fn in_message(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Bdat { .. } | Phase::Commit)
+    }
+    pub fn waiting_for_commit(&self) -> bool {
+        self.phase == Phase::Commit
+    }
+    /// True while streaming DATA or BDAT: input is message content, not commands.
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Bdat { .. })
+    }
+
+    /// After STARTTLS: the session starts over (RFC 3207 §4.2), now over TLS.
+    pub fn tls_started(&mut self, description: String) {
+        self.tls = Some(description);
+        self.helo = None;
+        self.esmtp = false;
+        self.txn = None;
+        self.phase = Phase::Command;
+    }
+
+    /// Closes with a 421 (timeout, shutdown, too many errors).
+    pub fn close_with(&mut self, enhanced: &str, text: &str, events: &mut Vec<Event>) {
+        if self.txn.as_ref().is_some_and(|t| t.begun) {
+            events.push(Event::Abort);
+        }
+        self.out.extend(reply(421, enhanced, text));
+        self.phase = Phase::Closed;
+        events.push(Event::Close);
+    }
+
+    /// Consumes what it can of `input` (removing it from the front). Returns true if it
+    /// consumed something.
+    pub fn input(&mut self, input: &mut Vec<u8>, p: &dyn Policy, events: &mut Vec<Event>) -> bool {
+        let mut used = 0;
+        let before = input.len();
+        while used < input.len() {
+            match self.phase {
+                Phase::Closed | Phase::Commit => break,
+                Phase::Data => used += self.data(&input[used..], p, events),
+                Phase::Bdat { .. } => used += self.bdat(&input[used..], p, events),
+                Phase::Command => {
+                    let rest = &input[used..];
+                    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+                        if rest.len() > MAX_LINE {
+                            // A line too long to be a command: say so once, drop it to its end.
+                            if !self.discarding_line {
+                                self.error(500, "5.5.2", "Error: line too long", events);
+                            }
+                            self.discarding_line = true;
+                            used = input.len();
+                        }
+                        break;
+                    };
+                    let line = &rest[..nl];
+                    used += nl + 1;
+                    if std::mem::take(&mut self.discarding_line) {
+                        continue;
+                    }
+                    let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
+                    if line.len() > MAX_LINE {
+                        self.error(500, "5.5.2", "Error: line too long", events);
+                        continue;
+                    }
+                    if self.command(&line, p, events) {
+                        if used < input.len() {
+                            // CVE-2011-0411: plaintext pipelined after STARTTLS must never
+                            // be taken as if it had come through TLS.
+                            self.out.extend(reply(554, "5.5.1", "Error: plaintext after STARTTLS; closing"));
+                            self.phase = Phase::Closed;
+                            events.push(Event::Close);
+                            used = input.len();
+                        } else {
+                            self.send(220, "2.0.0", "Ready to start TLS");
+                            events.push(Event::StartTls);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        input.drain(..used.min(input.len()));
+        before != input.len()
+    }
+
+    fn error(&mut self, code: u16, enhanced: &str, text: &str, events: &mut Vec<Event>) {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.close_with("4.7.0", "Error: too many errors; closing", events);
+        } else {
+            self.out.extend(reply(code, enhanced, text));
+        }
+    }
+
+    fn send(&mut self, code: u16, enhanced: &str, text: &str) {
+        self.out.extend(reply(code, enhanced, text));
+    }
+
+    /// Handles one command line. Returns true for an acceptable STARTTLS (the caller answers).
+    fn command(&mut self, line: &[u8], p: &dyn Policy, events: &mut Vec<Event>) -> bool {
+        let utf8 = self.txn.as_ref().is_some_and(|t| t.smtputf8);
+        let cmd = match ferry_smtp::parse_command_with(line, utf8) {
+            Ok(c) => c,
+            Err(e) => {
+                let CommandError { code, enhanced, text } = e;
+                self.error(code, enhanced, text, events);
+                return false;
+            }
+        };
+        match cmd {
+            Command::Helo(h) | Command::Ehlo(h) if h.is_empty() => self.error(501, "5.5.4", "Error: HELO needs a name", events),
+            Command::Helo(h) => {
+                self.reset(events);
+                self.helo = Some(h);
+                self.esmtp = false;
+                self.out.extend(format!("250 {}\r\n", p.hostname()).as_bytes());
+            }
+            Command::Ehlo(h) => {
+                self.reset(events);
+                self.esmtp = true;
+                let mut lines = vec![format!("{} Hello {} [{}]", p.hostname(), clip(&h), self.client.ip)];
+                lines.push("PIPELINING".into());
+                lines.push(if p.databytes() > 0 { format!("SIZE {}", p.databytes()) } else { "SIZE".into() });
+                lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"].map(String::from));
+                if self.tls_offered && self.tls.is_none() {
+                    lines.push("STARTTLS".into());
+                }
+                lines.push("HELP".into());
+                self.helo = Some(h);
+                let n = lines.len();
+                for (i, l) in lines.into_iter().enumerate() {
+                    self.out.extend(format!("250{}{l}\r\n", if i + 1 < n { "-" } else { " " }).as_bytes());
+                }
+            }
+            Command::Mail(from, params) => {
+                if self.helo.is_none() {
+                    return self.sequence("Error: send HELO/EHLO first", events);
+                }
+                if self.txn.is_some() {
+                    return self.sequence("Error: nested MAIL command", events);
+                }
+                if let Some(size) = params.size
+                    && p.databytes() > 0
+                    && size > p.databytes()
+                {
+                    self.send(552, "5.3.4", "Error: message size exceeds fixed limit");
+                    return false;
+                }
+                let sender = match &from {
+                    ReversePath::Null => String::new(),
+                    ReversePath::Mailbox(m) => m.to_string(),
+                };
+                if let Err(r) = p.check_mail(&sender, &self.client) {
+                    self.out.extend(r.to_bytes());
+                    return false;
+                }
+                self.txn = Some(Txn {
+                    sender,
+                    smtputf8: params.smtputf8,
+                    rcpts: Vec::new(),
+                    begun: false,
+                    bytes: 0,
+                    too_big: false,
+                    bare_cr: false,
+                    bdat_failed: None,
+                });
+                self.send(250, "2.1.0", "Ok");
+            }
+            Command::Rcpt(to, _) => {
+                let Some(txn) = &self.txn else {
+                    return self.sequence("Error: need MAIL command", events);
+                };
+                if txn.rcpts.len() as u64 >= p.maxrcpt() {
+                    self.send(452, "4.5.3", "Error: too many recipients");
+                    return false;
+                }
+                let addr = match &to {
+                    ForwardPath::Postmaster => format!("postmaster@{}", p.me()),
+                    ForwardPath::Mailbox(m) => m.to_string(),
+                };
+                match p.check_rcpt(&addr, &self.client) {
+                    Ok(()) => {
+                        if let Some(t) = self.txn.as_mut() {
+                            t.rcpts.push(addr);
+                        }
+                        self.send(250, "2.1.5", "Ok");
+                    }
+                    Err(r) => {
+                        self.rejected_rcpts += 1;
+                        self.out.extend(r.to_bytes());
+                    }
+                }
+            }
+            Command::Data => {
+                match &self.txn {
+                    None => return self.sequence("Error: need MAIL command", events),
+                    Some(t) if t.rcpts.is_empty() => {
+                        self.send(554, "5.5.1", "Error: no valid recipients");
+                        return false;
+                    }
+                    Some(t) if t.begun => return self.sequence("Error: DATA after BDAT", events),
+                    _ => {}
+                }
+                self.begin(events);
+                self.decoder = DataDecoder::new();
+                self.phase = Phase::Data;
+                self.send(354, "", "End data with <CR><LF>.<CR><LF>");
+            }
+            Command::Bdat { size, last } => {
+                let ok = self.txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
+                if !ok {
+                    // The chunk still follows and must be read (RFC 3030 §2).
+                    let why = if self.txn.is_none() { "Error: need MAIL command" } else { "Error: no valid recipients" };
+                    let r = Reply::new(503, "5.5.1", why);
+                    self.txn.get_or_insert_with(|| Txn {
+                        sender: String::new(),
+                        smtputf8: false,
+                        rcpts: Vec::new(),
+                        begun: false,
+                        bytes: 0,
+                        too_big: false,
+                        bare_cr: false,
+                        bdat_failed: None,
+                    });
+                    if let Some(t) = self.txn.as_mut() {
+                        t.bdat_failed = Some(r);
+                    }
+                } else if !self.txn.as_ref().is_some_and(|t| t.begun) {
+                    self.begin(events);
+                    self.pending_cr = false;
+                }
+                self.phase = Phase::Bdat { left: size, last };
+                if size == 0 {
+                    self.bdat_chunk_done(p, events);
+                }
+            }
+            Command::Rset => {
+                self.reset(events);
+                self.send(250, "2.0.0", "Ok");
+            }
+            Command::Noop => self.send(250, "2.0.0", "Ok"),
+            Command::Quit => {
+                self.reset(events);
+                self.send(221, "2.0.0", "Bye");
+                self.phase = Phase::Closed;
+                events.push(Event::Close);
+            }
+            Command::Vrfy(_) => self.send(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"),
+            Command::Expn(_) => self.send(502, "5.5.1", "Error: EXPN not available"),
+            Command::Help(_) => self.send(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS"),
+            Command::Auth { .. } => self.send(503, "5.5.1", "Error: authentication not enabled"),
+            Command::StartTls => {
+                if !self.tls_offered {
+                    self.send(502, "5.5.1", "Error: STARTTLS not available");
+                } else if self.tls.is_some() {
+                    self.send(503, "5.5.1", "Error: TLS already active");
+                } else if self.txn.is_some() {
+                    self.send(503, "5.5.1", "Error: STARTTLS in the middle of a transaction");
+                } else {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn sequence(&mut self, text: &str, events: &mut Vec<Event>) -> bool {
+        self.error(503, "5.5.1", text, events);
+        false
+    }
+
+    /// Drops the transaction (RSET, HELO, EHLO, QUIT).
+    fn reset(&mut self, events: &mut Vec<Event>) {
+        if let Some(t) = self.txn.take()
+            && t.begun
+        {
+            events.push(Event::Abort);
+        }
+    }
+
+    fn begin(&mut self, events: &mut Vec<Event>) {
+        let protocol = match (self.esmtp, self.tls.is_some()) {
+            (false, false) => "SMTP",
+            (false, true) => "SMTPS",
+            (true, false) => "ESMTP",
+            (true, true) => "ESMTPS",
+        };
+        let helo = self.helo.clone().unwrap_or_default();
+        if let Some(t) = self.txn.as_mut() {
+            t.begun = true;
+            t.bytes = 0;
+            events.push(Event::Begin { helo, protocol: protocol.into(), sender: t.sender.clone(), rcpts: t.rcpts.clone() });
+        }
+        self.chunk.clear();
+    }
+
+    /// Message bytes decoded so far go to the writer (unless the message is too big).
+    fn emit(&mut self, p: &dyn Policy, events: &mut Vec<Event>, force: bool) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.too_big || t.bdat_failed.is_some() {
+            self.chunk.clear();
+            return;
+        }
+        t.bytes += self.chunk.len() as u64;
+        if p.databytes() > 0 && t.bytes > p.databytes() {
+            t.too_big = true;
+            self.chunk.clear();
+            events.push(Event::Abort);
+            return;
+        }
+        if !self.chunk.is_empty() && (force || self.chunk.len() >= CHUNK) {
+            events.push(Event::Chunk(std::mem::take(&mut self.chunk)));
+        }
+    }
+
+    fn data(&mut self, input: &[u8], p: &dyn Policy, events: &mut Vec<Event>) -> usize {
+        match self.decoder.feed(input, &mut self.chunk) {
+            DataEvent::More => {
+                self.emit(p, events, false);
+                input.len()
+            }
+            DataEvent::End { consumed } => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.bare_cr = self.decoder.saw_bare_cr();
+                }
+                self.emit(p, events, true);
+                self.finish_message(events);
+                consumed
+            }
+        }
+    }
+
+    fn bdat(&mut self, input: &[u8], p: &dyn Policy, events: &mut Vec<Event>) -> usize {
+        let Phase::Bdat { left, last } = self.phase else { return 0 };
+        let take = (left.min(input.len() as u64)) as usize;
+        let flags = ferry_smtp::normalize_crlf(&input[..take], &mut self.pending_cr, &mut self.chunk);
+        if flags.bare_cr
+            && let Some(t) = self.txn.as_mut()
+        {
+            t.bare_cr = true;
+        }
+        let left = left - take as u64;
+        self.phase = Phase::Bdat { left, last };
+        if left == 0 {
+            if last && ferry_smtp::finish_crlf(&mut self.pending_cr, &mut self.chunk)
+                && let Some(t) = self.txn.as_mut()
+            {
+                t.bare_cr = true;
+            }
+            self.emit(p, events, last);
+            self.bdat_chunk_done(p, events);
+        } else {
+            self.emit(p, events, false);
+        }
+        take
+    }
+
+    fn bdat_chunk_done(&mut self, p: &dyn Policy, events: &mut Vec<Event>) {
+        let Phase::Bdat { last, .. } = self.phase else { return };
+        if let Some(r) = self.txn.as_ref().and_then(|t| t.bdat_failed.clone()) {
+            self.out.extend(r.to_bytes());
+            self.phase = Phase::Command;
+            if last {
+                self.txn = None;
+            }
+            self.errors += 1;
+            return;
+        }
+        if last {
+            self.emit(p, events, true);
+            self.finish_message(events);
+        } else {
+            let n = self.txn.as_ref().map(|t| t.bytes + self.chunk.len() as u64).unwrap_or(0);
+            self.send(250, "2.0.0", &format!("{n} octets received"));
+            self.phase = Phase::Command;
+        }
+    }
+
+    /// The end of the message: commit it, or refuse it.
+    fn finish_message(&mut self, events: &mut Vec<Event>) {
+        let Some(t) = self.txn.as_ref() else { return };
+        let refuse = if t.too_big {
+            Some(Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit"))
+        } else if t.bare_cr {
+            Some(Reply::new(550, "5.6.0", "Error: message contains a bare CR (RFC 5321 section 2.3.8)"))
+        } else {
+            None
+        };
+        match refuse {
+            Some(r) => {
+                if !t.too_big {
+                    events.push(Event::Abort);
+                }
+                events.push(Event::Refused { sender: t.sender.clone(), rcpts: t.rcpts.len(), reply: r.lines.join(" ") });
+                self.out.extend(r.to_bytes());
+                self.txn = None;
+                self.phase = Phase::Command;
+            }
+            None => {
+                events.push(Event::End);
+                self.phase = Phase::Commit;
+            }
+        }
+    }
+
+    /// The writer's answer: the queue id, or (queue exit code, text).
+    pub fn committed(&mut self, result: Result<&str, i32>) -> (String, usize, u64) {
+        let t = self.txn.take();
+        let (sender, rcpts, bytes) = t.map(|t| (t.sender, t.rcpts.len(), t.bytes)).unwrap_or_default();
+        match result {
+            Ok(id) => {
+                self.messages += 1;
+                self.send(250, "2.0.0", &format!("Ok: queued as {id}"));
+            }
+            Err(code) => {
+                let e = ferry_common::status::queue_exit(code);
+                self.send(e.smtp, e.enhanced, &format!("Error: {}", e.meaning));
+            }
+        }
+        if self.phase == Phase::Commit {
+            self.phase = Phase::Command;
+        }
+        (sender, rcpts, bytes)
+    }
+}
+
+/// A client's HELO name as we repeat it: bounded, printable.
+fn clip(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(100).collect()
+}
