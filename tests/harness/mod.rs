@@ -9,6 +9,7 @@
 
 pub mod procs;
 pub mod rcpt;
+pub mod smtp;
 pub mod users;
 
 use std::io::Write;
@@ -53,7 +54,7 @@ impl Env {
         for p in ferry_common::layout::PROGRAMS {
             let src = bin_dir().join(p);
             if !src.exists() {
-                if ["qwriter", "smtpd", "remote-deliver"].contains(p) {
+                if ["remote-deliver"].contains(p) {
                     continue;
                 }
                 panic!("{} is missing: build first (make test does)", src.display());
@@ -98,6 +99,25 @@ impl Env {
             .expect("s6-supervise (package s6) must be installed");
         self.children.push(child);
         self.wait_for("send to start", Duration::from_secs(20), || self.log("send.log").contains("send: started"));
+    }
+
+    /// Starts smtpd (s6-supervise service/smtpd) on a free loopback port; output in
+    /// ROOT/smtpd.log. Returns the port.
+    pub fn start_smtpd(&mut self) -> u16 {
+        let port = free_port();
+        self.control("smtplisten", &format!("127.0.0.1:{port}"));
+        let log = std::fs::File::create(self.root.join("smtpd.log")).unwrap();
+        let child = Command::new("s6-supervise")
+            .arg(self.root.join("service/smtpd"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("s6-supervise (package s6) must be installed");
+        self.children.push(child);
+        self.wait_for("smtpd to listen", Duration::from_secs(20), || self.log("smtpd.log").contains("listening on"));
+        port
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -173,9 +193,13 @@ impl Env {
     }
 
     pub fn stop(&mut self) {
-        let svc = self.root.join("service/send");
-        let _ = Command::new("s6-svc").arg("-wD").arg("-T").arg("15000").arg("-d").arg(&svc).output();
-        let _ = Command::new("s6-svc").arg("-x").arg(&svc).output();
+        for name in ["service/smtpd", "service/send"] {
+            let svc = self.root.join(name);
+            if svc.join("supervise/control").exists() {
+                let _ = Command::new("s6-svc").arg("-wD").arg("-T").arg("15000").arg("-d").arg(&svc).output();
+                let _ = Command::new("s6-svc").arg("-x").arg(&svc).output();
+            }
+        }
         for c in &mut self.children {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
@@ -212,6 +236,11 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
             }
         }
     }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A message with a unique Subject, LF line ends.

@@ -44,7 +44,6 @@ pub const PROGRAMS: &[&str] = &[
     "rspawn",
     "clean",
     "local-deliver",
-    "remote-deliver",
     "smtpd",
     "sendmail",
     "ferryctl",

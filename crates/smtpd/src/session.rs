@@ -408,14 +408,14 @@ impl Session {
             self.chunk.clear();
             return;
         }
-        t.bytes += self.chunk.len() as u64;
-        if p.databytes() > 0 && t.bytes > p.databytes() {
+        if p.databytes() > 0 && t.bytes + self.chunk.len() as u64 > p.databytes() {
             t.too_big = true;
             self.chunk.clear();
             events.push(Event::Abort);
             return;
         }
         if !self.chunk.is_empty() && (force || self.chunk.len() >= CHUNK) {
+            t.bytes += self.chunk.len() as u64;
             events.push(Event::Chunk(std::mem::take(&mut self.chunk)));
         }
     }
