@@ -71,6 +71,9 @@ fn kill_programs_while_injecting_loses_nothing() {
                         } else {
                             refused += 1;
                         }
+                        // Spread the injection over a few seconds, so that kills land in
+                        // every phase (send restarts take a second under s6).
+                        std::thread::sleep(Duration::from_millis(15));
                     }
                     (ok, refused)
                 })

@@ -41,7 +41,7 @@ pub enum State {
 }
 
 impl State {
-    fn byte(self) -> u8 {
+    pub fn byte(self) -> u8 {
         match self {
             State::Pending => b' ',
             State::Delivered => b'D',
@@ -72,18 +72,53 @@ pub struct Info {
     pub rcpts: Vec<Rcpt>,
 }
 
-/// The initial contents of an info file.
+/// A recipient as send writes it into a new info file.
+pub struct RcptInit<'a> {
+    pub addr: &'a str,
+    pub channel: Channel,
+    pub state: State,
+    /// Temporary failures so far: (time, text), oldest first.
+    pub errors: &'a [(u64, String)],
+    /// The permanent failure (time, text), for the bounce.
+    pub failure: Option<(u64, &'a str)>,
+}
+
+/// The contents of an info file (recipients pending unless said otherwise).
 pub fn encode(birth: u64, sender: &str, rcpts: &[(String, Channel)]) -> Vec<u8> {
-    let mut s = String::with_capacity(64 + rcpts.iter().map(|r| r.0.len() + 4).sum::<usize>());
+    let init: Vec<RcptInit<'_>> = rcpts
+        .iter()
+        .map(|(a, c)| RcptInit { addr: a, channel: *c, state: State::Pending, errors: &[], failure: None })
+        .collect();
+    encode_state(birth, sender, false, &init)
+}
+
+/// The contents of an info file for a message whose deliveries have already begun.
+pub fn encode_state(birth: u64, sender: &str, hold: bool, rcpts: &[RcptInit<'_>]) -> Vec<u8> {
+    let mut s = String::with_capacity(64 + rcpts.iter().map(|r| r.addr.len() + 4).sum::<usize>());
     s.push_str(MAGIC);
-    s.push_str("H0\n");
+    s.push_str(if hold { "H1\n" } else { "H0\n" });
     s.push_str(&format!("B{birth}\nF{sender}\n"));
-    for (a, c) in rcpts {
-        s.push_str(if *c == Channel::Local { "R L" } else { "R R" });
-        s.push_str(a);
+    for r in rcpts {
+        s.push('R');
+        s.push(r.state.byte() as char);
+        s.push(if r.channel == Channel::Local { 'L' } else { 'R' });
+        s.push_str(r.addr);
         s.push('\n');
     }
+    for (i, r) in rcpts.iter().enumerate() {
+        for (t, text) in r.errors {
+            s.push_str(&note_line(false, i, *t, text));
+        }
+        if let Some((t, text)) = r.failure {
+            s.push_str(&note_line(true, i, t, text));
+        }
+    }
     s.into_bytes()
+}
+
+fn note_line(permanent: bool, idx: usize, when: u64, text: &str) -> String {
+    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_NOTE).collect();
+    format!("{}{idx} {when} {clean}\n", if permanent { 'P' } else { 'E' })
 }
 
 fn bad(line: usize, why: &str) -> io::Error {
@@ -165,6 +200,7 @@ pub fn parse(buf: &[u8]) -> io::Result<Info> {
 }
 
 /// Writes a new info file (replacing a partial one left by a crash). The caller syncs it.
+/// (send writes `ID.tmp`, syncs, and renames it, so that an info file is always whole.)
 pub fn create(path: &Path, contents: &[u8]) -> io::Result<File> {
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(contents)?;
@@ -200,8 +236,7 @@ pub fn set_hold(f: &File, hold: bool) -> io::Result<()> {
 
 /// Appends a failure note: `E` temporary, `P` permanent. The text is made one safe line.
 pub fn append_note(f: &File, permanent: bool, idx: usize, when: u64, text: &str) -> io::Result<()> {
-    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_NOTE).collect();
-    let line = format!("{}{idx} {when} {clean}\n", if permanent { 'P' } else { 'E' });
+    let line = note_line(permanent, idx, when, text);
     let end = f.metadata()?.len();
     f.write_all_at(line.as_bytes(), end)
 }
@@ -234,6 +269,21 @@ mod tests {
         assert_eq!(again.rcpts[1].attempts, 2);
         assert_eq!(again.rcpts[1].last_error, Some((1002, "451 again".into())));
         assert_eq!(again.rcpts[1].failure.as_deref(), Some("550 no such user"));
+    }
+
+    #[test]
+    fn encode_state_keeps_marks_and_notes() {
+        let errs = vec![(7u64, "451 later".to_string())];
+        let rc = [
+            RcptInit { addr: "a@b", channel: Channel::Local, state: State::Delivered, errors: &[], failure: None },
+            RcptInit { addr: "c@d", channel: Channel::Remote, state: State::Pending, errors: &errs, failure: None },
+            RcptInit { addr: "e@f", channel: Channel::Remote, state: State::Failed, errors: &[], failure: Some((8, "550 no")) },
+        ];
+        let i = parse(&encode_state(5, "s@x", true, &rc)).unwrap();
+        assert!(i.hold);
+        assert_eq!(i.rcpts[0].state, State::Delivered);
+        assert_eq!((i.rcpts[1].attempts, i.rcpts[1].last_error.clone()), (1, Some((7, "451 later".into()))));
+        assert_eq!(i.rcpts[2].failure.as_deref(), Some("550 no"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! queue/todo/ID       committed, waiting for send (a hard link of tmp/ID: the commit point)
 //! queue/mess/XX/ID    the message while it is being delivered (send has taken it)
 //! queue/info/XX/ID    send's per-recipient state (see crate::info)
-//! queue/lock/trigger  FIFO: one byte wakes send
+//! queue/lock/trigger  FIFO: writers announce committed ids (one per line) to send
 //! queue/ctl/send      send's control socket (ferryctl)
 //! ```
 //!
@@ -16,7 +16,8 @@
 //!
 //! Commit: write tmp/ID; make it durable (fsync, or one syncfs for a batch); link it into
 //! todo/; fsync todo/ (one fsync covers every link of the batch); only then confirm; remove
-//! tmp/ID. A writer that dies leaves tmp/ID unlocked: `clean` removes such files at start.
+//! tmp/ID; announce the ids to send. A writer that dies leaves tmp/ID unlocked: `clean`
+//! removes such files at start.
 
 use crate::envelope::Envelope;
 use crate::id::MsgId;
@@ -127,11 +128,23 @@ impl Queue {
         Err(QueueError::new(status::QUEUE_BUG, "could not find a free message id"))
     }
 
-    /// Pulls the trigger: one byte into lock/trigger wakes send. Errors are ignored (send also
-    /// rescans todo/ on its own).
-    pub fn pull_trigger(&self) {
-        if let Ok(mut f) = OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(self.trigger()) {
-            let _ = f.write(b"!");
+    /// Pulls the trigger: tells send about newly committed messages by writing their ids, one
+    /// per line, into lock/trigger (each write a whole number of lines, at most PIPE_BUF bytes,
+    /// so writes of several writers never mix). Anything else in the FIFO (a lone byte) makes
+    /// send scan todo/. Errors are ignored: send also scans todo/ every minute and at start.
+    pub fn announce(&self, ids: &[MsgId]) {
+        let Ok(mut f) = OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(self.trigger()) else {
+            return;
+        };
+        for chunk in ids.chunks(4096 / 33) {
+            let mut buf = String::with_capacity(chunk.len() * 33);
+            for id in chunk {
+                buf.push_str(&id.to_string());
+                buf.push('\n');
+            }
+            if f.write(buf.as_bytes()).is_err() {
+                return;
+            }
         }
     }
 }
@@ -274,8 +287,9 @@ pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueErr
         }
     }
     drop(batch);
-    if results.iter().any(|r| r.is_ok()) {
-        queue.pull_trigger();
+    let ok: Vec<MsgId> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    if !ok.is_empty() {
+        queue.announce(&ok);
     }
     results
 }

@@ -97,14 +97,21 @@ impl Scheduler {
             return err("expected a message id (32 hex digits)".into());
         };
         let Some(m) = self.msgs.get_mut(&id) else {
-            return err(format!("{id} is not in the queue (or is still being taken in)"));
+            return err(format!("{id} is not in the queue (or send has not taken it yet)"));
         };
         match req.kind {
             b'H' | b'U' => {
                 let hold = req.kind == b'H';
-                if let Err(e) = info::set_hold(&m.info, hold).and_then(|_| m.info.sync_data()) {
-                    return err(format!("cannot write the hold mark: {e}"));
+                match &m.info {
+                    Some(f) => {
+                        if let Err(e) = info::set_hold(f, hold).and_then(|_| f.sync_data()) {
+                            return err(format!("cannot write the hold mark: {e}"));
+                        }
+                    }
+                    // Not persisted yet: it will be as soon as no delivery runs.
+                    None => m.persist = true,
                 }
+                self.touched.insert(id);
                 m.hold = hold;
                 if hold {
                     for idx in 0..m.rcpts.len() {
@@ -123,9 +130,7 @@ impl Scheduler {
                 }
                 let pending = m.rcpts.iter().filter(|r| r.state == State::Pending).count();
                 log!("{id}: deleted by the administrator ({pending} recipients undelivered, no bounce)");
-                if m.complete() {
-                    self.finish(id);
-                }
+                self.touched.insert(id);
                 ok(format!("{id} deleted"))
             }
             _ => err(format!("unknown request {:?}", req.kind as char)),

@@ -8,7 +8,8 @@ use ferry_common::info::{self, Channel, State};
 use ferry_common::queue::QueueFile;
 use ferry_common::record::Record;
 use ferry_common::route::{Dest, Resolved};
-use ferry_common::{addr, date, inject, log, status};
+use ferry_common::{addr, date, durable, inject, log, status};
+use std::fs::File;
 
 /// Most recipients in one remote job (one SMTP transaction).
 const MAX_RCPTS_PER_JOB: usize = 100;
@@ -17,7 +18,7 @@ impl Scheduler {
     /// Moves due recipients into the ready lists and starts deliveries while slots are free.
     pub fn dispatch(&mut self) {
         let now = date::now_secs();
-        for (id, idx) in self.schedule.take_due(now, usize::MAX) {
+        for (id, idx) in self.schedule.take_due(now) {
             let Some(m) = self.msgs.get_mut(&id) else { continue };
             let Some(r) = m.rcpts.get_mut(idx) else { continue };
             r.due = None;
@@ -34,25 +35,30 @@ impl Scheduler {
             let Some((id, idx)) = self.ready_local.pop_front() else { break };
             self.start_local(id, idx);
         }
-        let mut skipped = Vec::new();
+        let mut waiting = Vec::new();
         while self.remote_busy < self.cfg.concurrencyremote as usize {
             let Some((id, idx)) = self.ready_remote.pop_front() else { break };
             if !self.start_remote(id, idx) {
-                skipped.push((id, idx));
+                waiting.push((id, idx));
             }
         }
         // Recipients whose domain is at its limit wait, in order, for the next turn.
-        for e in skipped.into_iter().rev() {
+        for e in waiting.into_iter().rev() {
             self.ready_remote.push_front(e);
         }
     }
 
-    /// Takes a ready entry if it is still to be delivered.
+    /// Takes a ready entry if it is still to be delivered now. A message being moved into
+    /// mess/ waits: its entry is scheduled again for the next second.
     fn claim(&mut self, id: MsgId, idx: usize) -> bool {
         let Some(m) = self.msgs.get_mut(&id) else { return false };
         let Some(r) = m.rcpts.get_mut(idx) else { return false };
         let ok = r.ready && r.state == State::Pending && !r.busy && !m.hold && !m.deleting;
         r.ready = false;
+        if ok && m.moving {
+            self.schedule.add(m, idx, date::now_secs() + 1);
+            return false;
+        }
         ok
     }
 
@@ -62,7 +68,7 @@ impl Scheduler {
         }
         let Some(m) = self.msgs.get(&id) else { return };
         let rcpt = m.rcpts[idx].addr.clone();
-        let sender = m.sender.clone();
+        let (sender, loc) = (m.sender.clone(), m.loc);
         let (local, domain) = addr::split(&rcpt);
         let (local, domain) = (addr::unquote_local(local), domain.to_lowercase());
         let (kind, name, ext) = match self.router().resolve(&rcpt) {
@@ -90,6 +96,7 @@ impl Scheduler {
         let rec = Record::new(b'D')
             .with_u64(job)
             .with(id.to_string())
+            .with(loc.code())
             .with(kind)
             .with(name)
             .with(ext)
@@ -121,13 +128,14 @@ impl Scheduler {
                 && idxs.len() < MAX_RCPTS_PER_JOB
                 && other.ready
                 && other.state == State::Pending
+                && !other.busy
                 && addr::split(&other.addr).1.eq_ignore_ascii_case(&domain)
             {
                 other.ready = false;
                 idxs.push(i);
             }
         }
-        let mut rec = Record::new(b'D').with_u64(0).with(id.to_string()).with(&m.sender).with(&domain);
+        let mut rec = Record::new(b'D').with_u64(0).with(id.to_string()).with(m.loc.code()).with(&m.sender).with(&domain);
         for i in &idxs {
             rec.push(&m.rcpts[*i].addr);
         }
@@ -182,69 +190,91 @@ impl Scheduler {
         }
     }
 
-    /// Records a delivery result in info (synced this turn) and reschedules or finishes.
+    /// Records a delivery result: in memory, and in info/ when the message is persisted (synced
+    /// at the end of this turn, before anything depends on it).
     pub fn record_result(&mut self, id: MsgId, idx: usize, code: i32, text: &str) {
         let now = date::now_secs();
         let lifetime = self.cfg.queuelifetime;
         let Some(m) = self.msgs.get_mut(&id) else { return };
         let Some(rc) = m.rcpts.get(idx) else { return };
-        let outcome = status::Outcome::from_code(code);
         let expired = now.saturating_sub(m.birth) >= lifetime;
         let expired_text;
-        let (result, text) = match outcome {
-            status::Outcome::Ok => {
-                log!("{id}: <{}> delivered: {text}", rc.addr);
-                (info::mark(&m.info, &rc.record, State::Delivered).map(|_| State::Delivered), text)
-            }
-            status::Outcome::Permanent => {
-                log!("{id}: <{}> failed: {text}", rc.addr);
-                let r = info::append_note(&m.info, true, idx, now, text)
-                    .and_then(|_| info::mark(&m.info, &rc.record, State::Failed))
-                    .map(|_| State::Failed);
-                (r, text)
-            }
+        let (state, text) = match status::Outcome::from_code(code) {
+            status::Outcome::Ok => (State::Delivered, text),
+            status::Outcome::Permanent => (State::Failed, text),
             status::Outcome::Temporary if expired => {
-                expired_text =
-                    format!("4.4.7 message expired after {} days in the queue; last error: {text}", lifetime / 86_400);
-                log!("{id}: <{}> failed: {expired_text}", rc.addr);
-                let r = info::append_note(&m.info, true, idx, now, &expired_text)
-                    .and_then(|_| info::mark(&m.info, &rc.record, State::Failed))
-                    .map(|_| State::Failed);
-                (r, expired_text.as_str())
+                expired_text = format!("4.4.7 message expired after {} days in the queue; last error: {text}", lifetime / 86_400);
+                (State::Failed, expired_text.as_str())
             }
-            status::Outcome::Temporary => {
-                log!("{id}: <{}> deferred: {text}", rc.addr);
-                (info::append_note(&m.info, false, idx, now, text).map(|_| State::Pending), text)
-            }
+            status::Outcome::Temporary => (State::Pending, text),
         };
-        match result {
-            Ok(state) => {
-                let rc = &mut m.rcpts[idx];
-                rc.state = state;
-                match state {
-                    State::Failed => rc.failure = Some(text.to_string()),
-                    State::Pending => {
-                        rc.attempts += 1;
-                        rc.last_error = Some(text.to_string());
-                        let next = state::next_retry(m.birth, now, rc.channel);
-                        // One last attempt at the end of the lifetime, then bounce.
-                        let next = next.min(m.birth + lifetime).max(now + 1);
-                        if !m.hold && !m.deleting {
-                            self.schedule.add(m, idx, next);
-                        }
-                    }
-                    State::Delivered => {}
-                }
-            }
-            Err(e) => {
+        let word = match state {
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            State::Pending => "deferred",
+        };
+        log!("{id}: <{}> {word}: {text}", rc.addr);
+        if let (Some(f), Some(rec)) = (&m.info, &rc.record) {
+            let written = match state {
+                State::Delivered => info::mark(f, rec, State::Delivered),
+                State::Failed => info::append_note(f, true, idx, now, text).and_then(|_| info::mark(f, rec, State::Failed)),
+                State::Pending => info::append_note(f, false, idx, now, text),
+            };
+            if let Err(e) = written {
                 // The result could not be recorded: the delivery will be repeated.
                 log!("{id}: cannot record the result in info: {e}");
                 if !m.hold {
                     self.schedule.add(m, idx, now + 60);
                 }
+                self.touched.insert(id);
+                return;
+            }
+            self.dirty.insert(id);
+        }
+        let rc = &mut m.rcpts[idx];
+        rc.state = state;
+        match state {
+            State::Failed => rc.failure = Some((now, text.to_string())),
+            State::Pending => {
+                rc.attempts += 1;
+                rc.last_error = Some((now, text.to_string()));
+                let next = state::next_retry(m.birth, now, rc.channel);
+                // One last attempt at the end of the lifetime, then bounce.
+                let next = next.min(m.birth + lifetime).max(now + 1);
+                if !m.hold && !m.deleting {
+                    self.schedule.add(m, idx, next);
+                }
+                if m.info.is_none() {
+                    m.persist = true;
+                }
+            }
+            State::Delivered => {}
+        }
+        self.touched.insert(id);
+    }
+
+    /// End of a turn: sync the info files changed in it (once for all), then finish the
+    /// messages that are complete and persist the ones that must be.
+    pub fn settle(&mut self) {
+        if !self.dirty.is_empty() {
+            let ids: Vec<MsgId> = self.dirty.drain().collect();
+            let files: Vec<&File> = ids.iter().filter_map(|id| self.msgs.get(id).and_then(|m| m.info.as_ref())).collect();
+            if let Err(e) = durable::sync_all(&files, &[]) {
+                log!("cannot sync info files: {e}");
             }
         }
-        self.dirty.insert(id);
+        let mut to_persist = Vec::new();
+        for id in std::mem::take(&mut self.touched) {
+            let Some(m) = self.msgs.get(&id) else { continue };
+            if m.complete() {
+                self.finish(id);
+            } else if m.persist && m.info.is_none() && m.busy() == 0 {
+                to_persist.push(id);
+            }
+        }
+        if !to_persist.is_empty() {
+            self.persist(to_persist);
+        }
     }
 
     /// A message whose recipients all have their final state: bounce what failed, then remove it.
@@ -255,7 +285,7 @@ impl Scheduler {
                 .rcpts
                 .iter()
                 .filter(|r| r.state == State::Failed)
-                .map(|r| Failed { addr: r.addr.clone(), text: r.failure.clone().unwrap_or_else(|| "failed".into()) })
+                .map(|r| Failed { addr: r.addr.clone(), text: r.failure.as_ref().map(|f| f.1.clone()).unwrap_or_else(|| "failed".into()) })
                 .collect();
             if !failed.is_empty()
                 && let Err(e) = self.send_bounce(m, &failed)
@@ -269,14 +299,17 @@ impl Scheduler {
                 return;
             }
         }
-        let _ = std::fs::remove_file(self.queue.info(&id));
+        if self.msgs.get(&id).is_some_and(|m| m.info.is_some()) {
+            let _ = std::fs::remove_file(self.queue.info(&id));
+        }
         self.clean.send(&Record::new(b'D').with(id.to_string()));
         self.msgs.remove(&id);
         log!("{id}: done");
     }
 
     fn send_bounce(&self, m: &Msg, failed: &[Failed]) -> std::io::Result<()> {
-        let header = QueueFile::open(&self.queue.mess(&m.id)).and_then(|q| q.read_head(64 * 1024)).unwrap_or_default();
+        let path = if m.loc == state::Loc::Mess { self.queue.mess(&m.id) } else { self.queue.todo(&m.id) };
+        let header = QueueFile::open(&path).and_then(|q| q.read_head(64 * 1024)).unwrap_or_default();
         let Some(b) = bounce::build(&self.cfg, &m.id.to_string(), &m.sender, m.birth, failed, &header) else {
             log!("{}: a double bounce failed; dropped", m.id);
             return Ok(());
@@ -306,12 +339,11 @@ impl Scheduler {
     /// Every pending recipient is due now (ferryctl flush, SIGALRM).
     pub fn flush_all(&mut self) -> usize {
         let ids: Vec<MsgId> = self.msgs.keys().copied().collect();
-        let before = self.schedule.len();
         let now = date::now_secs();
         for id in ids {
             self.schedule_pending(id, Some(now));
         }
-        log!("flush: {} recipients due now", self.schedule.len().max(before));
+        log!("flush: {} recipients due now", self.schedule.len());
         self.schedule.len()
     }
 }

@@ -1,14 +1,16 @@
-//! Recovery at start (docs/INTERNALS.md, "Crash states"): rebuild the picture from info/,
-//! finish what a crash interrupted, and remove what a crash left behind.
+//! Recovery at start (docs/INTERNALS.md, "Crash states"): rebuild the picture from info/ and
+//! todo/, finish what a crash interrupted, and remove what a crash left behind.
 //!
-//! - info/ID with todo/ID: send was taking the message; the info may be partial, so it is
-//!   removed and the message is taken again from todo/.
-//! - info/ID with mess/ID: a message being delivered: loaded, its pending recipients due now.
-//! - info/ID alone: the message was being removed: the info goes too.
-//! - mess/ID alone: removed after its info: clean deletes it.
+//! - info/XX/ID.tmp: a persist that did not finish: removed (the message is still in todo/).
+//! - info/XX/ID with mess/XX/ID: a persisted message: loaded, retried on its schedule.
+//! - info/XX/ID with todo/ID: persisted, not yet moved: loaded, clean moves it.
+//! - info/XX/ID alone: the message was being removed: the info goes too.
+//! - mess/XX/ID alone: removed after its info: clean deletes it.
+//! - todo/ID without info: taken again from the start (deliveries that had happened before the
+//!   crash are repeated: at-least-once).
 
 use crate::sched::Scheduler;
-use crate::state::Msg;
+use crate::state::{Loc, Msg};
 use ferry_common::id::{self, MsgId};
 use ferry_common::info::{self, State};
 use ferry_common::queue::QueueFile;
@@ -22,22 +24,34 @@ impl Scheduler {
             let dir = self.queue.dir().join("info").join(&split);
             for entry in std::fs::read_dir(&dir)? {
                 let entry = entry?;
-                let name = entry.file_name();
-                let Some(mid) = name.to_str().and_then(MsgId::parse) else {
-                    log!("stray file info/{split}/{}: left alone", name.to_string_lossy());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                if name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                let Some(mid) = MsgId::parse(&name) else {
+                    log!("stray file info/{split}/{name}: left alone");
                     continue;
                 };
-                let path = entry.path();
-                if self.queue.todo(&mid).exists() {
-                    let _ = std::fs::remove_file(&path);
-                } else if self.queue.mess(&mid).exists() {
-                    let m = self.load(mid, &path)?;
-                    self.msgs.insert(mid, m);
-                    self.schedule_pending(mid, None);
+                let loc = if self.queue.mess(&mid).exists() {
+                    Loc::Mess
+                } else if self.queue.todo(&mid).exists() {
+                    Loc::Todo
                 } else {
                     log!("{mid}: removing info left by an interrupted removal");
                     let _ = std::fs::remove_file(&path);
+                    continue;
+                };
+                let m = self.load(mid, &path, loc)?;
+                self.msgs.insert(mid, m);
+                if loc == Loc::Todo
+                    && let Some(m) = self.msgs.get_mut(&mid)
+                {
+                    m.moving = true;
+                    self.clean.send(&Record::new(b'M').with(mid.to_string()));
                 }
+                self.schedule_pending(mid, None);
             }
             let dir = self.queue.dir().join("mess").join(&split);
             for entry in std::fs::read_dir(&dir)? {
@@ -55,24 +69,25 @@ impl Scheduler {
         for id in done {
             self.finish(id);
         }
-        Ok(())
+        self.scan()
     }
 
-    /// Reads info/ID; if it is unreadable, rebuilds it from the message's envelope (all
+    /// Reads info/XX/ID; if it is unreadable, rebuilds it from the message's envelope (all
     /// recipients pending: some may be delivered twice, none is lost).
-    fn load(&mut self, mid: MsgId, path: &std::path::Path) -> io::Result<Msg> {
+    fn load(&mut self, mid: MsgId, path: &std::path::Path, loc: Loc) -> io::Result<Msg> {
         match info::read(path) {
-            Ok((f, i)) => Ok(Msg::from_info(mid, f, i)),
+            Ok((f, i)) => Ok(Msg::from_info(mid, f, loc, i)),
             Err(e) => {
                 log!("{mid}: info unreadable ({e}); rebuilding it from the envelope");
-                let qf = QueueFile::open(&self.queue.mess(&mid))?;
+                let qpath = if loc == Loc::Mess { self.queue.mess(&mid) } else { self.queue.todo(&mid) };
+                let qf = QueueFile::open(&qpath)?;
                 let env = qf.envelope()?;
                 let birth = qf.file.metadata()?.modified().ok().map(secs).unwrap_or_else(date::now_secs);
                 let rcpts = self.classify(&env.recipients);
                 let f = info::create(path, &info::encode(birth, &env.sender, &rcpts))?;
                 f.sync_all()?;
                 let (f, i) = info::read(path)?;
-                Ok(Msg::from_info(mid, f, i))
+                Ok(Msg::from_info(mid, f, loc, i))
             }
         }
     }
@@ -88,7 +103,7 @@ impl Scheduler {
         for idx in 0..m.rcpts.len() {
             let r = &m.rcpts[idx];
             if r.state == State::Pending && !r.busy && !r.ready {
-                let when = due.unwrap_or_else(|| match &r.record.last_error {
+                let when = due.unwrap_or_else(|| match &r.last_error {
                     Some((t, _)) => crate::state::next_retry(m.birth, *t, r.channel).max(now),
                     None => now,
                 });

@@ -7,7 +7,7 @@ use ferry_common::info::Channel;
 use ferry_common::queue::Queue;
 use ferry_common::record::{Outbox, Reader, Record};
 use ferry_common::root::Root;
-use ferry_common::{date, durable, log};
+use ferry_common::{date, log};
 use mio::unix::SourceFd;
 use mio::unix::pipe;
 use mio::{Events, Interest, Poll, Token};
@@ -31,6 +31,8 @@ pub const FIRST_CTL_CONN: usize = 100;
 /// Most new messages taken from todo/ per loop turn, so that heavy injection never starves
 /// delivery.
 pub const TODO_BATCH: usize = 200;
+/// Most messages in hand at once; the rest waits in todo/ (like Postfix's active queue limit).
+pub const MAX_ACTIVE: usize = 20_000;
 /// todo/ is rescanned this often even without a trigger (a safety net).
 const RESCAN: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -74,9 +76,11 @@ pub struct Scheduler {
     pub lspawn: Peer,
     pub rspawn: Peer,
     pub clean: Peer,
+    pub mode: ferry_common::users::Mode,
     pub msgs: HashMap<MsgId, Msg>,
-    /// New messages whose move into mess/ clean has not confirmed yet.
-    pub taking: HashMap<MsgId, Msg>,
+    /// Announced (or found) in todo/, not yet taken.
+    pub new_ids: VecDeque<MsgId>,
+    pub new_set: HashSet<MsgId>,
     /// todo/ entries that could not be read (logged once).
     pub broken: HashSet<MsgId>,
     pub schedule: Schedule,
@@ -85,8 +89,10 @@ pub struct Scheduler {
     pub local_busy: usize,
     pub remote_busy: usize,
     pub remote_by_domain: HashMap<String, usize>,
-    /// Messages whose info changed this turn: synced once, then checked for completion.
+    /// Persisted messages whose info changed this turn: synced once at its end.
     pub dirty: HashSet<MsgId>,
+    /// Messages whose state changed this turn: checked for completion or persistence.
+    pub touched: HashSet<MsgId>,
     /// Recipients that are due, waiting for a free delivery slot.
     pub ready_local: VecDeque<(MsgId, usize)>,
     pub ready_remote: VecDeque<(MsgId, usize)>,
@@ -115,11 +121,13 @@ impl Scheduler {
             lspawn: Peer::open("lspawn", 3, 4)?,
             rspawn: Peer::open("rspawn", 5, 6)?,
             clean: Peer::open("clean", 7, 8)?,
+            mode: ferry_common::users::Mode::of_root(&root),
             root,
             queue,
             cfg,
             msgs: HashMap::new(),
-            taking: HashMap::new(),
+            new_ids: VecDeque::new(),
+            new_set: HashSet::new(),
             broken: HashSet::new(),
             schedule: Schedule::default(),
             jobs: HashMap::new(),
@@ -128,6 +136,7 @@ impl Scheduler {
             remote_busy: 0,
             remote_by_domain: HashMap::new(),
             dirty: HashSet::new(),
+            touched: HashSet::new(),
             ready_local: VecDeque::new(),
             ready_remote: VecDeque::new(),
             finish_later: BTreeSet::new(),
@@ -176,9 +185,19 @@ impl Scheduler {
                     RSPAWN_IN => self.read_peer(Which::Rspawn)?,
                     CLEAN_IN => self.read_peer(Which::Clean)?,
                     TRIGGER => {
-                        let mut buf = [0u8; 1024];
-                        while matches!(io::Read::read(&mut self.trigger, &mut buf), Ok(n) if n > 0) {}
-                        self.scan_todo = true;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut data = Vec::new();
+                        while let Ok(n) = io::Read::read(&mut self.trigger, &mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            data.extend_from_slice(&buf[..n]);
+                        }
+                        // A FIFO read nearly full may have refused some writers: scan too.
+                        if data.len() >= 60 * 1024 {
+                            self.scan_todo = true;
+                        }
+                        self.read_trigger(&data);
                     }
                     SIGNALS => {
                         for sig in signals.pending() {
@@ -200,7 +219,7 @@ impl Scheduler {
                     _ => {}
                 }
             }
-            self.sync_dirty();
+            self.settle();
             if let Some(since) = self.stopping {
                 if self.jobs.is_empty() || since.elapsed() > STOP_GRACE {
                     self.flush_peers()?;
@@ -209,22 +228,22 @@ impl Scheduler {
                 }
             } else {
                 if self.scan_todo || last_scan.elapsed() > RESCAN {
-                    if last_scan.elapsed() > RESCAN {
-                        last_scan = Instant::now();
-                    }
-                    self.scan_todo = self.take_todo()?;
+                    last_scan = Instant::now();
+                    self.scan_todo = false;
+                    self.scan()?;
                 }
+                self.take_new();
                 self.retry_finishes();
                 self.dispatch();
                 // Results decided without a delivery (unknown users) are recorded now.
-                self.sync_dirty();
+                self.settle();
             }
             self.flush_peers()?;
         }
     }
 
     fn timeout(&self, last_scan: Instant) -> Duration {
-        if self.scan_todo && self.stopping.is_none() {
+        if (self.scan_todo || (!self.new_ids.is_empty() && self.msgs.len() < MAX_ACTIVE)) && self.stopping.is_none() {
             return Duration::ZERO;
         }
         let mut t = RESCAN.saturating_sub(last_scan.elapsed());
@@ -265,28 +284,10 @@ impl Scheduler {
             }
         }
         if !open {
-            self.sync_dirty();
+            self.settle();
             return Err(io::Error::other(format!("{name} exited; stopping so that s6 restarts the service")));
         }
         Ok(())
-    }
-
-    /// Makes the info changes of this turn durable (one sync for all), then finishes the
-    /// messages that are complete.
-    pub fn sync_dirty(&mut self) {
-        if self.dirty.is_empty() {
-            return;
-        }
-        let ids: Vec<MsgId> = self.dirty.drain().collect();
-        let files: Vec<&File> = ids.iter().filter_map(|id| self.msgs.get(id).map(|m| &m.info)).collect();
-        if let Err(e) = durable::sync_all(&files, &[]) {
-            log!("cannot sync info files: {e}");
-        }
-        for id in ids {
-            if self.msgs.get(&id).is_some_and(|m| m.complete()) {
-                self.finish(id);
-            }
-        }
     }
 
     fn reload(&mut self) {

@@ -1,5 +1,11 @@
-//! send's in-memory picture of the queue: one [`Msg`] per message being delivered, rebuilt
-//! from `info/` at start, and the retry schedule.
+//! send's in-memory picture of the queue and the retry schedule.
+//!
+//! A message send has taken is a [`Msg`]. While its deliveries go well it lives only here and
+//! in todo/ID: nothing is written for it until it is done (then clean removes todo/ID). Only
+//! a message with a deferred recipient (or one held by the administrator) is *persisted*:
+//! its state is written to info/XX/ID and the message moves to mess/XX/ID. A crash before that
+//! repeats the deliveries of the message (at-least-once), never loses it, because todo/ID stays
+//! until the message is finished.
 
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, Channel, State};
@@ -10,10 +16,12 @@ pub struct Rcpt {
     pub addr: String,
     pub channel: Channel,
     pub state: State,
-    pub record: info::Rcpt,
+    /// Where its state byte is, once the message is persisted.
+    pub record: Option<info::Rcpt>,
     pub attempts: u32,
-    pub last_error: Option<String>,
-    pub failure: Option<String>,
+    pub last_error: Option<(u64, String)>,
+    /// The permanent failure, for the bounce.
+    pub failure: Option<(u64, String)>,
     /// When it is due (unix seconds), while it sits in the schedule.
     pub due: Option<u64>,
     /// Due and waiting in a ready list for a free delivery slot.
@@ -22,9 +30,36 @@ pub struct Rcpt {
     pub busy: bool,
 }
 
+impl Rcpt {
+    pub fn new(addr: String, channel: Channel) -> Rcpt {
+        Rcpt { addr, channel, state: State::Pending, record: None, attempts: 0, last_error: None, failure: None, due: None, ready: false, busy: false }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    Todo,
+    Mess,
+}
+
+impl Loc {
+    pub fn code(self) -> &'static str {
+        match self {
+            Loc::Todo => "t",
+            Loc::Mess => "m",
+        }
+    }
+}
+
 pub struct Msg {
     pub id: MsgId,
-    pub info: File,
+    /// info/XX/ID, once persisted.
+    pub info: Option<File>,
+    pub loc: Loc,
+    /// clean is moving it from todo/ to mess/: no delivery starts meanwhile.
+    pub moving: bool,
+    /// It must be persisted as soon as no delivery runs (a deferral, a hold).
+    pub persist: bool,
     pub birth: u64,
     pub sender: String,
     pub hold: bool,
@@ -36,7 +71,23 @@ pub struct Msg {
 }
 
 impl Msg {
-    pub fn from_info(id: MsgId, file: File, i: info::Info) -> Msg {
+    pub fn new(id: MsgId, birth: u64, sender: String, rcpts: Vec<(String, Channel)>) -> Msg {
+        Msg {
+            id,
+            info: None,
+            loc: Loc::Todo,
+            moving: false,
+            persist: false,
+            birth,
+            sender,
+            hold: false,
+            rcpts: rcpts.into_iter().map(|(a, c)| Rcpt::new(a, c)).collect(),
+            deleting: false,
+            finish_retry: None,
+        }
+    }
+
+    pub fn from_info(id: MsgId, file: File, loc: Loc, i: info::Info) -> Msg {
         let rcpts = i
             .rcpts
             .into_iter()
@@ -45,15 +96,27 @@ impl Msg {
                 channel: r.channel,
                 state: r.state,
                 attempts: r.attempts,
-                last_error: r.last_error.as_ref().map(|e| e.1.clone()),
-                failure: r.failure.clone(),
+                last_error: r.last_error.clone(),
+                failure: r.failure.clone().map(|f| (0, f)),
                 due: None,
                 ready: false,
                 busy: false,
-                record: r,
+                record: Some(r),
             })
             .collect();
-        Msg { id, info: file, birth: i.birth, sender: i.sender, hold: i.hold, rcpts, deleting: false, finish_retry: None }
+        Msg {
+            id,
+            info: Some(file),
+            loc,
+            moving: false,
+            persist: false,
+            birth: i.birth,
+            sender: i.sender,
+            hold: i.hold,
+            rcpts,
+            deleting: false,
+            finish_retry: None,
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -64,7 +127,25 @@ impl Msg {
     }
     /// Every recipient has its final state and nothing runs.
     pub fn complete(&self) -> bool {
-        self.busy() == 0 && (self.deleting || self.pending() == 0)
+        !self.moving && self.busy() == 0 && (self.deleting || self.pending() == 0)
+    }
+
+    /// The info file for this message as it stands now.
+    pub fn encode_info(&self) -> Vec<u8> {
+        let errors: Vec<Vec<(u64, String)>> = self.rcpts.iter().map(|r| r.last_error.iter().cloned().collect()).collect();
+        let init: Vec<info::RcptInit<'_>> = self
+            .rcpts
+            .iter()
+            .zip(&errors)
+            .map(|(r, e)| info::RcptInit {
+                addr: &r.addr,
+                channel: r.channel,
+                state: r.state,
+                errors: e,
+                failure: r.failure.as_ref().map(|(t, s)| (*t, s.as_str())),
+            })
+            .collect();
+        info::encode_state(self.birth, &self.sender, self.hold, &init)
     }
 }
 
@@ -116,17 +197,15 @@ impl Schedule {
     pub fn first_due(&self) -> Option<u64> {
         self.set.iter().next().map(|e| e.0)
     }
-    /// Takes every entry due at or before `now`, earliest first (at most `max`).
-    pub fn take_due(&mut self, now: u64, max: usize) -> Vec<(MsgId, usize)> {
+    /// Takes every entry due at or before `now`, earliest first.
+    pub fn take_due(&mut self, now: u64) -> Vec<(MsgId, usize)> {
         let mut out = Vec::new();
-        while out.len() < max {
-            match self.set.first() {
-                Some(&(due, id, idx)) if due <= now => {
-                    self.set.remove(&(due, id, idx));
-                    out.push((id, idx));
-                }
-                _ => break,
+        while let Some(&(due, id, idx)) = self.set.first() {
+            if due > now {
+                break;
             }
+            self.set.remove(&(due, id, idx));
+            out.push((id, idx));
         }
         out
     }

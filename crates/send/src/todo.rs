@@ -1,10 +1,15 @@
-//! Taking new messages from todo/: read the envelope, expand aliases, decide local or remote
-//! for each recipient, write info/XX/ID, make the batch durable with one sync, then ask clean
-//! to move each message into mess/. Deliveries start when clean confirms the move.
+//! New messages, and persisting the ones that cannot be finished at once.
+//!
+//! Writers announce each committed message by writing its id into lock/trigger; send also
+//! scans todo/ at start and every minute. Taking a message means reading its envelope,
+//! expanding aliases and deciding local or remote for each recipient — in memory only: its
+//! deliveries start right away from todo/ID. A message that gets a deferred recipient or a
+//! hold is persisted: its state goes into info/XX/ID (written as ID.tmp, synced, renamed,
+//! synced: always whole), then clean moves the message to mess/XX/ID.
 
 use crate::recover::secs;
-use crate::sched::{Scheduler, TODO_BATCH};
-use crate::state::Msg;
+use crate::sched::{MAX_ACTIVE, Scheduler, TODO_BATCH};
+use crate::state::{Loc, Msg};
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, Channel};
 use ferry_common::queue::QueueFile;
@@ -21,29 +26,62 @@ const MAX_ALIAS_DEPTH: usize = 10;
 
 impl Scheduler {
     pub fn router(&self) -> Router<'_, SystemAccounts> {
-        let only_uid = (Mode::of_root(&self.root) == Mode::SingleUser).then(|| ferry_sys::uids().0);
+        let only_uid = (self.mode == Mode::SingleUser).then(|| ferry_sys::uids().0);
         Router { cfg: &self.cfg, mail_dir: self.root.mail(), accounts: SystemAccounts { only_uid } }
     }
 
-    /// Takes up to TODO_BATCH new messages. Returns true if todo/ has more.
-    pub fn take_todo(&mut self) -> io::Result<bool> {
-        let mut ids = Vec::new();
-        let mut more = false;
-        for entry in std::fs::read_dir(self.queue.todo_dir())? {
-            let Some(id) = entry?.file_name().to_str().and_then(MsgId::parse) else { continue };
-            if self.taking.contains_key(&id) || self.msgs.contains_key(&id) || self.broken.contains(&id) {
+    /// Reads what writers announced on the trigger FIFO: message ids, one per line.
+    pub fn read_trigger(&mut self, data: &[u8]) {
+        for line in data.split(|b| *b == b'\n') {
+            if line.is_empty() {
                 continue;
             }
-            if ids.len() == TODO_BATCH {
-                more = true;
-                break;
+            match std::str::from_utf8(line).ok().and_then(MsgId::parse) {
+                Some(id) => self.announce(id),
+                // Not an id (a lone byte, or a line cut by a full FIFO): look at todo/ itself.
+                None => self.scan_todo = true,
             }
-            ids.push(id);
         }
-        let mut taken: Vec<(MsgId, File, info::Info)> = Vec::new();
-        for id in ids {
+    }
+
+    fn announce(&mut self, id: MsgId) {
+        if !self.msgs.contains_key(&id) && !self.broken.contains(&id) && self.new_set.insert(id) {
+            self.new_ids.push_back(id);
+        }
+    }
+
+    /// Lists todo/ for messages nobody announced (send was down, the FIFO was full).
+    pub fn scan(&mut self) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.queue.todo_dir())? {
+            if let Some(id) = entry?.file_name().to_str().and_then(MsgId::parse) {
+                self.announce(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes up to TODO_BATCH announced messages (fewer when MAX_ACTIVE are in hand).
+    pub fn take_new(&mut self) {
+        let now = date::now_secs();
+        let mut n = 0;
+        while n < TODO_BATCH && self.msgs.len() < MAX_ACTIVE {
+            let Some(id) = self.new_ids.pop_front() else { break };
+            self.new_set.remove(&id);
+            if self.msgs.contains_key(&id) {
+                continue;
+            }
             match self.take_one(id) {
-                Ok(Some(t)) => taken.push(t),
+                Ok(Some(m)) => {
+                    log!(
+                        "{id}: new message from <{}>, {} recipient{}",
+                        m.sender,
+                        m.rcpts.len(),
+                        if m.rcpts.len() == 1 { "" } else { "s" }
+                    );
+                    self.msgs.insert(id, m);
+                    self.schedule_pending(id, Some(now));
+                    n += 1;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     log!("{id}: cannot take todo/{id}: {e}; it stays there");
@@ -51,25 +89,9 @@ impl Scheduler {
                 }
             }
         }
-        if taken.is_empty() {
-            return Ok(more);
-        }
-        let files: Vec<&File> = taken.iter().map(|t| &t.1).collect();
-        durable::sync_all(&files, &[])?;
-        for (id, f, i) in taken {
-            log!(
-                "{id}: new message from <{}>, {} recipient{}",
-                i.sender,
-                i.rcpts.len(),
-                if i.rcpts.len() == 1 { "" } else { "s" }
-            );
-            self.taking.insert(id, Msg::from_info(id, f, i));
-            self.clean.send(&Record::new(b'M').with(id.to_string()));
-        }
-        Ok(more)
     }
 
-    fn take_one(&mut self, id: MsgId) -> io::Result<Option<(MsgId, File, info::Info)>> {
+    fn take_one(&mut self, id: MsgId) -> io::Result<Option<Msg>> {
         let qf = match QueueFile::open(&self.queue.todo(&id)) {
             Ok(q) => q,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -77,12 +99,7 @@ impl Scheduler {
         };
         let env = qf.envelope()?;
         let birth = qf.file.metadata()?.modified().ok().map(secs).unwrap_or_else(date::now_secs);
-        let rcpts = self.classify(&env.recipients);
-        let path = self.queue.info(&id);
-        let bytes = info::encode(birth, &env.sender, &rcpts);
-        let f = info::create(&path, &bytes)?;
-        let parsed = info::parse(&bytes)?;
-        Ok(Some((id, f, parsed)))
+        Ok(Some(Msg::new(id, birth, env.sender, self.classify(&env.recipients))))
     }
 
     /// Expands aliases and decides the channel of each recipient; duplicates go.
@@ -93,8 +110,7 @@ impl Scheduler {
         let mut stack: Vec<(String, usize)> = rcpts.iter().rev().map(|r| (addr::normalize(r), 0)).collect();
         let mut expanded: HashSet<String> = HashSet::new();
         while let Some((a, depth)) = stack.pop() {
-            let (_, domain) = addr::split(&a);
-            let domain = domain.to_string();
+            let domain = addr::split(&a).1.to_string();
             if self.cfg.is_ours(&domain) {
                 if let Resolved::Deliver(Dest::Alias(targets)) = router.resolve(&a)
                     && depth < MAX_ALIAS_DEPTH
@@ -115,21 +131,77 @@ impl Scheduler {
         out
     }
 
+    /// Writes info/XX/ID for each of `ids` (as ID.tmp, one sync for all, renamed, one sync),
+    /// then asks clean to move each message into mess/.
+    pub fn persist(&mut self, ids: Vec<MsgId>) {
+        let mut written: Vec<(MsgId, File)> = Vec::new();
+        for id in ids {
+            let Some(m) = self.msgs.get(&id) else { continue };
+            let tmp = self.queue.info(&id).with_extension("tmp");
+            match info::create(&tmp, &m.encode_info()) {
+                Ok(f) => written.push((id, f)),
+                Err(e) => log!("{id}: cannot write {}: {e}; the message stays in todo/", tmp.display()),
+            }
+        }
+        if written.is_empty() {
+            return;
+        }
+        let files: Vec<&File> = written.iter().map(|w| &w.1).collect();
+        if let Err(e) = durable::sync_all(&files, &[]) {
+            log!("cannot sync info files: {e}");
+            return;
+        }
+        let mut renamed = Vec::new();
+        for (id, _) in written {
+            let path = self.queue.info(&id);
+            match std::fs::rename(path.with_extension("tmp"), &path) {
+                Ok(()) => renamed.push(id),
+                Err(e) => log!("{id}: cannot rename its info file: {e}"),
+            }
+        }
+        if let Some(first) = renamed.first()
+            && let Err(e) = std::fs::File::open(self.queue.info(first)).and_then(|f| durable::syncfs(&f))
+        {
+            log!("cannot sync info directories: {e}");
+            return;
+        }
+        for id in renamed {
+            let path = self.queue.info(&id);
+            match info::read(&path) {
+                Ok((f, i)) => {
+                    if let Some(m) = self.msgs.get_mut(&id) {
+                        m.persist = false;
+                        for (r, rec) in m.rcpts.iter_mut().zip(i.rcpts) {
+                            r.record = Some(rec);
+                        }
+                        m.info = Some(f);
+                        if m.loc == Loc::Todo {
+                            m.moving = true;
+                            self.clean.send(&Record::new(b'M').with(id.to_string()));
+                        }
+                    }
+                }
+                Err(e) => log!("{id}: cannot reopen its info file: {e}"),
+            }
+        }
+    }
+
     /// clean's answer to `M id` (moved into mess/) or `D id` (deleted).
     pub fn clean_reply(&mut self, r: Record) {
-        let Ok(id) = r.str(0).map(|s| MsgId::parse(s)) else { return };
-        let Some(id) = id else { return };
-        let status = r.str(1).unwrap_or("?").to_string();
+        let Some(id) = r.str(0).ok().and_then(MsgId::parse) else { return };
         if r.kind != b'm' {
             return;
         }
-        let Some(m) = self.taking.remove(&id) else { return };
-        if status != "ok" && !self.queue.mess(&id).exists() {
-            log!("{id}: clean could not move it into mess/ ({status}); taking it again later");
-            let _ = std::fs::remove_file(self.queue.info(&id));
-            return;
+        let status = r.str(1).unwrap_or("?").to_string();
+        let mess = self.queue.mess(&id).exists();
+        if let Some(m) = self.msgs.get_mut(&id) {
+            m.moving = false;
+            if status == "ok" || mess {
+                m.loc = Loc::Mess;
+            } else {
+                log!("{id}: clean could not move it into mess/ ({status}); it is delivered from todo/");
+            }
         }
-        self.msgs.insert(id, m);
-        self.schedule_pending(id, Some(date::now_secs()));
+        self.touched.insert(id);
     }
 }

@@ -3,9 +3,9 @@
 //! Started by `start` as root, the only long-lived root process of ferry besides s6. It parses
 //! nothing but fixed records from send:
 //!
-//! - fd 0, from send: `D job msgid kind name ext sender recipient local domain`
-//!   (kind `U`: deliver as the passwd user `name`; kind `M`: the mailbox `mail/name/`,
-//!   delivered as ferrym).
+//! - fd 0, from send: `D job msgid where kind name ext sender recipient local domain`
+//!   (where `t`: the message is todo/ID, `m`: mess/XX/ID; kind `U`: deliver as the passwd user
+//!   `name`; kind `M`: the mailbox `mail/name/`, delivered as ferrym).
 //! - fd 1, to send: `R job status text` with status 0, 100 or 111.
 //!
 //! For each job it opens the message file (only root and ferryq can) and hands the job, with
@@ -181,18 +181,22 @@ impl Lspawn {
         }
         let job = rec.u64(0).map_err(bad)?;
         let id = MsgId::parse(rec.str(1).map_err(bad)?).ok_or((111, "bad message id".to_string()))?;
-        let kind = *rec.bytes(2).map_err(bad)?.first().ok_or((111, "empty kind".to_string()))?;
-        let name = rec.str(3).map_err(bad)?.to_string();
-        let qf = QueueFile::open(&self.queue.mess(&id)).map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
+        let path = match rec.bytes(2).map_err(bad)? {
+            b"t" => self.queue.todo(&id),
+            _ => self.queue.mess(&id),
+        };
+        let kind = *rec.bytes(3).map_err(bad)?.first().ok_or((111, "empty kind".to_string()))?;
+        let name = rec.str(4).map_err(bad)?.to_string();
+        let qf = QueueFile::open(&path).map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
         let token = match self.by_key.get(&(kind, name.clone())) {
             Some(t) => *t,
             None => self.spawn(kind, &name)?,
         };
         let mut out = Record::new(b'J').with_u64(job);
-        for i in 5..=8 {
+        for i in 6..=9 {
             out.push(rec.bytes(i).map_err(bad)?);
         }
-        out.push(rec.bytes(4).map_err(bad)?);
+        out.push(rec.bytes(5).map_err(bad)?);
         out.push(qf.message_len.to_string());
         let w = self.workers.get_mut(&token).ok_or((111, "worker vanished".to_string()))?;
         w.out.push_back((out.encode(), 0, Some(OwnedFd::from(qf.file))));

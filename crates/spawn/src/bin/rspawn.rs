@@ -1,6 +1,6 @@
 //! rspawn — remote delivery for send (ferryr).
 //!
-//! - fd 0, from send: `D job msgid sender domain rcpt...`
+//! - fd 0, from send: `D job msgid where sender domain rcpt...` (where: `t` todo/, `m` mess/)
 //! - fd 1, to send: `R job status text [status text]...`, one status/text pair per recipient.
 //!
 //! Until remote delivery lands (issue 4) every job fails temporarily, so remote mail stays
@@ -25,7 +25,7 @@ fn main() {
         };
         let job = rec.u64(0).unwrap_or(0);
         let mut reply = Record::new(b'R').with_u64(job);
-        for _ in 4..rec.fields.len() {
+        for _ in 5..rec.fields.len() {
             reply.push("111");
             reply.push("remote delivery is not built yet");
         }
