@@ -13,7 +13,7 @@ sendmail=$3
 root="$destdir$prefix"
 if [ -n "$destdir" ]; then
   mkdir -p "$root/bin"
-  for p in queue qwriter start send lspawn rspawn clean local-deliver smtpd sendmail ferryctl; do
+  for p in queue qwriter start send lspawn rspawn clean local-deliver remote-deliver smtpd sendmail ferryctl; do
     install -m 755 "target/release/$p" "$root/bin/$p"
   done
   echo "installed the programs into $root/bin."

@@ -44,6 +44,7 @@ pub const PROGRAMS: &[&str] = &[
     "rspawn",
     "clean",
     "local-deliver",
+    "remote-deliver",
     "smtpd",
     "sendmail",
     "ferryctl",

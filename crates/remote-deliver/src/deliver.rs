@@ -1,0 +1,407 @@
+//! One job: a message and its recipients at one domain. Route, then try the servers in
+//! order until one takes the transaction; report a result per recipient.
+//!
+//! - A server that cannot be reached, greets with an error, refuses EHLO/HELO or MAIL with a
+//!   4xx, requires TLS we cannot do, or drops the connection before DATA: the next address,
+//!   then the next MX.
+//! - MAIL refused with 5xx: every recipient fails permanently. RCPT replies decide each
+//!   recipient. DATA and the final dot decide for the recipients that were accepted.
+//! - A connection lost after DATA began: temporary failure (not the next MX: the first server
+//!   may have the message; retrying later is safer than sending two copies now).
+//! - All recipients of the job go in one transaction (unlike qmail), with PIPELINING when offered.
+//! - Connections are kept for the next job to the same server for a few seconds.
+//! - A server address that timed out is skipped for a while when there are others (qmail's
+//!   tcpto), so that messages do not each wait for it.
+
+use crate::client::{Client, Failure, TlsPolicy, reply_text};
+use crate::message::Message;
+use crate::route::{self, Host, RouteError};
+use crate::tls::TlsConfigs;
+use ferry_common::config::Config;
+use ferry_common::envelope::DOUBLE_BOUNCE_SENDER;
+use ferry_common::log;
+use hickory_resolver::TokioResolver;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Job {
+    pub id: u64,
+    pub msgid: String,
+    pub path: PathBuf,
+    pub sender: String,
+    pub domain: String,
+    pub rcpts: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Res {
+    Delivered(String),
+    Permanent(String),
+    Temporary(String),
+}
+
+impl Res {
+    pub fn code(&self) -> i32 {
+        match self {
+            Res::Delivered(_) => 0,
+            Res::Permanent(_) => 100,
+            Res::Temporary(_) => 111,
+        }
+    }
+    pub fn text(&self) -> &str {
+        match self {
+            Res::Delivered(t) | Res::Permanent(t) | Res::Temporary(t) => t,
+        }
+    }
+}
+
+/// Idle connections are closed after this long.
+pub const IDLE: Duration = Duration::from_secs(10);
+/// How often one connection is used before it is closed anyway.
+const MAX_USES: u32 = 100;
+
+pub struct Ctx {
+    pub cfg: Config,
+    pub dns: TokioResolver,
+    pub tls: TlsConfigs,
+    pub pool: RefCell<HashMap<(IpAddr, u16, bool), Vec<(Client, Instant)>>>,
+    /// Addresses that timed out: skip until then (if there is another address).
+    pub tcpto: RefCell<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+enum Attempt {
+    Done(Vec<Res>),
+    /// This server could not take it: try the next.
+    Next(String),
+}
+
+impl Ctx {
+    fn timeouts(&self) -> (Duration, Duration) {
+        (Duration::from_secs(self.cfg.timeoutconnect), Duration::from_secs(self.cfg.timeoutremote))
+    }
+
+    fn skip(&self, ip: IpAddr) -> bool {
+        self.tcpto.borrow().get(&ip).is_some_and(|(_, until)| Instant::now() < *until)
+    }
+
+    fn timed_out(&self, ip: IpAddr) {
+        let mut t = self.tcpto.borrow_mut();
+        let e = t.entry(ip).or_insert((0, Instant::now()));
+        e.0 = (e.0 + 1).min(6);
+        e.1 = Instant::now() + Duration::from_secs(60 << e.0.saturating_sub(1));
+    }
+
+    fn reachable(&self, ip: IpAddr) {
+        self.tcpto.borrow_mut().remove(&ip);
+    }
+
+    /// Closes idle connections past their time.
+    pub async fn reap_idle(&self) {
+        let old: Vec<Client> = {
+            let mut pool = self.pool.borrow_mut();
+            let mut old = Vec::new();
+            for list in pool.values_mut() {
+                let (keep, go): (Vec<_>, Vec<_>) = list.drain(..).partition(|(_, t)| t.elapsed() < IDLE);
+                *list = keep;
+                old.extend(go.into_iter().map(|(c, _)| c));
+            }
+            pool.retain(|_, l| !l.is_empty());
+            old
+        };
+        for c in old {
+            c.quit().await;
+        }
+    }
+}
+
+pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
+    let all = |r: Res| vec![r; job.rcpts.len()];
+    let msg = match Message::open(&job.path) {
+        Ok(m) => m,
+        Err(e) => return all(Res::Temporary(format!("cannot read the message: {e}"))),
+    };
+    let hosts = match route::route(&ctx.cfg, &ctx.dns, &job.domain).await {
+        Ok(h) => h,
+        Err(RouteError::Permanent(t)) => return log_all(job, "-", all(Res::Permanent(t))),
+        Err(RouteError::Temporary(t)) => return log_all(job, "-", all(Res::Temporary(t))),
+    };
+    let required = ctx.cfg.tlsdestinations.iter().any(|d| *d == job.domain);
+    let candidates: Vec<(&Host, IpAddr)> = hosts.iter().flat_map(|h| h.addrs.iter().map(move |a| (h, *a))).collect();
+    let usable: Vec<(&Host, IpAddr)> = candidates.iter().copied().filter(|(_, ip)| !ctx.skip(*ip)).collect();
+    if usable.is_empty() {
+        return log_all(job, "-", all(Res::Temporary(format!("4.4.1 every server of {} timed out recently; trying later", job.domain))));
+    }
+    let mut last = String::new();
+    for (host, ip) in usable {
+        match attempt(ctx, job, &msg, host, ip, required).await {
+            Attempt::Done(results) => return results,
+            Attempt::Next(why) => {
+                log!("{} {}: {}[{}]:{}: {why}", job.msgid, job.domain, host.name, ip, host.port);
+                last = why;
+            }
+        }
+    }
+    log_all(job, "-", all(Res::Temporary(last)))
+}
+
+fn log_all(job: &Job, relay: &str, results: Vec<Res>) -> Vec<Res> {
+    log_results(job, relay, "-", &results);
+    results
+}
+
+fn log_results(job: &Job, relay: &str, tls: &str, results: &[Res]) {
+    for (r, res) in job.rcpts.iter().zip(results) {
+        let word = match res {
+            Res::Delivered(_) => "delivered",
+            Res::Permanent(_) => "failed",
+            Res::Temporary(_) => "deferred",
+        };
+        log!("{} to=<{r}> relay={relay} tls={tls} result={word} reply={}", job.msgid, res.text());
+    }
+}
+
+/// A connection to this server: an idle one from the pool, or a new one (with STARTTLS as the
+/// policy says; a failed opportunistic handshake is retried in plaintext).
+async fn connect(ctx: &Ctx, host: &Host, ip: IpAddr, required: bool) -> Result<(Client, bool), String> {
+    let key = (ip, host.port, required);
+    if let Some((c, _)) = ctx.pool.borrow_mut().get_mut(&key).and_then(|l| l.pop()) {
+        return Ok((c, true));
+    }
+    let (ct, t) = ctx.timeouts();
+    let addr = SocketAddr::new(ip, host.port);
+    let mut policy = if required { TlsPolicy::Required } else { TlsPolicy::Opportunistic };
+    loop {
+        let mut c = match Client::connect(addr, &host.name, ct, t).await {
+            Ok(c) => c,
+            Err(Failure::Io(e)) => {
+                if e.contains("timed out") {
+                    ctx.timed_out(ip);
+                }
+                return Err(e);
+            }
+            Err(Failure::Reply(r)) => return Err(format!("greeting: {}", reply_text(&r))),
+        };
+        ctx.reachable(ip);
+        c.hello(&ctx.cfg.helohost).await.map_err(|f| format!("EHLO: {}", f.text()))?;
+        match policy {
+            TlsPolicy::Never => return Ok((c, false)),
+            TlsPolicy::Required if !c.ext.starttls => {
+                c.quit().await;
+                return Err(format!("4.7.4 {} does not offer STARTTLS, and TLS is required for it (tlsdestinations)", host.name));
+            }
+            TlsPolicy::Opportunistic if !c.ext.starttls => return Ok((c, false)),
+            _ => {}
+        }
+        match c.starttls(&ctx.tls, required, &ctx.cfg.helohost).await {
+            Ok(c) => return Ok((c, false)),
+            Err(f) if required => return Err(format!("4.7.5 TLS required and failed: {}", f.text())),
+            Err(f) => {
+                log!("{}[{ip}]: {}; trying again without TLS", host.name, f.text());
+                policy = TlsPolicy::Never;
+            }
+        }
+    }
+}
+
+async fn attempt(ctx: &Ctx, job: &Job, msg: &Message, host: &Host, ip: IpAddr, required: bool) -> Attempt {
+    // A reused connection may have been closed by the server meanwhile: then once more, fresh.
+    for _ in 0..2 {
+        let (mut c, reused) = match connect(ctx, host, ip, required).await {
+            Ok(c) => c,
+            Err(e) => return Attempt::Next(e),
+        };
+        match transaction(&mut c, job, msg).await {
+            Tx::Done(results) => {
+                let relay = c.relay();
+                log_results(job, &relay, c.tls.as_deref().unwrap_or("-"), &results);
+                c.used += 1;
+                if c.used < MAX_USES {
+                    ctx.pool.borrow_mut().entry((ip, host.port, required)).or_default().push((c, Instant::now()));
+                } else {
+                    c.quit().await;
+                }
+                return Attempt::Done(results);
+            }
+            Tx::Broken(results) => {
+                log_results(job, &c.relay(), c.tls.as_deref().unwrap_or("-"), &results);
+                return Attempt::Done(results);
+            }
+            Tx::Next(why) if reused => {
+                log!("{} {}: a kept connection to {} failed ({why}); opening a new one", job.msgid, job.domain, c.relay());
+            }
+            Tx::Next(why) => {
+                c.quit().await;
+                return Attempt::Next(why);
+            }
+        }
+    }
+    Attempt::Next("the server keeps closing the connection".into())
+}
+
+enum Tx {
+    Done(Vec<Res>),
+    /// The connection broke after DATA began: results decided, the connection is useless.
+    Broken(Vec<Res>),
+    /// Nothing was decided: try the next server.
+    Next(String),
+}
+
+fn is_ascii_envelope(job: &Job) -> bool {
+    job.sender.is_ascii() && job.rcpts.iter().all(|r| r.is_ascii())
+}
+
+async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
+    let n = job.rcpts.len();
+    let host = c.host.clone();
+    // "550 5.1.1 text (mx.example.org after RCPT TO)": the reply first, so that bounces carry
+    // it as an smtp Diagnostic-Code.
+    let said = |r: &ferry_smtp::ParsedReply, step: &str| format!("{} ({host} after {step})", reply_text(r));
+    if let Some(max) = c.ext.size
+        && max > 0
+        && msg.len > max
+    {
+        return Tx::Done(vec![Res::Permanent(format!("5.3.4 message of {} bytes is larger than {} accepts ({max})", msg.len, c.host)); n]);
+    }
+    if msg.eightbit && !c.ext.eightbitmime {
+        return Tx::Done(vec![Res::Permanent(format!("5.6.3 8-bit message, and {} does not offer 8BITMIME (RFC 6152)", c.host)); n]);
+    }
+    let utf8 = !is_ascii_envelope(job);
+    if utf8 && !c.ext.smtputf8 {
+        return Tx::Done(vec![Res::Permanent(format!("5.6.7 internationalised address, and {} does not offer SMTPUTF8 (RFC 6531)", c.host)); n]);
+    }
+    let sender = if job.sender == DOUBLE_BOUNCE_SENDER { "" } else { job.sender.as_str() };
+    let mut mail = format!("MAIL FROM:<{sender}>");
+    if c.ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", msg.len));
+    }
+    if msg.eightbit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if utf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    let mut cmds = vec![mail];
+    cmds.extend(job.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+    cmds.push("DATA".into());
+    // With PIPELINING everything goes at once; otherwise one command at a time.
+    let mut replies = Vec::with_capacity(cmds.len());
+    if c.ext.pipelining {
+        let all: String = cmds.iter().map(|l| format!("{l}\r\n")).collect();
+        if let Err(f) = c.send(all.as_bytes()).await {
+            return Tx::Next(f.text());
+        }
+        if let Err(f) = c.flush().await {
+            return Tx::Next(f.text());
+        }
+        for _ in 0..cmds.len() {
+            match c.reply().await {
+                Ok(r) => replies.push(r),
+                Err(f) => return Tx::Next(f.text()),
+            }
+        }
+    } else {
+        for (i, l) in cmds.iter().enumerate() {
+            let is_data = i == cmds.len() - 1;
+            if is_data && !replies.iter().skip(1).any(|r: &ferry_smtp::ParsedReply| r.code / 100 == 2) {
+                break;
+            }
+            match c.command(l).await {
+                Ok(r) => {
+                    let stop = i == 0 && r.code / 100 != 2;
+                    replies.push(r);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(f) => return Tx::Next(f.text()),
+            }
+        }
+    }
+    let mail_r = &replies[0];
+    if mail_r.code / 100 != 2 {
+        // A server that answered 354 to the pipelined DATA anyway gets an empty message ended.
+        if replies.get(1 + n).is_some_and(|r| r.code == 354) {
+            let _ = c.send(b".\r\n").await;
+            let _ = c.flush().await;
+            let _ = c.reply().await;
+        }
+        let _ = c.command("RSET").await;
+        let text = said(mail_r, "MAIL FROM");
+        return if mail_r.code / 100 == 4 { Tx::Next(text) } else { Tx::Done(vec![Res::Permanent(text); n]) };
+    }
+    let mut results: Vec<Option<Res>> = (0..n)
+        .map(|i| match replies.get(1 + i) {
+            Some(r) if r.code / 100 == 2 => None,
+            Some(r) if r.code / 100 == 4 => Some(Res::Temporary(said(r, "RCPT TO"))),
+            Some(r) => Some(Res::Permanent(said(r, "RCPT TO"))),
+            None => Some(Res::Temporary("no reply to RCPT TO".into())),
+        })
+        .collect();
+    let accepted = results.iter().filter(|r| r.is_none()).count();
+    let data_r = replies.get(1 + n);
+    if accepted == 0 {
+        if data_r.is_some_and(|r| r.code == 354) {
+            // A pipelined DATA was accepted although no recipient was: end it empty.
+            let _ = c.send(b".\r\n").await;
+            let _ = c.flush().await;
+            let _ = c.reply().await;
+        }
+        let _ = c.command("RSET").await;
+        return Tx::Done(results.into_iter().map(|r| r.unwrap_or(Res::Temporary("?".into()))).collect());
+    }
+    let fill = |results: &mut Vec<Option<Res>>, r: Res| {
+        for x in results.iter_mut() {
+            if x.is_none() {
+                *x = Some(r.clone());
+            }
+        }
+    };
+    match data_r {
+        Some(r) if r.code == 354 => {}
+        Some(r) => {
+            let t = said(r, "DATA");
+            fill(&mut results, if r.code / 100 == 4 { Res::Temporary(t) } else { Res::Permanent(t) });
+            let _ = c.command("RSET").await;
+            return Tx::Done(results.into_iter().flatten().collect());
+        }
+        None => return Tx::Next("no reply to DATA".into()),
+    }
+    let mut wire = msg.wire();
+    loop {
+        match wire.next_chunk() {
+            Ok(Some(chunk)) => {
+                if let Err(f) = c.send(&chunk).await {
+                    fill(&mut results, Res::Temporary(format!("connection lost while sending the message: {}", f.text())));
+                    return Tx::Broken(results.into_iter().flatten().collect());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                fill(&mut results, Res::Temporary(format!("cannot read the message: {e}")));
+                return Tx::Broken(results.into_iter().flatten().collect());
+            }
+        }
+    }
+    let end = match c.flush().await {
+        Ok(()) => c.reply().await,
+        Err(f) => Err(f),
+    };
+    match end {
+        Ok(r) if r.code / 100 == 2 => {
+            fill(&mut results, Res::Delivered(said(&r, "the message")));
+            Tx::Done(results.into_iter().flatten().collect())
+        }
+        Ok(r) => {
+            let t = said(&r, "the message");
+            fill(&mut results, if r.code / 100 == 4 { Res::Temporary(t) } else { Res::Permanent(t) });
+            Tx::Done(results.into_iter().flatten().collect())
+        }
+        Err(f) => {
+            fill(&mut results, Res::Temporary(format!("after the message: {}", f.text())));
+            Tx::Broken(results.into_iter().flatten().collect())
+        }
+    }
+}

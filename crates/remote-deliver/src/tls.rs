@@ -1,0 +1,87 @@
+//! TLS client settings (rustls with aws-lc-rs).
+//!
+//! - Opportunistic, for ordinary port-25 delivery: any certificate is accepted (there is no
+//!   way to know the right name without DANE or MTA-STS), but the handshake and its signatures
+//!   are real, so the session is encrypted and a passive listener learns nothing.
+//! - Verified, for the domains of `tlsdestinations`: the certificate must chain to a known root
+//!   (the system bundle /etc/ssl/certs/ca-certificates.crt, else the compiled-in webpki roots)
+//!   and name the MX host; otherwise the mail waits rather than go in the clear.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub struct TlsConfigs {
+    pub opportunistic: Arc<ClientConfig>,
+    pub verified: Arc<ClientConfig>,
+}
+
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+pub fn configs() -> Result<TlsConfigs, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+    let opportunistic = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+        .with_no_client_auth();
+    let mut roots = RootCertStore::empty();
+    if let Ok(iter) = CertificateDer::pem_file_iter(SYSTEM_BUNDLE) {
+        for c in iter.flatten() {
+            let _ = roots.add(c);
+        }
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let verified = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfigs { opportunistic: Arc::new(opportunistic), verified: Arc::new(verified) })
+}
+
+/// "TLSv1.3 TLS13_AES_256_GCM_SHA384".
+pub fn describe(conn: &rustls::ClientConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "TLS".to_string(),
+    };
+    match conn.negotiated_cipher_suite() {
+        Some(s) => format!("{version} {:?}", s.suite()),
+        None => version,
+    }
+}

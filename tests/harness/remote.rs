@@ -1,0 +1,122 @@
+//! Peers for remote-delivery tests: dnsmasq on a loopback port with the test's records, and
+//! the scripted SMTP receiver (tests/peers/scripted_smtp.py). Both are stopped by their pid
+//! when dropped.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Dns {
+    child: Child,
+    pub port: u16,
+}
+
+impl Dns {
+    /// dnsmasq answering only from `args` (--mx-host=..., --host-record=..., ...) for `.test`.
+    pub fn start(args: &[String]) -> Dns {
+        let port = crate::free_port();
+        let child = Command::new("dnsmasq")
+            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg("--pid-file=")
+            .arg("--local=/test/")
+            .arg("--user=root")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dnsmasq (package dnsmasq-base) must be installed");
+        // Wait until it answers.
+        let start = Instant::now();
+        while std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.connect(("127.0.0.1", port))).is_err() {
+            if start.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Dns { child, port }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The scripted receiver: `config` is its JSON; change it with `set` between attempts.
+pub struct Scripted {
+    child: Child,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Scripted {
+    pub fn start(dir: PathBuf, listen: &str, port: u16, config: &str) -> Scripted {
+        std::fs::create_dir_all(dir.join("mail")).unwrap();
+        let cfgpath = dir.join("config.json");
+        let portfile = dir.join("port");
+        let _ = std::fs::remove_file(&portfile);
+        let mut v = config.trim().strip_suffix('}').unwrap_or(config.trim()).to_string();
+        if !v.trim_end().ends_with('{') {
+            v.push(',');
+        }
+        let full = format!(
+            "{v} \"listen\": \"{listen}\", \"port\": {port}, \"portfile\": \"{}\", \"maildir\": \"{}\"}}",
+            portfile.display(),
+            dir.join("mail").display()
+        );
+        std::fs::write(&cfgpath, &full).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/scripted_smtp.py");
+        let child = Command::new("python3").arg(script).arg(&cfgpath).stdout(Stdio::null()).spawn().unwrap();
+        let start = Instant::now();
+        while !portfile.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "scripted receiver did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let port = std::fs::read_to_string(&portfile).unwrap().parse().unwrap();
+        Scripted { child, config: cfgpath, dir, port }
+    }
+
+    /// Replaces one "key": value in the config (value as JSON text).
+    pub fn set(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut obj: Vec<String> = Vec::new();
+        // The config is one flat JSON object written by us: rewrite it whole with Python.
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!("import json,sys; d=json.loads(sys.argv[1]); d[{key:?}]=json.loads(sys.argv[2]); print(json.dumps(d))"))
+            .arg(&text)
+            .arg(value)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        obj.push(String::from_utf8(out.stdout).unwrap());
+        std::fs::write(&self.config, obj.join("")).unwrap();
+    }
+
+    /// The messages it accepted, as text.
+    pub fn received(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join("mail"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A scripted SMTP receiver for ferry's remote-delivery tests.
+
+usage: scripted_smtp.py CONFIG.json
+
+CONFIG: {"listen": "127.0.0.1", "port": 0, "portfile": "...", "maildir": "...",
+         "greeting": "220 scripted ESMTP", "ehlo": ["PIPELINING", "8BITMIME", "SIZE 100000"],
+         "starttls": false, "tls_garbage": false, "helo": "250 hi",
+         "mail": "250 2.1.0 ok", "rcpt": {"*": "250 2.1.5 ok", "bad@x.test": "550 5.1.1 no such user"},
+         "data": "354 go ahead", "end": "250 2.0.0 queued", "drop_after_data_bytes": -1,
+         "ehlo_reply": null}
+The config file is re-read for every connection and every MAIL, so a test can change the behaviour between
+attempts. Each accepted message is written to MAILDIR/<n>.eml (raw wire bytes of DATA after
+un-dot-stuffing) with a first line "X-Envelope: MAIL RCPT..." for the test to check.
+The port actually bound is written to PORTFILE.
+"""
+import json, os, socket, sys, threading
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+def serve(conn, path):
+    cfg = load(path)
+    f = conn.makefile("rb")
+    def send(line):
+        conn.sendall((line + "\r\n").encode())
+    def readline():
+        l = f.readline(4096)
+        if not l:
+            raise EOFError
+        return l.rstrip(b"\r\n").decode("utf-8", "replace")
+    send(cfg.get("greeting", "220 scripted ESMTP"))
+    if not cfg.get("greeting", "220").startswith("2"):
+        readline()
+    env_from, rcpts, count = None, [], 0
+    while True:
+        line = readline()
+        verb = line.split(" ")[0].upper()
+        if verb in ("EHLO", "HELO"):
+            if cfg.get("ehlo_reply") and verb == "EHLO":
+                send(cfg["ehlo_reply"]); continue
+            exts = list(cfg.get("ehlo", ["PIPELINING", "8BITMIME"]))
+            if cfg.get("starttls"):
+                exts.append("STARTTLS")
+            if verb == "HELO":
+                send(cfg.get("helo", "250 hi")); continue
+            lines = ["scripted"] + exts
+            for i, l in enumerate(lines):
+                send(("250 " if i == len(lines) - 1 else "250-") + l)
+        elif verb == "STARTTLS":
+            send("220 go")
+            if cfg.get("tls_garbage"):
+                conn.sendall(b"this is not a TLS handshake\r\n" * 20)
+            conn.close(); return
+        elif verb == "MAIL":
+            cfg = load(path)  # each transaction sees the test's latest settings
+            env_from = line[10:].strip(); rcpts = []
+            send(cfg.get("mail", "250 2.1.0 ok"))
+        elif verb == "RCPT":
+            addr = line[8:].strip().strip("<>").split(">")[0]
+            table = cfg.get("rcpt", {})
+            reply = table.get(addr, table.get("*", "250 2.1.5 ok"))
+            if reply.startswith("2"):
+                rcpts.append(addr)
+            send(reply)
+        elif verb == "DATA":
+            reply = cfg.get("data", "354 go ahead")
+            send(reply)
+            if not reply.startswith("354"):
+                continue
+            body, got = [], 0
+            drop = cfg.get("drop_after_data_bytes", -1)
+            while True:
+                l = f.readline(1 << 20)
+                if not l:
+                    raise EOFError
+                got += len(l)
+                if drop >= 0 and got > drop:
+                    conn.close(); return
+                if l == b".\r\n":
+                    break
+                if l.startswith(b".."):
+                    l = l[1:]
+                body.append(l)
+            end = cfg.get("end", "250 2.0.0 queued")
+            if end.startswith("2") and cfg.get("maildir"):
+                count += 1
+                name = os.path.join(cfg["maildir"], f"{os.getpid()}-{threading.get_ident()}-{count}.eml")
+                with open(name + ".tmp", "wb") as out:
+                    out.write(f"X-Envelope: {env_from} {' '.join(rcpts)}\r\n".encode() + b"".join(body))
+                os.rename(name + ".tmp", name)
+            send(end)
+        elif verb == "RSET":
+            send("250 ok")
+        elif verb == "QUIT":
+            send("221 bye"); conn.close(); return
+        else:
+            send("500 what")
+
+def main():
+    path = sys.argv[1]
+    cfg = load(path)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((cfg.get("listen", "127.0.0.1"), cfg.get("port", 0)))
+    s.listen(64)
+    with open(cfg["portfile"] + ".tmp", "w") as pf:
+        pf.write(str(s.getsockname()[1]))
+    os.rename(cfg["portfile"] + ".tmp", cfg["portfile"])
+    while True:
+        c, _ = s.accept()
+        def run(c=c):
+            try:
+                serve(c, path)
+            except (EOFError, OSError):
+                pass
+            finally:
+                try: c.close()
+                except OSError: pass
+        threading.Thread(target=run, daemon=True).start()
+
+if __name__ == "__main__":
+    main()
