@@ -35,6 +35,12 @@ pub fn is_root() -> bool {
     ferry_sys::running_as_root()
 }
 
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
 /// A ferry root for one test.
 pub struct Env {
     pub root: PathBuf,

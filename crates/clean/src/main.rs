@@ -40,7 +40,9 @@ fn run() -> std::io::Result<()> {
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(std::io::stdout().lock());
     loop {
-        let Some(first) = record::read_blocking(&mut input)? else { return Ok(()) };
+        let Some(first) = record::read_blocking(&mut input)? else {
+            return Ok(());
+        };
         let mut batch = vec![first];
         // Whatever else send has already written goes in the same batch.
         while !input.buffer().is_empty() {
@@ -52,7 +54,8 @@ fn run() -> std::io::Result<()> {
         let mut replies = Vec::with_capacity(batch.len());
         let mut moved = false;
         for req in &batch {
-            let id = MsgId::parse(req.str(0)?).ok_or_else(|| std::io::Error::other("bad message id from send"))?;
+            let id = MsgId::parse(req.str(0)?)
+                .ok_or_else(|| std::io::Error::other("bad message id from send"))?;
             let (kind, result) = match req.kind {
                 b'M' => {
                     let r = std::fs::rename(q.todo(&id), q.mess(&id));
@@ -60,12 +63,21 @@ fn run() -> std::io::Result<()> {
                     (b'm', r)
                 }
                 b'D' => (b'd', delete(&q, &id)),
-                other => return Err(std::io::Error::other(format!("unknown request {:?} from send", other as char))),
+                other => {
+                    return Err(std::io::Error::other(format!(
+                        "unknown request {:?} from send",
+                        other as char
+                    )));
+                }
             };
             let status = match result {
                 Ok(()) => "ok".to_string(),
                 Err(e) => {
-                    log!("{}: {} failed: {e}", id, if kind == b'm' { "move" } else { "delete" });
+                    log!(
+                        "{}: {} failed: {e}",
+                        id,
+                        if kind == b'm' { "move" } else { "delete" }
+                    );
                     e.to_string()
                 }
             };

@@ -34,12 +34,20 @@ pub fn unquote_local(local: &str) -> String {
 /// The address with its domain in lower case (local parts keep their case).
 pub fn normalize(addr: &str) -> String {
     let (l, d) = split(addr);
-    if d.is_empty() { l.to_string() } else { format!("{l}@{}", d.to_lowercase()) }
+    if d.is_empty() {
+        l.to_string()
+    } else {
+        format!("{l}@{}", d.to_lowercase())
+    }
 }
 
 /// `name` → `name@domain`; an address with a domain is returned unchanged.
 pub fn qualify(addr: &str, domain: &str) -> String {
-    if addr.contains('@') || addr.is_empty() { addr.to_string() } else { format!("{addr}@{domain}") }
+    if addr.contains('@') || addr.is_empty() {
+        addr.to_string()
+    } else {
+        format!("{addr}@{domain}")
+    }
 }
 
 #[cfg(test)]
@@ -48,7 +56,10 @@ mod tests {
 
     #[test]
     fn split_and_unquote() {
-        assert_eq!(split("\"user@other\"@ours.example"), ("\"user@other\"", "ours.example"));
+        assert_eq!(
+            split("\"user@other\"@ours.example"),
+            ("\"user@other\"", "ours.example")
+        );
         assert_eq!(unquote_local("\"user@other\""), "user@other");
         assert_eq!(unquote_local("\"a\\\"b\""), "a\"b");
         assert_eq!(normalize("Joe@Example.COM"), "Joe@example.com");

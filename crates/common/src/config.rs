@@ -36,7 +36,12 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr = canonical_ip(a.trim_start_matches('[').trim_end_matches(']').parse().ok()?);
+        let addr = canonical_ip(
+            a.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?,
+        );
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
@@ -48,11 +53,19 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical_ip(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -162,12 +175,14 @@ impl Loader<'_> {
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => Some(p),
             Ok(_) => {
-                self.errors.push(ControlError::new(name, None, "is not a regular file"));
+                self.errors
+                    .push(ControlError::new(name, None, "is not a regular file"));
                 None
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
-                self.errors.push(ControlError::new(name, None, format!("cannot read: {e}")));
+                self.errors
+                    .push(ControlError::new(name, None, format!("cannot read: {e}")));
                 None
             }
         }
@@ -184,20 +199,31 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
         });
-    if ok { Ok(d) } else { Err(format!("not a domain name: {s:?}")) }
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!("not a domain name: {s:?}"))
+    }
 }
 
 fn parse_virtual(s: &str) -> Result<VirtualDomain, String> {
-    let (d, t) = s.split_once(':').ok_or_else(|| format!("expected domain:target, got {s:?}"))?;
+    let (d, t) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected domain:target, got {s:?}"))?;
     let domain = parse_domain(d.trim())?;
     let t = t.trim();
     let target = match t {
         "mail/" => VirtualTarget::Mailboxes { catch_all: false },
         "mail/*" => VirtualTarget::Mailboxes { catch_all: true },
         u if is_user_name(u) => VirtualTarget::User(u.to_string()),
-        _ => return Err(format!("target must be a user name, mail/ or mail/*, got {t:?}")),
+        _ => {
+            return Err(format!(
+                "target must be a user name, mail/ or mail/*, got {t:?}"
+            ));
+        }
     };
     Ok(VirtualDomain { domain, target })
 }
@@ -206,30 +232,48 @@ pub fn is_user_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && !s.starts_with('-')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 fn parse_alias(s: &str) -> Result<(String, Vec<String>), String> {
-    let (name, targets) = s.split_once(':').ok_or_else(|| format!("expected name: target, got {s:?}"))?;
+    let (name, targets) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected name: target, got {s:?}"))?;
     let name = name.trim().to_ascii_lowercase();
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ',') {
         return Err(format!("bad alias name {name:?}"));
     }
-    let targets: Vec<String> = targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let targets: Vec<String> = targets
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
     if targets.is_empty() {
         return Err(format!("alias {name} has no target"));
     }
     for t in &targets {
-        if t.chars().any(|c| c.is_whitespace() || c == '<' || c == '>' || c == '|' || c == '"') || t.starts_with('/') {
-            return Err(format!("alias target {t:?} must be an address or a user name"));
+        if t.chars()
+            .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == '|' || c == '"')
+            || t.starts_with('/')
+        {
+            return Err(format!(
+                "alias target {t:?} must be an address or a user name"
+            ));
         }
     }
     Ok((name, targets))
 }
 
 fn parse_route(s: &str) -> Result<Route, String> {
-    let (d, rest) = s.split_once(':').ok_or_else(|| format!("expected domain:host[:port], got {s:?}"))?;
-    let domain = if d.is_empty() { String::new() } else { parse_domain(d)? };
+    let (d, rest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected domain:host[:port], got {s:?}"))?;
+    let domain = if d.is_empty() {
+        String::new()
+    } else {
+        parse_domain(d)?
+    };
     let (host, port) = split_host_port(rest)?;
     if host.is_empty() {
         return Err(format!("route for {d:?} has no host"));
@@ -240,8 +284,11 @@ fn parse_route(s: &str) -> Result<Route, String> {
 /// `host`, `host:port`, `[ip]`, `[ip]:port`.
 fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(r) = s.strip_prefix('[') {
-        let (ip, after) = r.split_once(']').ok_or_else(|| format!("unbalanced [ in {s:?}"))?;
-        ip.parse::<IpAddr>().map_err(|_| format!("bad address literal {ip:?}"))?;
+        let (ip, after) = r
+            .split_once(']')
+            .ok_or_else(|| format!("unbalanced [ in {s:?}"))?;
+        ip.parse::<IpAddr>()
+            .map_err(|_| format!("bad address literal {ip:?}"))?;
         (format!("[{ip}]"), after.strip_prefix(':'))
     } else {
         match s.split_once(':') {
@@ -257,7 +304,8 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|_| format!("expected address:port (IPv6 as [::]:25), got {s:?}"))
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("expected address:port (IPv6 as [::]:25), got {s:?}"))
 }
 
 fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
@@ -281,21 +329,32 @@ impl Config {
     /// Reads every control file; the first malformed one is the error.
     pub fn load(root: &Root) -> Result<Config, ControlError> {
         let (cfg, mut errors) = Self::load_all(root);
-        if errors.is_empty() { Ok(cfg) } else { Err(errors.remove(0)) }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors.remove(0))
+        }
     }
 
     /// Every problem in the control directory: malformed files and unknown names.
     pub fn check(root: &Root) -> Vec<ControlError> {
         let (_, mut errors) = Self::load_all(root);
         if let Ok(rd) = std::fs::read_dir(root.control()) {
-            let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             names.sort();
             for n in names {
                 if n.starts_with('.') || n == "README" || n.ends_with('~') || n == "tls" {
                     continue;
                 }
                 if control::lookup(&n).is_none() {
-                    errors.push(ControlError::new(&n, None, "unknown control file (misspelt? see control/README)"));
+                    errors.push(ControlError::new(
+                        &n,
+                        None,
+                        "unknown control file (misspelt? see control/README)",
+                    ));
                 }
             }
         }
@@ -304,10 +363,21 @@ impl Config {
 
     fn load_all(root: &Root) -> (Config, Vec<ControlError>) {
         let dir = root.control();
-        let mut l = Loader { dir: &dir, errors: Vec::new() };
-        let me = l.text("me").unwrap_or_else(ferry_sys::hostname).to_ascii_lowercase();
-        let defaultdomain = l.text("defaultdomain").map(|d| d.to_ascii_lowercase()).unwrap_or_else(|| me.clone());
-        let locals = l.list("locals", parse_domain).unwrap_or_else(|| vec![me.clone()]);
+        let mut l = Loader {
+            dir: &dir,
+            errors: Vec::new(),
+        };
+        let me = l
+            .text("me")
+            .unwrap_or_else(ferry_sys::hostname)
+            .to_ascii_lowercase();
+        let defaultdomain = l
+            .text("defaultdomain")
+            .map(|d| d.to_ascii_lowercase())
+            .unwrap_or_else(|| me.clone());
+        let locals = l
+            .list("locals", parse_domain)
+            .unwrap_or_else(|| vec![me.clone()]);
         let virtualdomains = l.list("virtualdomains", parse_virtual).unwrap_or_default();
         let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
         for (k, v) in l.list("aliases", parse_alias).unwrap_or_default() {
@@ -319,7 +389,10 @@ impl Config {
             v
         });
         let relayclients = l.list("relayclients", parse_cidr).unwrap_or_else(|| {
-            ["127.0.0.0/8", "::1/128"].iter().filter_map(|c| Cidr::parse(c)).collect()
+            ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect()
         });
         let cfg = Config {
             defaultdomain,
@@ -333,7 +406,10 @@ impl Config {
             databytes: l.number("databytes", 26_214_400),
             maxrcpt: l.number("maxrcpt", 1000).max(1),
             smtplisten: l.list("smtplisten", parse_listen).unwrap_or_else(|| {
-                ["0.0.0.0:25", "[::]:25"].iter().filter_map(|a| a.parse().ok()).collect()
+                ["0.0.0.0:25", "[::]:25"]
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
             }),
             smtpgreeting: l.text("smtpgreeting").unwrap_or_else(|| me.clone()),
             timeoutsmtpd: l.number("timeoutsmtpd", 300).max(1),
@@ -345,14 +421,24 @@ impl Config {
             concurrencyremote: l.number("concurrencyremote", 40).clamp(1, 10000),
             concurrencydomain: l.number("concurrencydomain", 20).max(1),
             queuelifetime: l.number("queuelifetime", 604_800),
-            bouncefrom: l.text("bouncefrom").unwrap_or_else(|| "MAILER-DAEMON".into()),
-            doublebounceto: l.text("doublebounceto").unwrap_or_else(|| "postmaster".into()),
-            defaultdelivery: l.text("defaultdelivery").unwrap_or_else(|| "./Maildir/".into()),
+            bouncefrom: l
+                .text("bouncefrom")
+                .unwrap_or_else(|| "MAILER-DAEMON".into()),
+            doublebounceto: l
+                .text("doublebounceto")
+                .unwrap_or_else(|| "postmaster".into()),
+            defaultdelivery: l
+                .text("defaultdelivery")
+                .unwrap_or_else(|| "./Maildir/".into()),
             smtproutes: l.list("smtproutes", parse_route).unwrap_or_default(),
             remoteport: {
                 let p = l.number("remoteport", 25);
                 u16::try_from(p).ok().filter(|p| *p > 0).unwrap_or_else(|| {
-                    l.errors.push(ControlError::new("remoteport", Some(1), format!("not a port: {p}")));
+                    l.errors.push(ControlError::new(
+                        "remoteport",
+                        Some(1),
+                        format!("not a port: {p}"),
+                    ));
                     25
                 })
             },
@@ -364,7 +450,11 @@ impl Config {
             me,
         };
         // Kinds not covered above are checked here so that a new table entry is never unread.
-        debug_assert!(control::FILES.iter().all(|f| f.kind != Kind::Pem || f.name.starts_with("tls")));
+        debug_assert!(
+            control::FILES
+                .iter()
+                .all(|f| f.kind != Kind::Pem || f.name.starts_with("tls"))
+        );
         (cfg, l.errors)
     }
 
@@ -430,14 +520,26 @@ mod tests {
         let (_d, r) = root_with(&[
             ("me", "h.example"),
             ("locals", ""),
-            ("virtualdomains", "localhost:mail/*\nExample.COM:joe\nexample.net:mail/\n"),
-            ("aliases", "postmaster: joe, ann@example.net\nroot: postmaster\n"),
-            ("smtproutes", "relay.test:[127.0.0.1]:2599\n:smarthost.example:587\n"),
+            (
+                "virtualdomains",
+                "localhost:mail/*\nExample.COM:joe\nexample.net:mail/\n",
+            ),
+            (
+                "aliases",
+                "postmaster: joe, ann@example.net\nroot: postmaster\n",
+            ),
+            (
+                "smtproutes",
+                "relay.test:[127.0.0.1]:2599\n:smarthost.example:587\n",
+            ),
         ]);
         let c = Config::load(&r).unwrap();
         assert!(c.locals.is_empty());
         assert_eq!(c.rcpthosts, vec!["localhost", "example.com", "example.net"]);
-        assert_eq!(c.virtual_domain("example.com").unwrap().target, VirtualTarget::User("joe".into()));
+        assert_eq!(
+            c.virtual_domain("example.com").unwrap().target,
+            VirtualTarget::User("joe".into())
+        );
         assert_eq!(c.aliases["postmaster"], vec!["joe", "ann@example.net"]);
         let rt = c.route_for("relay.test").unwrap();
         assert_eq!((rt.host.as_str(), rt.port), ("[127.0.0.1]", Some(2599)));
@@ -446,7 +548,10 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let (_d, r) = root_with(&[("virtualdomains", "ok.example:mail/\nbad\n"), ("bogus", "x")]);
+        let (_d, r) = root_with(&[
+            ("virtualdomains", "ok.example:mail/\nbad\n"),
+            ("bogus", "x"),
+        ]);
         let e = Config::load(&r).unwrap_err();
         assert_eq!((e.file.as_str(), e.line), ("virtualdomains", Some(2)));
         let all = Config::check(&r);
@@ -461,6 +566,10 @@ mod tests {
         let c = Cidr::parse("2001:db8::/32").unwrap();
         assert!(c.contains("2001:db8::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_none());
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
     }
 }

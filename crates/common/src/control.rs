@@ -48,42 +48,246 @@ pub struct ControlFile {
 
 /// Every control file ferry reads. Keep `etc/control/README` in step (a test checks it).
 pub const FILES: &[ControlFile] = &[
-    cf("me", Kind::Text, "the host name (gethostname)", "this host's fully qualified name: greeting, Received lines, bounces", "all"),
-    cf("defaultdomain", Kind::Text, "me", "domain added to bare user names by sendmail and in aliases", "sendmail, send"),
-    cf("locals", Kind::List, "me", "domains whose mail goes to local Unix users (user-ext@domain)", "smtpd, send"),
-    cf("virtualdomains", Kind::VirtualDomains, "none", "domain:user (qmail style: x@domain is user's extension x), domain:mail/ (mailboxes under mail/ that exist), domain:mail/* (any name: catch-all, created on first delivery)", "smtpd, send"),
-    cf("aliases", Kind::Aliases, "root, mailer-daemon, abuse -> postmaster", "name: target, target (name is a local part in every local domain, or a full address); postmaster falls back to the mailbox mail/postmaster", "smtpd, send"),
-    cf("rcpthosts", Kind::List, "locals and virtual domains", "domains smtpd accepts mail for from any client", "smtpd"),
-    cf("relayclients", Kind::Cidrs, "127.0.0.0/8, ::1", "clients allowed to relay to any domain; also exempt from the per-IP limit", "smtpd"),
-    cf("badmailfrom", Kind::List, "none", "senders refused at MAIL (address, or @domain for a whole domain)", "smtpd"),
-    cf("badrcptto", Kind::List, "none", "recipients refused at RCPT (address, or @domain)", "smtpd"),
-    cf("databytes", Kind::Number, "26214400", "largest message accepted, in bytes (0: no limit)", "smtpd, queue"),
-    cf("maxrcpt", Kind::Number, "1000", "most recipients per message over SMTP", "smtpd"),
-    cf("smtplisten", Kind::Listen, "0.0.0.0:25 and [::]:25", "addresses and ports smtpd listens on", "smtpd"),
-    cf("smtpgreeting", Kind::Text, "me", "the name in smtpd's 220 greeting and EHLO reply", "smtpd"),
-    cf("timeoutsmtpd", Kind::Number, "300", "seconds smtpd waits for a client to send or take data", "smtpd"),
-    cf("concurrencyincoming", Kind::Number, "1000", "most simultaneous SMTP sessions", "smtpd"),
-    cf("concurrencyperip", Kind::Number, "30", "most simultaneous sessions from one client address (relayclients exempt)", "smtpd"),
-    cf("tlscert", Kind::Pem, "none: no STARTTLS", "the server certificate chain, PEM", "smtpd"),
-    cf("tlskey", Kind::Pem, "none", "the private key of tlscert, PEM; readable by root and ferryd only", "smtpd"),
-    cf("concurrencylocal", Kind::Number, "10", "most simultaneous local deliveries", "send"),
-    cf("concurrencyremote", Kind::Number, "40", "most simultaneous remote deliveries", "send"),
-    cf("concurrencydomain", Kind::Number, "20", "most simultaneous remote deliveries to one domain", "send"),
-    cf("queuelifetime", Kind::Number, "604800", "seconds a message may stay in the queue before it bounces", "send"),
-    cf("bouncefrom", Kind::Text, "MAILER-DAEMON", "local part of the From of bounces", "send"),
-    cf("doublebounceto", Kind::Text, "postmaster", "where a bounce that cannot be delivered goes, once", "send"),
-    cf("defaultdelivery", Kind::Text, "./Maildir/", "delivery for a user without a .ferry file (./Maildir/ or ./mbox)", "local-deliver"),
-    cf("smtproutes", Kind::Routes, "none: MX lookup", "domain:host[:port] per line; :host[:port] routes every other domain (smarthost)", "remote-deliver"),
-    cf("remoteport", Kind::Number, "25", "port of remote SMTP servers found by MX", "remote-deliver"),
-    cf("resolvconf", Kind::NameServers, "/etc/resolv.conf", "name servers to ask, ip[:port] per line", "remote-deliver, ferryctl"),
-    cf("helohost", Kind::Text, "me", "name remote-deliver gives in EHLO", "remote-deliver"),
-    cf("timeoutconnect", Kind::Number, "30", "seconds to wait for a remote server to accept a connection", "remote-deliver"),
-    cf("timeoutremote", Kind::Number, "300", "seconds to wait for a remote server's reply", "remote-deliver"),
-    cf("tlsdestinations", Kind::List, "none", "domains that get mail only over TLS with a verified certificate", "remote-deliver"),
+    cf(
+        "me",
+        Kind::Text,
+        "the host name (gethostname)",
+        "this host's fully qualified name: greeting, Received lines, bounces",
+        "all",
+    ),
+    cf(
+        "defaultdomain",
+        Kind::Text,
+        "me",
+        "domain added to bare user names by sendmail and in aliases",
+        "sendmail, send",
+    ),
+    cf(
+        "locals",
+        Kind::List,
+        "me",
+        "domains whose mail goes to local Unix users (user-ext@domain)",
+        "smtpd, send",
+    ),
+    cf(
+        "virtualdomains",
+        Kind::VirtualDomains,
+        "none",
+        "domain:user (qmail style: x@domain is user's extension x), domain:mail/ (mailboxes under mail/ that exist), domain:mail/* (any name: catch-all, created on first delivery)",
+        "smtpd, send",
+    ),
+    cf(
+        "aliases",
+        Kind::Aliases,
+        "root, mailer-daemon, abuse -> postmaster",
+        "name: target, target (name is a local part in every local domain, or a full address); postmaster falls back to the mailbox mail/postmaster",
+        "smtpd, send",
+    ),
+    cf(
+        "rcpthosts",
+        Kind::List,
+        "locals and virtual domains",
+        "domains smtpd accepts mail for from any client",
+        "smtpd",
+    ),
+    cf(
+        "relayclients",
+        Kind::Cidrs,
+        "127.0.0.0/8, ::1",
+        "clients allowed to relay to any domain; also exempt from the per-IP limit",
+        "smtpd",
+    ),
+    cf(
+        "badmailfrom",
+        Kind::List,
+        "none",
+        "senders refused at MAIL (address, or @domain for a whole domain)",
+        "smtpd",
+    ),
+    cf(
+        "badrcptto",
+        Kind::List,
+        "none",
+        "recipients refused at RCPT (address, or @domain)",
+        "smtpd",
+    ),
+    cf(
+        "databytes",
+        Kind::Number,
+        "26214400",
+        "largest message accepted, in bytes (0: no limit)",
+        "smtpd, queue",
+    ),
+    cf(
+        "maxrcpt",
+        Kind::Number,
+        "1000",
+        "most recipients per message over SMTP",
+        "smtpd",
+    ),
+    cf(
+        "smtplisten",
+        Kind::Listen,
+        "0.0.0.0:25 and [::]:25",
+        "addresses and ports smtpd listens on",
+        "smtpd",
+    ),
+    cf(
+        "smtpgreeting",
+        Kind::Text,
+        "me",
+        "the name in smtpd's 220 greeting and EHLO reply",
+        "smtpd",
+    ),
+    cf(
+        "timeoutsmtpd",
+        Kind::Number,
+        "300",
+        "seconds smtpd waits for a client to send or take data",
+        "smtpd",
+    ),
+    cf(
+        "concurrencyincoming",
+        Kind::Number,
+        "1000",
+        "most simultaneous SMTP sessions",
+        "smtpd",
+    ),
+    cf(
+        "concurrencyperip",
+        Kind::Number,
+        "30",
+        "most simultaneous sessions from one client address (relayclients exempt)",
+        "smtpd",
+    ),
+    cf(
+        "tlscert",
+        Kind::Pem,
+        "none: no STARTTLS",
+        "the server certificate chain, PEM",
+        "smtpd",
+    ),
+    cf(
+        "tlskey",
+        Kind::Pem,
+        "none",
+        "the private key of tlscert, PEM; readable by root and ferryd only",
+        "smtpd",
+    ),
+    cf(
+        "concurrencylocal",
+        Kind::Number,
+        "10",
+        "most simultaneous local deliveries",
+        "send",
+    ),
+    cf(
+        "concurrencyremote",
+        Kind::Number,
+        "40",
+        "most simultaneous remote deliveries",
+        "send",
+    ),
+    cf(
+        "concurrencydomain",
+        Kind::Number,
+        "20",
+        "most simultaneous remote deliveries to one domain",
+        "send",
+    ),
+    cf(
+        "queuelifetime",
+        Kind::Number,
+        "604800",
+        "seconds a message may stay in the queue before it bounces",
+        "send",
+    ),
+    cf(
+        "bouncefrom",
+        Kind::Text,
+        "MAILER-DAEMON",
+        "local part of the From of bounces",
+        "send",
+    ),
+    cf(
+        "doublebounceto",
+        Kind::Text,
+        "postmaster",
+        "where a bounce that cannot be delivered goes, once",
+        "send",
+    ),
+    cf(
+        "defaultdelivery",
+        Kind::Text,
+        "./Maildir/",
+        "delivery for a user without a .ferry file (./Maildir/ or ./mbox)",
+        "local-deliver",
+    ),
+    cf(
+        "smtproutes",
+        Kind::Routes,
+        "none: MX lookup",
+        "domain:host[:port] per line; :host[:port] routes every other domain (smarthost)",
+        "remote-deliver",
+    ),
+    cf(
+        "remoteport",
+        Kind::Number,
+        "25",
+        "port of remote SMTP servers found by MX",
+        "remote-deliver",
+    ),
+    cf(
+        "resolvconf",
+        Kind::NameServers,
+        "/etc/resolv.conf",
+        "name servers to ask, ip[:port] per line",
+        "remote-deliver, ferryctl",
+    ),
+    cf(
+        "helohost",
+        Kind::Text,
+        "me",
+        "name remote-deliver gives in EHLO",
+        "remote-deliver",
+    ),
+    cf(
+        "timeoutconnect",
+        Kind::Number,
+        "30",
+        "seconds to wait for a remote server to accept a connection",
+        "remote-deliver",
+    ),
+    cf(
+        "timeoutremote",
+        Kind::Number,
+        "300",
+        "seconds to wait for a remote server's reply",
+        "remote-deliver",
+    ),
+    cf(
+        "tlsdestinations",
+        Kind::List,
+        "none",
+        "domains that get mail only over TLS with a verified certificate",
+        "remote-deliver",
+    ),
 ];
 
-const fn cf(name: &'static str, kind: Kind, default: &'static str, meaning: &'static str, readers: &'static str) -> ControlFile {
-    ControlFile { name, kind, default, meaning, readers }
+const fn cf(
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    meaning: &'static str,
+    readers: &'static str,
+) -> ControlFile {
+    ControlFile {
+        name,
+        kind,
+        default,
+        meaning,
+        readers,
+    }
 }
 
 pub fn lookup(name: &str) -> Option<&'static ControlFile> {
@@ -100,7 +304,11 @@ pub struct ControlError {
 
 impl ControlError {
     pub fn new(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
-        ControlError { file: file.to_string(), line, message: message.into() }
+        ControlError {
+            file: file.to_string(),
+            line,
+            message: message.into(),
+        }
     }
 }
 
@@ -138,7 +346,11 @@ pub fn read_lines(dir: &Path, name: &str) -> Result<Option<Vec<(usize, String)>>
             continue;
         }
         if l.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(ControlError::new(name, Some(i + 1), "contains control characters"));
+            return Err(ControlError::new(
+                name,
+                Some(i + 1),
+                "contains control characters",
+            ));
         }
         out.push((i + 1, l.to_string()));
     }
@@ -151,7 +363,9 @@ fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
+        return Err(io::Error::other(format!(
+            "larger than {MAX_FILE_BYTES} bytes"
+        )));
     }
     Ok(buf)
 }
@@ -161,9 +375,17 @@ pub fn read_value(dir: &Path, name: &str) -> Result<Option<(usize, String)>, Con
     match read_lines(dir, name)? {
         None => Ok(None),
         Some(lines) => match lines.len() {
-            0 => Err(ControlError::new(name, None, "is empty: remove it to get the default, or write a value")),
+            0 => Err(ControlError::new(
+                name,
+                None,
+                "is empty: remove it to get the default, or write a value",
+            )),
             1 => Ok(lines.into_iter().next()),
-            _ => Err(ControlError::new(name, Some(lines[1].0), "holds a second value; this file takes one")),
+            _ => Err(ControlError::new(
+                name,
+                Some(lines[1].0),
+                "holds a second value; this file takes one",
+            )),
         },
     }
 }
@@ -201,7 +423,10 @@ mod tests {
         assert_eq!((e.file.as_str(), e.line), ("databytes", Some(2)));
         std::fs::write(d.path().join("databytes"), "ten\n").unwrap();
         let e = read_number(d.path(), "databytes", 5).unwrap_err();
-        assert_eq!(e.to_string(), "control/databytes line 1: not a number: \"ten\"");
+        assert_eq!(
+            e.to_string(),
+            "control/databytes line 1: not a number: \"ten\""
+        );
         std::fs::write(d.path().join("me"), "").unwrap();
         assert!(read_text(d.path(), "me").is_err());
     }
@@ -211,7 +436,9 @@ mod tests {
         let readme = include_str!("../../../etc/control/README");
         for f in FILES {
             assert!(
-                readme.lines().any(|l| l.starts_with(&format!("| `{}` ", f.name))),
+                readme
+                    .lines()
+                    .any(|l| l.starts_with(&format!("| `{}` ", f.name))),
                 "etc/control/README lacks a row for {}",
                 f.name
             );

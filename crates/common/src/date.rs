@@ -3,11 +3,17 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -25,7 +31,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 struct Parts {
     wday: &'static str,
@@ -55,13 +63,19 @@ fn parts(secs: u64) -> Parts {
 /// "Fri, 27 Nov 2026 19:30:17 +0000"
 pub fn rfc5322(secs: u64) -> String {
     let p = parts(secs);
-    format!("{}, {} {} {} {:02}:{:02}:{:02} +0000", p.wday, p.day, p.mon, p.year, p.h, p.m, p.s)
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        p.wday, p.day, p.mon, p.year, p.h, p.m, p.s
+    )
 }
 
 /// The date of an mbox From_ line (asctime format): "Fri Nov 27 19:30:17 2026"
 pub fn asctime(secs: u64) -> String {
     let p = parts(secs);
-    format!("{} {} {:2} {:02}:{:02}:{:02} {}", p.wday, p.mon, p.day, p.h, p.m, p.s, p.year)
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        p.wday, p.mon, p.day, p.h, p.m, p.s, p.year
+    )
 }
 
 /// "2026-11-27T19:30:17Z", for logs and listings.
@@ -69,7 +83,12 @@ pub fn iso(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let (y, mo, d) = civil_from_days(days);
     let rem = secs % 86_400;
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// A short age: "45s", "12m", "3h", "2d".

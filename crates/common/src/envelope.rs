@@ -36,9 +36,13 @@ impl fmt::Display for EnvelopeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EnvelopeError::Truncated => write!(f, "envelope has no final NUL (truncated)"),
-            EnvelopeError::BadRecord => write!(f, "envelope record is not F<sender> then T<recipient>"),
+            EnvelopeError::BadRecord => {
+                write!(f, "envelope record is not F<sender> then T<recipient>")
+            }
             EnvelopeError::NoRecipients => write!(f, "envelope has no recipient"),
-            EnvelopeError::TooManyRecipients => write!(f, "envelope has more than {MAX_RECIPIENTS} recipients"),
+            EnvelopeError::TooManyRecipients => {
+                write!(f, "envelope has more than {MAX_RECIPIENTS} recipients")
+            }
             EnvelopeError::TooLarge => write!(f, "envelope larger than {MAX_ENVELOPE} bytes"),
             EnvelopeError::BadAddress(why) => write!(f, "bad envelope address: {why}"),
         }
@@ -50,7 +54,10 @@ impl std::error::Error for EnvelopeError {}
 /// Checks an envelope address: UTF-8, at most [`MAX_ADDRESS`] bytes, no control characters.
 pub fn check_address(a: &[u8]) -> Result<&str, EnvelopeError> {
     if a.len() > MAX_ADDRESS {
-        return Err(EnvelopeError::BadAddress(format!("{} bytes, more than {MAX_ADDRESS}", a.len())));
+        return Err(EnvelopeError::BadAddress(format!(
+            "{} bytes, more than {MAX_ADDRESS}",
+            a.len()
+        )));
     }
     let s = std::str::from_utf8(a).map_err(|_| EnvelopeError::BadAddress("not UTF-8".into()))?;
     if s.chars().any(|c| c.is_control()) {
@@ -65,9 +72,18 @@ impl Envelope {
             return Err(EnvelopeError::TooLarge);
         }
         // One record: from `pos` up to the next NUL. None if there is no NUL (truncated).
-        let record = |pos: usize| buf[pos..].iter().position(|b| *b == 0).map(|n| (&buf[pos..pos + n], pos + n + 1));
+        let record = |pos: usize| {
+            buf[pos..]
+                .iter()
+                .position(|b| *b == 0)
+                .map(|n| (&buf[pos..pos + n], pos + n + 1))
+        };
         if buf.first() != Some(&b'F') {
-            return Err(if buf.is_empty() { EnvelopeError::Truncated } else { EnvelopeError::BadRecord });
+            return Err(if buf.is_empty() {
+                EnvelopeError::Truncated
+            } else {
+                EnvelopeError::BadRecord
+            });
         }
         let (rec, mut pos) = record(0).ok_or(EnvelopeError::Truncated)?;
         let sender = check_address(&rec[1..])?.to_string();
@@ -99,7 +115,9 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.sender.len() + 3 + self.recipients.iter().map(|r| r.len() + 2).sum::<usize>());
+        let mut v = Vec::with_capacity(
+            self.sender.len() + 3 + self.recipients.iter().map(|r| r.len() + 2).sum::<usize>(),
+        );
         v.push(b'F');
         v.extend_from_slice(self.sender.as_bytes());
         v.push(0);
@@ -119,10 +137,16 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let e = Envelope { sender: "a@b.example".into(), recipients: vec!["c@d.example".into(), "e@f".into()] };
+        let e = Envelope {
+            sender: "a@b.example".into(),
+            recipients: vec!["c@d.example".into(), "e@f".into()],
+        };
         assert_eq!(e.encode(), b"Fa@b.example\0Tc@d.example\0Te@f\0\0");
         assert_eq!(Envelope::parse(&e.encode()).unwrap(), e);
-        let null = Envelope { sender: String::new(), recipients: vec!["x@y".into()] };
+        let null = Envelope {
+            sender: String::new(),
+            recipients: vec!["x@y".into()],
+        };
         assert_eq!(Envelope::parse(&null.encode()).unwrap(), null);
     }
 
@@ -133,10 +157,22 @@ mod tests {
         assert_eq!(Envelope::parse(b""), Err(EnvelopeError::Truncated));
         assert_eq!(Envelope::parse(b"Fa\0\0"), Err(EnvelopeError::NoRecipients));
         assert_eq!(Envelope::parse(b"Tb\0\0"), Err(EnvelopeError::BadRecord));
-        assert_eq!(Envelope::parse(b"Fa\0Xb\0\0"), Err(EnvelopeError::BadRecord));
-        assert_eq!(Envelope::parse(b"Fa\0Tb\0\0junk"), Err(EnvelopeError::BadRecord));
-        assert!(matches!(Envelope::parse(b"Fa\0Tb\nc\0\0"), Err(EnvelopeError::BadAddress(_))));
+        assert_eq!(
+            Envelope::parse(b"Fa\0Xb\0\0"),
+            Err(EnvelopeError::BadRecord)
+        );
+        assert_eq!(
+            Envelope::parse(b"Fa\0Tb\0\0junk"),
+            Err(EnvelopeError::BadRecord)
+        );
+        assert!(matches!(
+            Envelope::parse(b"Fa\0Tb\nc\0\0"),
+            Err(EnvelopeError::BadAddress(_))
+        ));
         let long = format!("Fa\0T{}@x\0\0", "u".repeat(2000));
-        assert!(matches!(Envelope::parse(long.as_bytes()), Err(EnvelopeError::BadAddress(_))));
+        assert!(matches!(
+            Envelope::parse(long.as_bytes()),
+            Err(EnvelopeError::BadAddress(_))
+        ));
     }
 }

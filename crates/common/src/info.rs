@@ -87,7 +87,13 @@ pub struct RcptInit<'a> {
 pub fn encode(birth: u64, sender: &str, rcpts: &[(String, Channel)]) -> Vec<u8> {
     let init: Vec<RcptInit<'_>> = rcpts
         .iter()
-        .map(|(a, c)| RcptInit { addr: a, channel: *c, state: State::Pending, errors: &[], failure: None })
+        .map(|(a, c)| RcptInit {
+            addr: a,
+            channel: *c,
+            state: State::Pending,
+            errors: &[],
+            failure: None,
+        })
         .collect();
     encode_state(birth, sender, false, &init)
 }
@@ -101,7 +107,11 @@ pub fn encode_state(birth: u64, sender: &str, hold: bool, rcpts: &[RcptInit<'_>]
     for r in rcpts {
         s.push('R');
         s.push(r.state.byte() as char);
-        s.push(if r.channel == Channel::Local { 'L' } else { 'R' });
+        s.push(if r.channel == Channel::Local {
+            'L'
+        } else {
+            'R'
+        });
         s.push_str(r.addr);
         s.push('\n');
     }
@@ -117,12 +127,22 @@ pub fn encode_state(birth: u64, sender: &str, hold: bool, rcpts: &[RcptInit<'_>]
 }
 
 fn note_line(permanent: bool, idx: usize, when: u64, text: &str) -> String {
-    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_NOTE).collect();
-    format!("{}{idx} {when} {clean}\n", if permanent { 'P' } else { 'E' })
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_NOTE)
+        .collect();
+    format!(
+        "{}{idx} {when} {clean}\n",
+        if permanent { 'P' } else { 'E' }
+    )
 }
 
 fn bad(line: usize, why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("info line {line}: {why}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("info line {line}: {why}"),
+    )
 }
 
 pub fn parse(buf: &[u8]) -> io::Result<Info> {
@@ -130,7 +150,12 @@ pub fn parse(buf: &[u8]) -> io::Result<Info> {
     if !text.starts_with(MAGIC) {
         return Err(bad(1, "not a ferry info file"));
     }
-    let mut info = Info { birth: 0, sender: String::new(), hold: false, rcpts: Vec::new() };
+    let mut info = Info {
+        birth: 0,
+        sender: String::new(),
+        hold: false,
+        rcpts: Vec::new(),
+    };
     let mut off = 0u64;
     let mut seen_sender = false;
     for (n, line) in text.split_inclusive('\n').enumerate() {
@@ -179,10 +204,16 @@ pub fn parse(buf: &[u8]) -> io::Result<Info> {
             }
             "E" | "P" => {
                 let mut parts = rest.splitn(3, ' ');
-                let idx: usize = parts.next().and_then(|i| i.parse().ok()).ok_or_else(|| bad(n + 1, "bad note"))?;
+                let idx: usize = parts
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .ok_or_else(|| bad(n + 1, "bad note"))?;
                 let when: u64 = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
                 let text = parts.next().unwrap_or("").to_string();
-                let r = info.rcpts.get_mut(idx).ok_or_else(|| bad(n + 1, "note for unknown recipient"))?;
+                let r = info
+                    .rcpts
+                    .get_mut(idx)
+                    .ok_or_else(|| bad(n + 1, "note for unknown recipient"))?;
                 if tag == "E" {
                     r.attempts += 1;
                     r.last_error = Some((when, text));
@@ -202,7 +233,13 @@ pub fn parse(buf: &[u8]) -> io::Result<Info> {
 /// Writes a new info file (replacing a partial one left by a crash). The caller syncs it.
 /// (send writes `ID.tmp`, syncs, and renames it, so that an info file is always whole.)
 pub fn create(path: &Path, contents: &[u8]) -> io::Result<File> {
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents)?;
     Ok(f)
 }
@@ -249,7 +286,10 @@ mod tests {
     fn create_mark_note_reread() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("info");
-        let rc = vec![("joe@a.example".to_string(), Channel::Local), ("ann@b.example".to_string(), Channel::Remote)];
+        let rc = vec![
+            ("joe@a.example".to_string(), Channel::Local),
+            ("ann@b.example".to_string(), Channel::Remote),
+        ];
         let f = create(&p, &encode(1000, "s@x.example", &rc)).unwrap();
         let (_, info) = read(&p).unwrap();
         assert_eq!(info.birth, 1000);
@@ -275,14 +315,35 @@ mod tests {
     fn encode_state_keeps_marks_and_notes() {
         let errs = vec![(7u64, "451 later".to_string())];
         let rc = [
-            RcptInit { addr: "a@b", channel: Channel::Local, state: State::Delivered, errors: &[], failure: None },
-            RcptInit { addr: "c@d", channel: Channel::Remote, state: State::Pending, errors: &errs, failure: None },
-            RcptInit { addr: "e@f", channel: Channel::Remote, state: State::Failed, errors: &[], failure: Some((8, "550 no")) },
+            RcptInit {
+                addr: "a@b",
+                channel: Channel::Local,
+                state: State::Delivered,
+                errors: &[],
+                failure: None,
+            },
+            RcptInit {
+                addr: "c@d",
+                channel: Channel::Remote,
+                state: State::Pending,
+                errors: &errs,
+                failure: None,
+            },
+            RcptInit {
+                addr: "e@f",
+                channel: Channel::Remote,
+                state: State::Failed,
+                errors: &[],
+                failure: Some((8, "550 no")),
+            },
         ];
         let i = parse(&encode_state(5, "s@x", true, &rc)).unwrap();
         assert!(i.hold);
         assert_eq!(i.rcpts[0].state, State::Delivered);
-        assert_eq!((i.rcpts[1].attempts, i.rcpts[1].last_error.clone()), (1, Some((7, "451 later".into()))));
+        assert_eq!(
+            (i.rcpts[1].attempts, i.rcpts[1].last_error.clone()),
+            (1, Some((7, "451 later".into())))
+        );
         assert_eq!(i.rcpts[2].failure.as_deref(), Some("550 no"));
     }
 

@@ -17,21 +17,34 @@ impl QueueResult {
     /// The explanation: queue's own line, else the meaning of the exit code.
     pub fn reason(&self) -> String {
         let m = self.message.trim().trim_start_matches("queue: ").trim();
-        if m.is_empty() { crate::status::queue_exit(self.code).meaning.to_string() } else { m.to_string() }
+        if m.is_empty() {
+            crate::status::queue_exit(self.code).meaning.to_string()
+        } else {
+            m.to_string()
+        }
     }
 }
 
 /// Runs `queue`, streaming the message from `message`. Err if it could not run at all.
 pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Result<QueueResult> {
-    let (env_r, env_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (env_r, env_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let mut child = Command::new(root.bin("queue"))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::from(env_r))
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}", root.bin("queue").display())))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin pipe"))?;
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run {}: {e}", root.bin("queue").display()),
+            )
+        })?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("no stdin pipe"))?;
     let copied = io::copy(message, &mut stdin);
     drop(stdin);
     let mut env_w = std::fs::File::from(env_w);
@@ -51,5 +64,8 @@ pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Res
     {
         return Err(e);
     }
-    Ok(QueueResult { code: status.code().unwrap_or(crate::status::QUEUE_BUG), message: text })
+    Ok(QueueResult {
+        code: status.code().unwrap_or(crate::status::QUEUE_BUG),
+        message: text,
+    })
 }

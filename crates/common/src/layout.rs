@@ -30,8 +30,20 @@ pub struct Entry {
 
 const ROOT: &str = "root";
 
-fn e(path: impl Into<String>, kind: Kind, owner: &'static str, group: &'static str, mode: u32) -> Entry {
-    Entry { path: path.into(), kind, owner, group, mode }
+fn e(
+    path: impl Into<String>,
+    kind: Kind,
+    owner: &'static str,
+    group: &'static str,
+    mode: u32,
+) -> Entry {
+    Entry {
+        path: path.into(),
+        kind,
+        owner,
+        group,
+        mode,
+    }
 }
 
 /// The programs installed in bin/.
@@ -97,7 +109,9 @@ fn ids(entry: &Entry, mode: Mode) -> io::Result<(u32, u32)> {
             } else {
                 nix::unistd::User::from_name(entry.owner)
                     .map_err(io::Error::from)?
-                    .ok_or_else(|| io::Error::other(format!("user {} does not exist", entry.owner)))?
+                    .ok_or_else(|| {
+                        io::Error::other(format!("user {} does not exist", entry.owner))
+                    })?
                     .uid
                     .as_raw()
             };
@@ -106,7 +120,9 @@ fn ids(entry: &Entry, mode: Mode) -> io::Result<(u32, u32)> {
             } else {
                 nix::unistd::Group::from_name(entry.group)
                     .map_err(io::Error::from)?
-                    .ok_or_else(|| io::Error::other(format!("group {} does not exist", entry.group)))?
+                    .ok_or_else(|| {
+                        io::Error::other(format!("group {} does not exist", entry.group))
+                    })?
                     .gid
                     .as_raw()
             };
@@ -138,10 +154,21 @@ pub fn apply(root: &Root, mode: Mode) -> io::Result<Vec<String>> {
         let (uid, gid) = ids(&entry, mode)?;
         let meta = std::fs::symlink_metadata(&path)?;
         if mode == Mode::Separated && (meta.uid() != uid || meta.gid() != gid) {
-            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))?;
-            changes.push(format!("owner of {} set to {}:{}", entry.path, entry.owner, entry.group));
+            nix::unistd::chown(
+                &path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )?;
+            changes.push(format!(
+                "owner of {} set to {}:{}",
+                entry.path, entry.owner, entry.group
+            ));
         }
-        let want = if mode == Mode::SingleUser { entry.mode & 0o777 } else { entry.mode };
+        let want = if mode == Mode::SingleUser {
+            entry.mode & 0o777
+        } else {
+            entry.mode
+        };
         if meta.permissions().mode() & 0o7777 != want {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))?;
             changes.push(format!("mode of {} set to {:o}", entry.path, want));
@@ -168,26 +195,34 @@ pub fn verify(root: &Root, mode: Mode) -> Vec<String> {
             Kind::Program => meta.is_file(),
         };
         if !kind_ok {
-            problems.push(format!("{} is not a {:?}", display(&entry.path), entry.kind));
+            problems.push(format!(
+                "{} is not a {:?}",
+                display(&entry.path),
+                entry.kind
+            ));
             continue;
         }
         match ids(&entry, mode) {
-            Ok((uid, gid)) if meta.uid() != uid || meta.gid() != gid => {
-                if mode == Mode::Separated {
-                    problems.push(format!(
-                        "{} is owned by {}:{}, should be {}:{}",
-                        display(&entry.path),
-                        meta.uid(),
-                        meta.gid(),
-                        entry.owner,
-                        entry.group
-                    ));
-                }
+            Ok((uid, gid))
+                if (meta.uid() != uid || meta.gid() != gid) && mode == Mode::Separated =>
+            {
+                problems.push(format!(
+                    "{} is owned by {}:{}, should be {}:{}",
+                    display(&entry.path),
+                    meta.uid(),
+                    meta.gid(),
+                    entry.owner,
+                    entry.group
+                ));
             }
             Err(err) => problems.push(format!("{}: {err}", display(&entry.path))),
             _ => {}
         }
-        let want = if mode == Mode::SingleUser { entry.mode & 0o777 } else { entry.mode };
+        let want = if mode == Mode::SingleUser {
+            entry.mode & 0o777
+        } else {
+            entry.mode
+        };
         if meta.permissions().mode() & 0o7777 != want {
             problems.push(format!(
                 "{} has mode {:o}, should be {:o}",
@@ -206,7 +241,11 @@ fn display(p: &str) -> &str {
 
 /// Is `dir` inside a tree where other users can reach it (every ancestor searchable)?
 pub fn reachable_by_others(dir: &Path) -> bool {
-    dir.ancestors().all(|a| std::fs::metadata(a).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
+    dir.ancestors().all(|a| {
+        std::fs::metadata(a)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]
@@ -221,9 +260,20 @@ mod tests {
         assert!(changes.iter().any(|c| c == "created queue/mess/ff"));
         let problems = verify(&root, Mode::SingleUser);
         // Programs are not there in this test; everything else is right.
-        assert!(problems.iter().all(|p| p.starts_with("bin/")), "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.starts_with("bin/")),
+            "{problems:?}"
+        );
         assert!(apply(&root, Mode::SingleUser).unwrap().is_empty());
-        std::fs::set_permissions(root.queue().join("tmp"), std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(verify(&root, Mode::SingleUser).iter().any(|p| p.starts_with("queue/tmp has mode 777")));
+        std::fs::set_permissions(
+            root.queue().join("tmp"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(
+            verify(&root, Mode::SingleUser)
+                .iter()
+                .any(|p| p.starts_with("queue/tmp has mode 777"))
+        );
     }
 }

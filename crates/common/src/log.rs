@@ -40,7 +40,11 @@ macro_rules! log {
 
 /// Makes a peer's text safe to quote in a log line or header: printable, bounded.
 pub fn quote(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).take(max).collect();
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(max)
+        .collect();
     if s.chars().count() > max {
         out.push_str("...");
     }

@@ -50,14 +50,21 @@ pub struct QueueError {
 
 impl QueueError {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        QueueError { code, message: message.into() }
+        QueueError {
+            code,
+            message: message.into(),
+        }
     }
     fn io(what: &str, e: io::Error) -> Self {
         let code = match e.raw_os_error() {
-            Some(libc_enospc) if libc_enospc == nix::libc::ENOSPC || libc_enospc == nix::libc::EDQUOT => {
+            Some(libc_enospc)
+                if libc_enospc == nix::libc::ENOSPC || libc_enospc == nix::libc::EDQUOT =>
+            {
                 status::QUEUE_WRITE_ERROR
             }
-            Some(c) if c == nix::libc::EACCES || c == nix::libc::ENOENT || c == nix::libc::EPERM => {
+            Some(c)
+                if c == nix::libc::EACCES || c == nix::libc::ENOENT || c == nix::libc::EPERM =>
+            {
                 status::QUEUE_DIR_ERROR
             }
             _ => status::QUEUE_WRITE_ERROR,
@@ -113,19 +120,45 @@ impl Queue {
     /// Starts a new message: creates and locks tmp/ID. `limit` is `databytes` (0: none).
     pub fn begin(&self, limit: u64) -> Result<Incoming, QueueError> {
         for _ in 0..8 {
-            let id = MsgId::random().map_err(|e| QueueError::new(status::QUEUE_BUG, format!("random id: {e}")))?;
+            let id = MsgId::random()
+                .map_err(|e| QueueError::new(status::QUEUE_BUG, format!("random id: {e}")))?;
             let path = self.tmp(&id);
-            let file = match OpenOptions::new().read(true).write(true).create_new(true).mode(FILE_MODE).open(&path) {
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(QueueError::io(&format!("cannot create {}", path.display()), e)),
+                Err(e) => {
+                    return Err(QueueError::io(
+                        &format!("cannot create {}", path.display()),
+                        e,
+                    ));
+                }
             };
-            let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-                .map_err(|(_, e)| QueueError::new(status::QUEUE_BUG, format!("cannot lock {}: {e}", path.display())))?;
+            let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+                QueueError::new(
+                    status::QUEUE_BUG,
+                    format!("cannot lock {}: {e}", path.display()),
+                )
+            })?;
             let out = Some(BufWriter::with_capacity(64 * 1024, Locked(lock)));
-            return Ok(Incoming { id, path, out, bytes: 0, limit, too_big: false });
+            return Ok(Incoming {
+                id,
+                path,
+                out,
+                bytes: 0,
+                limit,
+                too_big: false,
+            });
         }
-        Err(QueueError::new(status::QUEUE_BUG, "could not find a free message id"))
+        Err(QueueError::new(
+            status::QUEUE_BUG,
+            "could not find a free message id",
+        ))
     }
 
     /// Pulls the trigger: tells send about newly committed messages by writing their ids, one
@@ -133,7 +166,11 @@ impl Queue {
     /// so writes of several writers never mix). Anything else in the FIFO (a lone byte) makes
     /// send scan todo/. Errors are ignored: send also scans todo/ every minute and at start.
     pub fn announce(&self, ids: &[MsgId]) {
-        let Ok(mut f) = OpenOptions::new().write(true).custom_flags(nix::libc::O_NONBLOCK).open(self.trigger()) else {
+        let Ok(mut f) = OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(self.trigger())
+        else {
             return;
         };
         for chunk in ids.chunks(4096 / 33) {
@@ -179,7 +216,9 @@ impl Incoming {
             return Ok(());
         }
         match self.out.as_mut() {
-            Some(out) => out.write_all(data).map_err(|e| QueueError::io("cannot write message", e)),
+            Some(out) => out
+                .write_all(data)
+                .map_err(|e| QueueError::io("cannot write message", e)),
             None => Err(QueueError::new(status::QUEUE_BUG, "write after finish")),
         }
     }
@@ -187,7 +226,10 @@ impl Incoming {
     /// Appends the envelope and the trailer. Nothing is durable yet: pass the result to [`commit`].
     pub fn finish(mut self, env: &Envelope) -> Result<Prepared, QueueError> {
         if self.too_big {
-            return Err(QueueError::new(status::QUEUE_TOO_BIG, format!("message larger than {} bytes", self.limit)));
+            return Err(QueueError::new(
+                status::QUEUE_TOO_BIG,
+                format!("message larger than {} bytes", self.limit),
+            ));
         }
         let Some(mut out) = self.out.take() else {
             return Err(QueueError::new(status::QUEUE_BUG, "finish twice"));
@@ -195,9 +237,15 @@ impl Incoming {
         let mut tail = env.encode();
         tail.extend_from_slice(TRAILER_MAGIC);
         tail.extend_from_slice(&self.bytes.to_le_bytes());
-        out.write_all(&tail).and_then(|_| out.flush()).map_err(|e| QueueError::io("cannot write message", e))?;
+        out.write_all(&tail)
+            .and_then(|_| out.flush())
+            .map_err(|e| QueueError::io("cannot write message", e))?;
         match out.into_inner() {
-            Ok(Locked(file)) => Ok(Prepared { id: self.id, path: std::mem::take(&mut self.path), file }),
+            Ok(Locked(file)) => Ok(Prepared {
+                id: self.id,
+                path: std::mem::take(&mut self.path),
+                file,
+            }),
             Err(e) => Err(QueueError::io("cannot write message", e.into_error())),
         }
     }
@@ -256,11 +304,20 @@ pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueErr
     if batch.is_empty() {
         return Vec::new();
     }
-    let synced = if batch.len() == 1 { batch[0].file.sync_all() } else { crate::durable::syncfs(&*batch[0].file) };
+    let synced = if batch.len() == 1 {
+        batch[0].file.sync_all()
+    } else {
+        crate::durable::syncfs(&*batch[0].file)
+    };
     if let Err(e) = synced {
         return batch
             .into_iter()
-            .map(|_| Err(QueueError::io("cannot sync message", io::Error::new(e.kind(), e.to_string()))))
+            .map(|_| {
+                Err(QueueError::io(
+                    "cannot sync message",
+                    io::Error::new(e.kind(), e.to_string()),
+                ))
+            })
             .collect();
     }
     let mut results: Vec<Result<MsgId, QueueError>> = Vec::with_capacity(batch.len());
@@ -282,12 +339,18 @@ pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueErr
         for (r, p) in results.iter_mut().zip(&batch) {
             if r.is_ok() {
                 let _ = std::fs::remove_file(queue.todo(&p.id));
-                *r = Err(QueueError::io("cannot sync todo", io::Error::new(e.kind(), e.to_string())));
+                *r = Err(QueueError::io(
+                    "cannot sync todo",
+                    io::Error::new(e.kind(), e.to_string()),
+                ));
             }
         }
     }
     drop(batch);
-    let ok: Vec<MsgId> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let ok: Vec<MsgId> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
     if !ok.is_empty() {
         queue.announce(&ok);
     }
@@ -308,7 +371,9 @@ impl QueueFile {
 
     pub fn from_file(file: File) -> io::Result<QueueFile> {
         let total_len = file.metadata()?.len();
-        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad queue file: {why}"));
+        let bad = |why: &str| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad queue file: {why}"))
+        };
         if total_len < TRAILER_LEN {
             return Err(bad("shorter than its trailer"));
         }
@@ -323,13 +388,20 @@ impl QueueFile {
         if message_len > total_len - TRAILER_LEN {
             return Err(bad("message length beyond the end"));
         }
-        Ok(QueueFile { file, message_len, total_len })
+        Ok(QueueFile {
+            file,
+            message_len,
+            total_len,
+        })
     }
 
     pub fn envelope(&self) -> io::Result<Envelope> {
         let len = self.total_len - TRAILER_LEN - self.message_len;
         if len > crate::envelope::MAX_ENVELOPE as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "envelope too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "envelope too large",
+            ));
         }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, self.message_len)?;
@@ -361,11 +433,13 @@ pub fn recover_tmp(queue: &Queue) -> io::Result<Vec<String>> {
     for entry in std::fs::read_dir(queue.tmp_dir())? {
         let entry = entry?;
         let path = entry.path();
-        let Ok(f) = OpenOptions::new().read(true).open(&path) else { continue };
-        if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            if std::fs::remove_file(&path).is_ok() {
-                removed.push(entry.file_name().to_string_lossy().into_owned());
-            }
+        let Ok(f) = OpenOptions::new().read(true).open(&path) else {
+            continue;
+        };
+        if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
     Ok(removed)
@@ -385,7 +459,10 @@ mod tests {
     }
 
     fn env() -> Envelope {
-        Envelope { sender: "a@b.example".into(), recipients: vec!["c@d.example".into()] }
+        Envelope {
+            sender: "a@b.example".into(),
+            recipients: vec!["c@d.example".into()],
+        }
     }
 
     #[test]
@@ -420,7 +497,10 @@ mod tests {
         let mut inc = q.begin(10).unwrap();
         inc.write(b"0123456789abc").unwrap();
         assert!(inc.too_big());
-        assert_eq!(inc.finish(&env()).err().unwrap().code, status::QUEUE_TOO_BIG);
+        assert_eq!(
+            inc.finish(&env()).err().unwrap().code,
+            status::QUEUE_TOO_BIG
+        );
         assert_eq!(std::fs::read_dir(q.tmp_dir()).unwrap().count(), 0);
     }
 

@@ -23,7 +23,10 @@ fn invalid(why: impl Into<String>) -> io::Error {
 
 impl Record {
     pub fn new(kind: u8) -> Record {
-        Record { kind, fields: Vec::new() }
+        Record {
+            kind,
+            fields: Vec::new(),
+        }
     }
     pub fn with(mut self, f: impl AsRef<[u8]>) -> Record {
         self.fields.push(f.as_ref().to_vec());
@@ -71,13 +74,18 @@ impl Record {
     }
 
     pub fn bytes(&self, i: usize) -> io::Result<&[u8]> {
-        self.fields.get(i).map(|f| f.as_slice()).ok_or_else(|| invalid(format!("record {} lacks field {i}", self.kind as char)))
+        self.fields
+            .get(i)
+            .map(|f| f.as_slice())
+            .ok_or_else(|| invalid(format!("record {} lacks field {i}", self.kind as char)))
     }
     pub fn str(&self, i: usize) -> io::Result<&str> {
         std::str::from_utf8(self.bytes(i)?).map_err(|_| invalid("field is not UTF-8"))
     }
     pub fn u64(&self, i: usize) -> io::Result<u64> {
-        self.str(i)?.parse().map_err(|_| invalid("field is not a number"))
+        self.str(i)?
+            .parse()
+            .map_err(|_| invalid("field is not a number"))
     }
 }
 

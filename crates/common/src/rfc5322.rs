@@ -30,7 +30,9 @@ pub fn fields(header: &[u8]) -> Vec<(String, String)> {
 pub fn is_field_line(line: &[u8]) -> bool {
     match line.iter().position(|b| *b == b':') {
         Some(0) | None => false,
-        Some(i) => line[..i].iter().all(|b| (33..=126).contains(b) && *b != b':'),
+        Some(i) => line[..i]
+            .iter()
+            .all(|b| (33..=126).contains(b) && *b != b':'),
     }
 }
 
@@ -108,7 +110,14 @@ pub fn addresses(value: &str) -> Vec<String> {
     }
     flush(&mut cur, &mut angle, &mut out);
     // A source route inside angle brackets (<@a,@b:x@y>) keeps only the mailbox.
-    out.into_iter().map(|a| a.rsplit_once(':').filter(|(r, _)| r.starts_with('@')).map(|(_, m)| m.to_string()).unwrap_or(a)).collect()
+    out.into_iter()
+        .map(|a| {
+            a.rsplit_once(':')
+                .filter(|(r, _)| r.starts_with('@'))
+                .map(|(_, m)| m.to_string())
+                .unwrap_or(a)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -122,7 +131,10 @@ mod tests {
             addresses(" \"Doe, John\" <john@x.example>, b@y.example (Bob, B.), Ann <ann@z>"),
             vec!["john@x.example", "b@y.example", "ann@z"]
         );
-        assert_eq!(addresses(" team: c@z.example, d@w.example;, e@v"), vec!["c@z.example", "d@w.example", "e@v"]);
+        assert_eq!(
+            addresses(" team: c@z.example, d@w.example;, e@v"),
+            vec!["c@z.example", "d@w.example", "e@v"]
+        );
         assert_eq!(addresses(" undisclosed-recipients:;"), Vec::<String>::new());
         assert_eq!(addresses(" <\"a b\"@x>"), vec!["\"a b\"@x"]);
     }

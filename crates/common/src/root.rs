@@ -20,13 +20,23 @@ impl Root {
     }
 
     fn from_exe_path(exe: &Path) -> io::Result<Root> {
-        let bad = || io::Error::other(format!("cannot derive the ferry root from {}", exe.display()));
+        let bad = || {
+            io::Error::other(format!(
+                "cannot derive the ferry root from {}",
+                exe.display()
+            ))
+        };
         if exe.to_string_lossy().ends_with(" (deleted)") {
-            return Err(io::Error::other(format!("{} was deleted while running", exe.display())));
+            return Err(io::Error::other(format!(
+                "{} was deleted while running",
+                exe.display()
+            )));
         }
         let bin = exe.parent().ok_or_else(bad)?;
         let root = bin.parent().ok_or_else(bad)?;
-        Ok(Root { dir: root.to_path_buf() })
+        Ok(Root {
+            dir: root.to_path_buf(),
+        })
     }
 
     /// A root at an explicit path (tests, and `ferryctl` acting on a tree it was given).

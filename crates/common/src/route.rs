@@ -101,7 +101,9 @@ pub fn is_mailbox_name(s: &str) -> bool {
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && !s.contains("..")
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'+' | b'-')
+        })
 }
 
 pub struct Router<'a, A: Accounts> {
@@ -134,7 +136,10 @@ impl<A: Accounts> Router<'_, A> {
     }
 
     fn qualify(&self, targets: &[String]) -> Vec<String> {
-        targets.iter().map(|t| addr::qualify(t, &self.cfg.defaultdomain)).collect()
+        targets
+            .iter()
+            .map(|t| addr::qualify(t, &self.cfg.defaultdomain))
+            .collect()
     }
 
     fn resolve_local(&self, lp: &str, domain: &str) -> Resolved {
@@ -148,15 +153,25 @@ impl<A: Accounts> Router<'_, A> {
             return Resolved::Deliver(d);
         }
         if lp == "postmaster" {
-            return Resolved::Deliver(Dest::Mailbox { name: "postmaster".into(), ext: String::new() });
+            return Resolved::Deliver(Dest::Mailbox {
+                name: "postmaster".into(),
+                ext: String::new(),
+            });
         }
         Resolved::Unknown("no such user here")
     }
 
     /// The longest prefix of `lp` (cut at a `-`) that is a user who may receive mail.
     fn find_user(&self, lp: &str) -> Option<Dest> {
-        if let Some(_home) = self.accounts.mail_user_home(lp).filter(|_| crate::config::is_user_name(lp)) {
-            return Some(Dest::User { user: lp.to_string(), ext: String::new() });
+        if let Some(_home) = self
+            .accounts
+            .mail_user_home(lp)
+            .filter(|_| crate::config::is_user_name(lp))
+        {
+            return Some(Dest::User {
+                user: lp.to_string(),
+                ext: String::new(),
+            });
         }
         let mut cut = lp.len();
         while let Some(i) = lp[..cut].rfind('-') {
@@ -166,7 +181,10 @@ impl<A: Accounts> Router<'_, A> {
                 continue;
             }
             if let Some(home) = self.accounts.mail_user_home(user) {
-                return self.has_dotfile(&home, ext).then(|| Dest::User { user: user.into(), ext: ext.into() });
+                return self.has_dotfile(&home, ext).then(|| Dest::User {
+                    user: user.into(),
+                    ext: ext.into(),
+                });
             }
         }
         None
@@ -175,17 +193,21 @@ impl<A: Accounts> Router<'_, A> {
     /// Is there a delivery file for `ext` in `home`? When we cannot look, say yes: the
     /// delivery itself will decide (and bounce), as qmail does.
     fn has_dotfile(&self, home: &Path, ext: &str) -> bool {
-        dotfile_candidates(ext).iter().any(|f| self.accounts.exists(&home.join(f)) != Some(false))
+        dotfile_candidates(ext)
+            .iter()
+            .any(|f| self.accounts.exists(&home.join(f)) != Some(false))
     }
 
     fn resolve_virtual_user(&self, user: &str, lp: &str) -> Resolved {
         match self.accounts.mail_user_home(user) {
-            Some(home) if self.has_dotfile(&home, lp) => {
-                Resolved::Deliver(Dest::User { user: user.to_string(), ext: lp.to_string() })
-            }
-            Some(_) if lp == "postmaster" => {
-                Resolved::Deliver(Dest::Alias(vec![format!("postmaster@{}", self.cfg.defaultdomain)]))
-            }
+            Some(home) if self.has_dotfile(&home, lp) => Resolved::Deliver(Dest::User {
+                user: user.to_string(),
+                ext: lp.to_string(),
+            }),
+            Some(_) if lp == "postmaster" => Resolved::Deliver(Dest::Alias(vec![format!(
+                "postmaster@{}",
+                self.cfg.defaultdomain
+            )])),
             Some(_) => Resolved::Unknown("no such address here"),
             None => Resolved::Unknown("the virtual domain's user does not exist"),
         }
@@ -196,7 +218,10 @@ impl<A: Accounts> Router<'_, A> {
             return Resolved::Unknown("not a valid mailbox name");
         }
         if self.accounts.exists(&self.mail_dir.join(lp)) == Some(true) || lp == "postmaster" {
-            return Resolved::Deliver(Dest::Mailbox { name: lp.to_string(), ext: String::new() });
+            return Resolved::Deliver(Dest::Mailbox {
+                name: lp.to_string(),
+                ext: String::new(),
+            });
         }
         let mut cut = lp.len();
         while let Some(i) = lp[..cut].rfind('-') {
@@ -205,13 +230,19 @@ impl<A: Accounts> Router<'_, A> {
             let dir = self.mail_dir.join(name);
             if is_mailbox_name(name) && self.accounts.exists(&dir) == Some(true) {
                 if self.has_dotfile(&dir, ext) {
-                    return Resolved::Deliver(Dest::Mailbox { name: name.into(), ext: ext.into() });
+                    return Resolved::Deliver(Dest::Mailbox {
+                        name: name.into(),
+                        ext: ext.into(),
+                    });
                 }
                 break;
             }
         }
         if catch_all {
-            Resolved::Deliver(Dest::Mailbox { name: lp.to_string(), ext: String::new() })
+            Resolved::Deliver(Dest::Mailbox {
+                name: lp.to_string(),
+                ext: String::new(),
+            })
         } else {
             Resolved::Unknown("no such mailbox here")
         }
@@ -246,12 +277,21 @@ mod tests {
         users.insert("joe", PathBuf::from("/home/joe"));
         users.insert("www-data", PathBuf::from("/home/www"));
         users.insert("sec", PathBuf::from("/secret"));
-        let files: HashSet<PathBuf> =
-            ["/home/joe/.ferry-list", "/home/joe/.ferry-shop-default", "/m/ann", "/m/bob", "/m/bob/.ferry-x"]
-                .iter()
-                .map(PathBuf::from)
-                .collect();
-        Router { cfg, mail_dir: PathBuf::from("/m"), accounts: Fake { users, files } }
+        let files: HashSet<PathBuf> = [
+            "/home/joe/.ferry-list",
+            "/home/joe/.ferry-shop-default",
+            "/m/ann",
+            "/m/bob",
+            "/m/bob/.ferry-x",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        Router {
+            cfg,
+            mail_dir: PathBuf::from("/m"),
+            accounts: Fake { users, files },
+        }
     }
 
     fn config(files: &[(&str, &str)]) -> (tempfile::TempDir, Config) {
@@ -265,58 +305,115 @@ mod tests {
     }
 
     fn user(u: &str, e: &str) -> Resolved {
-        Resolved::Deliver(Dest::User { user: u.into(), ext: e.into() })
+        Resolved::Deliver(Dest::User {
+            user: u.into(),
+            ext: e.into(),
+        })
     }
 
     #[test]
     fn local_users_and_extensions() {
-        let (_d, c) = config(&[("me", "h.example"), ("aliases", "info: joe, ann@else.example\n")]);
+        let (_d, c) = config(&[
+            ("me", "h.example"),
+            ("aliases", "info: joe, ann@else.example\n"),
+        ]);
         let r = router(&c);
         assert_eq!(r.resolve("Joe@H.Example"), user("joe", ""));
         assert_eq!(r.resolve("joe-list@h.example"), user("joe", "list"));
-        assert_eq!(r.resolve("joe-shop-books@h.example"), user("joe", "shop-books"));
-        assert!(matches!(r.resolve("joe-nothing@h.example"), Resolved::Unknown(_)));
+        assert_eq!(
+            r.resolve("joe-shop-books@h.example"),
+            user("joe", "shop-books")
+        );
+        assert!(matches!(
+            r.resolve("joe-nothing@h.example"),
+            Resolved::Unknown(_)
+        ));
         assert_eq!(r.resolve("www-data@h.example"), user("www-data", ""));
         assert_eq!(r.resolve("sec-anything@h.example"), user("sec", "anything"));
-        assert!(matches!(r.resolve("nobody@h.example"), Resolved::Unknown(_)));
+        assert!(matches!(
+            r.resolve("nobody@h.example"),
+            Resolved::Unknown(_)
+        ));
         assert_eq!(
             r.resolve("info@h.example"),
-            Resolved::Deliver(Dest::Alias(vec!["joe@h.example".into(), "ann@else.example".into()]))
+            Resolved::Deliver(Dest::Alias(vec![
+                "joe@h.example".into(),
+                "ann@else.example".into()
+            ]))
         );
-        assert_eq!(r.resolve("root@h.example"), Resolved::Deliver(Dest::Alias(vec!["postmaster@h.example".into()])));
+        assert_eq!(
+            r.resolve("root@h.example"),
+            Resolved::Deliver(Dest::Alias(vec!["postmaster@h.example".into()]))
+        );
         assert_eq!(
             r.resolve("postmaster@h.example"),
-            Resolved::Deliver(Dest::Mailbox { name: "postmaster".into(), ext: String::new() })
+            Resolved::Deliver(Dest::Mailbox {
+                name: "postmaster".into(),
+                ext: String::new()
+            })
         );
-        assert_eq!(r.resolve("x@elsewhere.example"), Resolved::Deliver(Dest::Remote));
+        assert_eq!(
+            r.resolve("x@elsewhere.example"),
+            Resolved::Deliver(Dest::Remote)
+        );
     }
 
     #[test]
     fn relay_tricks_are_not_local_users() {
-        let (_d, c) = config(&[("me", "h.example"), ("virtualdomains", "localhost:mail/*\n")]);
+        let (_d, c) = config(&[
+            ("me", "h.example"),
+            ("virtualdomains", "localhost:mail/*\n"),
+        ]);
         let r = router(&c);
-        for a in ["joe%other.example@h.example", "\"joe@other.example\"@h.example", "other!joe@h.example"] {
+        for a in [
+            "joe%other.example@h.example",
+            "\"joe@other.example\"@h.example",
+            "other!joe@h.example",
+        ] {
             assert!(matches!(r.resolve(a), Resolved::Unknown(_)), "{a}");
         }
-        for a in ["joe%other.example@localhost", "\"joe@other.example\"@localhost", "other!joe@localhost"] {
+        for a in [
+            "joe%other.example@localhost",
+            "\"joe@other.example\"@localhost",
+            "other!joe@localhost",
+        ] {
             assert!(matches!(r.resolve(a), Resolved::Unknown(_)), "{a}");
         }
     }
 
     #[test]
     fn virtual_domains() {
-        let (_d, c) =
-            config(&[("me", "h.example"), ("virtualdomains", "localhost:mail/*\nshop.example:joe\nbox.example:mail/\n")]);
+        let (_d, c) = config(&[
+            ("me", "h.example"),
+            (
+                "virtualdomains",
+                "localhost:mail/*\nshop.example:joe\nbox.example:mail/\n",
+            ),
+        ]);
         let r = router(&c);
-        let mb = |n: &str, e: &str| Resolved::Deliver(Dest::Mailbox { name: n.into(), ext: e.into() });
+        let mb = |n: &str, e: &str| {
+            Resolved::Deliver(Dest::Mailbox {
+                name: n.into(),
+                ext: e.into(),
+            })
+        };
         assert_eq!(r.resolve("New.Name@localhost"), mb("new.name", ""));
         assert_eq!(r.resolve("ann@box.example"), mb("ann", ""));
         assert_eq!(r.resolve("bob-x@box.example"), mb("bob", "x"));
-        assert!(matches!(r.resolve("bob-y@box.example"), Resolved::Unknown(_)));
-        assert!(matches!(r.resolve("carl@box.example"), Resolved::Unknown(_)));
+        assert!(matches!(
+            r.resolve("bob-y@box.example"),
+            Resolved::Unknown(_)
+        ));
+        assert!(matches!(
+            r.resolve("carl@box.example"),
+            Resolved::Unknown(_)
+        ));
         assert_eq!(r.resolve("postmaster@box.example"), mb("postmaster", ""));
         assert_eq!(r.resolve("shop-x@shop.example"), user("joe", "shop-x"));
-        assert!(matches!(r.resolve("anything@shop.example"), Resolved::Unknown(_)));
+        assert!(matches!(
+            r.resolve("anything@shop.example"),
+            Resolved::Unknown(_)
+        ));
     }
 
     #[test]

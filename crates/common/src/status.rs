@@ -63,20 +63,55 @@ pub const QUEUE_BAD_ENVELOPE: i32 = 91;
 
 pub const QUEUE_EXITS: &[QueueExit] = &[
     qe(QUEUE_OK, "message queued", 250, "2.0.0"),
-    qe(QUEUE_BAD_ADDRESS, "envelope address too long or with control characters", 554, "5.1.3"),
+    qe(
+        QUEUE_BAD_ADDRESS,
+        "envelope address too long or with control characters",
+        554,
+        "5.1.3",
+    ),
     qe(QUEUE_TOO_BIG, "message larger than databytes", 552, "5.3.4"),
     qe(QUEUE_NO_MEMORY, "out of memory", 451, "4.3.0"),
-    qe(QUEUE_TIMEOUT, "timeout reading the message or envelope", 451, "4.4.2"),
-    qe(QUEUE_WRITE_ERROR, "cannot write to the queue (disk full?)", 452, "4.3.1"),
-    qe(QUEUE_READ_ERROR, "cannot read the message or envelope", 451, "4.3.0"),
-    qe(QUEUE_CONFIG_ERROR, "cannot read a control file", 451, "4.3.5"),
-    qe(QUEUE_DIR_ERROR, "queue directory missing or unusable", 451, "4.3.0"),
+    qe(
+        QUEUE_TIMEOUT,
+        "timeout reading the message or envelope",
+        451,
+        "4.4.2",
+    ),
+    qe(
+        QUEUE_WRITE_ERROR,
+        "cannot write to the queue (disk full?)",
+        452,
+        "4.3.1",
+    ),
+    qe(
+        QUEUE_READ_ERROR,
+        "cannot read the message or envelope",
+        451,
+        "4.3.0",
+    ),
+    qe(
+        QUEUE_CONFIG_ERROR,
+        "cannot read a control file",
+        451,
+        "4.3.5",
+    ),
+    qe(
+        QUEUE_DIR_ERROR,
+        "queue directory missing or unusable",
+        451,
+        "4.3.0",
+    ),
     qe(QUEUE_BUG, "internal error in queue", 451, "4.3.0"),
     qe(QUEUE_BAD_ENVELOPE, "envelope format error", 554, "5.6.0"),
 ];
 
 const fn qe(code: i32, meaning: &'static str, smtp: u16, enhanced: &'static str) -> QueueExit {
-    QueueExit { code, meaning, smtp, enhanced }
+    QueueExit {
+        code,
+        meaning,
+        smtp,
+        enhanced,
+    }
 }
 
 /// The table row for an exit code; unknown codes are treated as a temporary internal error.
@@ -84,7 +119,12 @@ pub fn queue_exit(code: i32) -> &'static QueueExit {
     QUEUE_EXITS
         .iter()
         .find(|e| e.code == code)
-        .unwrap_or_else(|| QUEUE_EXITS.iter().find(|e| e.code == QUEUE_BUG).unwrap_or(&QUEUE_EXITS[0]))
+        .unwrap_or_else(|| {
+            QUEUE_EXITS
+                .iter()
+                .find(|e| e.code == QUEUE_BUG)
+                .unwrap_or(&QUEUE_EXITS[0])
+        })
 }
 
 /// qmail's rule: exit codes 11..=40 are permanent refusals, others (but 0) temporary.

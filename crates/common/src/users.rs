@@ -43,7 +43,11 @@ pub enum Mode {
 impl Mode {
     /// The mode a program started as root or as anybody else sets up (start, smtpd, init).
     pub fn current() -> Mode {
-        if ferry_sys::running_as_root() { Mode::Separated } else { Mode::SingleUser }
+        if ferry_sys::running_as_root() {
+            Mode::Separated
+        } else {
+            Mode::SingleUser
+        }
     }
 
     /// The mode of an install, for programs that already run under their own user: the queue
@@ -51,7 +55,10 @@ impl Mode {
     pub fn of_root(root: &crate::root::Root) -> Mode {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(root.queue()).map(|m| m.uid()).ok();
-        let ferryq = nix::unistd::User::from_name(QUEUE).ok().flatten().map(|u| u.uid.as_raw());
+        let ferryq = nix::unistd::User::from_name(QUEUE)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw());
         match (owner, ferryq) {
             (Some(o), Some(q)) if o == q => Mode::Separated,
             _ => Mode::SingleUser,
@@ -63,7 +70,9 @@ impl Mode {
         match self {
             Mode::SingleUser => Ok(Cred::current()),
             Mode::Separated => Cred::lookup(user)?.ok_or_else(|| {
-                io::Error::other(format!("user {user} does not exist (make install creates the ferry users)"))
+                io::Error::other(format!(
+                    "user {user} does not exist (make install creates the ferry users)"
+                ))
             }),
         }
     }

@@ -22,26 +22,61 @@ use crate::date;
 /// The Received line qwriter puts on top of each message (RFC 5321 §4.4). Every field is
 /// reduced to printable ASCII without spaces at the edges and bounded, so that nothing a
 /// client sends can add a line or a header.
-pub fn received(helo: &str, ip: &str, by: &str, protocol: &str, tls: &str, id: &str, rcpt: Option<&str>, now: u64) -> String {
-    let helo = clean(helo, 255);
-    let ip = clean(ip, 64);
-    let mut s = format!("Received: from {helo} ([{ip}])\n\tby {} (ferry) with {}", clean(by, 255), clean(protocol, 16));
-    if !tls.is_empty() {
-        s.push_str(&format!(" ({})", clean(tls, 100)));
+pub struct Received<'a> {
+    pub helo: &'a str,
+    pub ip: &'a str,
+    /// This host (`me`).
+    pub by: &'a str,
+    /// ESMTP, ESMTPS, ...
+    pub protocol: &'a str,
+    /// "TLSv1.3 TLS13_..." or empty.
+    pub tls: &'a str,
+    pub id: &'a str,
+    /// The recipient, when there is only one.
+    pub rcpt: Option<&'a str>,
+    pub now: u64,
+}
+
+impl Received<'_> {
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "Received: from {} ([{}])\n\tby {} (ferry) with {}",
+            clean(self.helo, 255),
+            clean(self.ip, 64),
+            clean(self.by, 255),
+            clean(self.protocol, 16)
+        );
+        if !self.tls.is_empty() {
+            s.push_str(&format!(" ({})", clean(self.tls, 100)));
+        }
+        s.push_str(&format!("\n\tid {}", clean(self.id, 40)));
+        if let Some(r) = self.rcpt {
+            s.push_str(&format!("\n\tfor <{}>", clean(r, 300)));
+        }
+        s.push_str(&format!(";\n\t{}\n", date::rfc5322(self.now)));
+        s
     }
-    s.push_str(&format!("\n\tid {}", clean(id, 40)));
-    if let Some(r) = rcpt {
-        s.push_str(&format!("\n\tfor <{}>", clean(r, 300)));
-    }
-    s.push_str(&format!(";\n\t{}\n", date::rfc5322(now)));
-    s
 }
 
 /// Printable ASCII only (anything else becomes `?`), trimmed, at most `max` characters.
 pub fn clean(s: &str, max: usize) -> String {
-    let out: String = s.chars().take(max).map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let out: String = s
+        .chars()
+        .take(max)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
     let out = out.trim().to_string();
-    if out.is_empty() { "unknown".to_string() } else { out }
+    if out.is_empty() {
+        "unknown".to_string()
+    } else {
+        out
+    }
 }
 
 #[cfg(test)]
@@ -50,7 +85,17 @@ mod tests {
 
     #[test]
     fn received_cannot_be_split() {
-        let r = received("evil\r\nX-Injected: 1", "192.0.2.1", "mx.example", "ESMTPS", "TLSv1.3 TLS13_AES_128_GCM_SHA256", "abc", Some("a@b"), 0);
+        let r = Received {
+            helo: "evil\r\nX-Injected: 1",
+            ip: "192.0.2.1",
+            by: "mx.example",
+            protocol: "ESMTPS",
+            tls: "TLSv1.3 TLS13_AES_128_GCM_SHA256",
+            id: "abc",
+            rcpt: Some("a@b"),
+            now: 0,
+        }
+        .line();
         assert_eq!(r.matches('\n').count(), 5);
         assert!(r.starts_with("Received: from evil??X-Injected: 1 ([192.0.2.1])\n\tby mx.example (ferry) with ESMTPS (TLSv1.3 "));
         assert!(!r.contains("\nX-Injected"));

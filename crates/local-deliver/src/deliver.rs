@@ -63,31 +63,57 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
             Instruction::Maildir(path) => {
                 let dir = resolve(cx.home, path);
                 let is_default = instructions.len() == 1 && path == cx.default_delivery;
-                if is_default && !maildir::is_maildir(&dir)
+                if is_default
+                    && !maildir::is_maildir(&dir)
                     && let Err(e) = maildir::create(&dir)
                 {
-                    Some(Outcome::Temporary(format!("cannot create Maildir {}: {e}", dir.display())))
+                    Some(Outcome::Temporary(format!(
+                        "cannot create Maildir {}: {e}",
+                        dir.display()
+                    )))
                 } else if !maildir::is_maildir(&dir) {
-                    Some(Outcome::Temporary(format!("Maildir {} does not exist (no tmp/ or new/)", dir.display())))
+                    Some(Outcome::Temporary(format!(
+                        "Maildir {} does not exist (no tmp/ or new/)",
+                        dir.display()
+                    )))
                 } else {
                     *cx.seq += 1;
                     let size = prefix.len() as u64 + job.msg.len;
-                    match maildir::prepare(&dir, cx.host, *cx.seq, prefix.as_bytes(), &mut job.msg.reader(), size) {
+                    match maildir::prepare(
+                        &dir,
+                        cx.host,
+                        *cx.seq,
+                        prefix.as_bytes(),
+                        &mut job.msg.reader(),
+                        size,
+                    ) {
                         Ok(p) => {
                             mine.push(p);
                             None
                         }
-                        Err(e) => Some(Outcome::Temporary(io_text(&format!("cannot write into {}", dir.display()), &e))),
+                        Err(e) => Some(Outcome::Temporary(io_text(
+                            &format!("cannot write into {}", dir.display()),
+                            &e,
+                        ))),
                     }
                 }
             }
             Instruction::Mbox(path) => {
                 let file = resolve(cx.home, path);
-                let sender = if job.sender.is_empty() { "MAILER-DAEMON" } else { job.sender.as_str() };
+                let sender = if job.sender.is_empty() {
+                    "MAILER-DAEMON"
+                } else {
+                    job.sender.as_str()
+                };
                 let from = format!("From {} {}\n", sender, date::asctime(date::now_secs()));
                 crate::mbox::deliver(&file, &from, prefix.as_bytes(), &mut job.msg.reader())
                     .err()
-                    .map(|e| Outcome::Temporary(io_text(&format!("cannot write mbox {}", file.display()), &e)))
+                    .map(|e| {
+                        Outcome::Temporary(io_text(
+                            &format!("cannot write mbox {}", file.display()),
+                            &e,
+                        ))
+                    })
             }
             Instruction::Forward(a) => {
                 forwards.push(ferry_common::addr::normalize(a));
@@ -148,8 +174,12 @@ fn instructions(cx: &Context<'_>, ext: &str) -> Result<(Vec<Instruction>, String
             Ok(None) => continue,
             Err(o) => return Err(o),
         };
-        let list = dotfile::parse(&text)
-            .map_err(|(line, why)| Outcome::Temporary(format!("{} line {line}: {why} (fix the file; the mail waits)", path.display())))?;
+        let list = dotfile::parse(&text).map_err(|(line, why)| {
+            Outcome::Temporary(format!(
+                "{} line {line}: {why} (fix the file; the mail waits)",
+                path.display()
+            ))
+        })?;
         let default_part = default_part(ext, name);
         if list.is_empty() {
             // An empty .ferry means the default delivery, as in qmail.
@@ -160,18 +190,28 @@ fn instructions(cx: &Context<'_>, ext: &str) -> Result<(Vec<Instruction>, String
     if ext.is_empty() {
         Ok((vec![default_instruction(cx)], String::new()))
     } else {
-        Err(Outcome::Permanent(format!("5.1.1 no such address: no {} here", candidates[0])))
+        Err(Outcome::Permanent(format!(
+            "5.1.1 no such address: no {} here",
+            candidates[0]
+        )))
     }
 }
 
 fn default_instruction(cx: &Context<'_>) -> Instruction {
     let d = cx.default_delivery.to_string();
-    if d.ends_with('/') { Instruction::Maildir(d) } else { Instruction::Mbox(d) }
+    if d.ends_with('/') {
+        Instruction::Maildir(d)
+    } else {
+        Instruction::Mbox(d)
+    }
 }
 
 /// For `.ferry-shop-default` matching extension `shop-books`: "books".
 fn default_part(ext: &str, file: &str) -> String {
-    match file.strip_prefix(".ferry-").and_then(|f| f.strip_suffix("default")) {
+    match file
+        .strip_prefix(".ferry-")
+        .and_then(|f| f.strip_suffix("default"))
+    {
         Some(prefix) => ext.get(prefix.len()..).unwrap_or("").to_string(),
         None => String::new(),
     }
@@ -183,9 +223,16 @@ fn read_dotfile(path: &Path, uid: u32) -> Result<Option<String>, Outcome> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Outcome::Temporary(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(Outcome::Temporary(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
     };
-    let meta = f.metadata().map_err(|e| Outcome::Temporary(format!("cannot stat {}: {e}", path.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Outcome::Temporary(format!("cannot stat {}: {e}", path.display())))?;
     if (meta.uid() != uid && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
         return Err(Outcome::Temporary(format!(
             "{} is writable by others or not owned by the user: refusing to use it",
@@ -199,7 +246,13 @@ fn read_dotfile(path: &Path, uid: u32) -> Result<Option<String>, Outcome> {
     Ok(Some(text))
 }
 
-fn environment(cx: &Context<'_>, job: &Job, default_part: &str, dtline: &str, rpline: &str) -> Vec<(String, String)> {
+fn environment(
+    cx: &Context<'_>,
+    job: &Job,
+    default_part: &str,
+    dtline: &str,
+    rpline: &str,
+) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, val: &str| v.push((k.to_string(), val.to_string()));
     for k in ["USER", "LOGNAME", "SHELL", "PATH"] {
@@ -219,23 +272,38 @@ fn environment(cx: &Context<'_>, job: &Job, default_part: &str, dtline: &str, rp
     }
     let labels: Vec<&str> = job.domain.split('.').collect();
     for (i, name) in ["HOST2", "HOST3", "HOST4"].iter().enumerate() {
-        set(name, &labels[..labels.len().saturating_sub(i + 1)].join("."));
+        set(
+            name,
+            &labels[..labels.len().saturating_sub(i + 1)].join("."),
+        );
     }
     set("DEFAULT", default_part);
     set("DTLINE", dtline);
     set("RPLINE", rpline);
-    let sender = if job.sender.is_empty() { "MAILER-DAEMON" } else { job.sender.as_str() };
-    set("UFLINE", &format!("From {} {}\n", sender, date::asctime(date::now_secs())));
+    let sender = if job.sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        job.sender.as_str()
+    };
+    set(
+        "UFLINE",
+        &format!("From {} {}\n", sender, date::asctime(date::now_secs())),
+    );
     v
 }
 
 /// Sends the message on to `targets` through `queue`, with our Delivered-To line on top.
 fn forward(root: &Root, job: &Job, dtline: &str, targets: Vec<String>) -> Outcome {
-    let env = Envelope { sender: job.sender.clone(), recipients: targets };
+    let env = Envelope {
+        sender: job.sender.clone(),
+        recipients: targets,
+    };
     let mut msg = dtline.as_bytes().chain(job.msg.reader());
     match inject::run_queue(root, &mut msg, &env) {
         Ok(r) if r.code == 0 => Outcome::Done,
-        Ok(r) if status::queue_exit_is_permanent(r.code) => Outcome::Permanent(format!("forward refused: {}", r.reason())),
+        Ok(r) if status::queue_exit_is_permanent(r.code) => {
+            Outcome::Permanent(format!("forward refused: {}", r.reason()))
+        }
         Ok(r) => Outcome::Temporary(format!("forward failed: {}", r.reason())),
         Err(e) => Outcome::Temporary(format!("forward failed: {e}")),
     }

@@ -32,13 +32,25 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, (usize, String)> {
             if line.contains("/../") || line.ends_with("/..") {
                 return Err((n, format!("path with ..: {line:?}")));
             }
-            if line.ends_with('/') { Instruction::Maildir(line.to_string()) } else { Instruction::Mbox(line.to_string()) }
+            if line.ends_with('/') {
+                Instruction::Maildir(line.to_string())
+            } else {
+                Instruction::Mbox(line.to_string())
+            }
         } else {
             let a = line.strip_prefix('&').unwrap_or(line).trim();
-            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>') {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+            {
                 return Err((n, format!("not an address to forward to: {line:?}")));
             }
-            if !a.chars().next().is_some_and(|c| c.is_alphanumeric() || c == '"' || c == '_' || c == '.') && !line.starts_with('&') {
+            if !a
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphanumeric() || c == '"' || c == '_' || c == '.')
+                && !line.starts_with('&')
+            {
                 return Err((n, format!("not a delivery instruction: {line:?}")));
             }
             Instruction::Forward(a.to_string())

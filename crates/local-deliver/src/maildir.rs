@@ -37,8 +37,17 @@ fn host_part(host: &str) -> String {
 }
 
 /// Writes `prefix` then the message into DIR/tmp/NAME (not yet synced).
-pub fn prepare(dir: &Path, host: &str, seq: u64, prefix: &[u8], msg: &mut dyn Read, size: u64) -> io::Result<Prepared> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+pub fn prepare(
+    dir: &Path,
+    host: &str,
+    seq: u64,
+    prefix: &[u8],
+    msg: &mut dyn Read,
+    size: u64,
+) -> io::Result<Prepared> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let name = format!(
         "{}.M{}P{}Q{}.{},S={}",
         now.as_secs(),
@@ -50,7 +59,11 @@ pub fn prepare(dir: &Path, host: &str, seq: u64, prefix: &[u8], msg: &mut dyn Re
     );
     let tmp = dir.join("tmp").join(&name);
     let new = dir.join("new").join(&name);
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     let written = (|| -> io::Result<()> {
         file.write_all(prefix)?;
         let mut buf = vec![0u8; 64 * 1024];
@@ -80,7 +93,10 @@ pub fn commit(batch: Vec<Prepared>) -> Vec<io::Result<()>> {
             .iter()
             .map(|p| {
                 let _ = std::fs::remove_file(&p.tmp);
-                Err(io::Error::new(e.kind(), format!("cannot sync {}: {e}", p.tmp.display())))
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot sync {}: {e}", p.tmp.display()),
+                ))
             })
             .collect();
     }
@@ -95,7 +111,12 @@ pub fn commit(batch: Vec<Prepared>) -> Vec<io::Result<()>> {
         {
             dirs.push(d.to_path_buf());
         }
-        results.push(r.map_err(|e| io::Error::new(e.kind(), format!("cannot link into {}: {e}", p.new.display()))));
+        results.push(r.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot link into {}: {e}", p.new.display()),
+            )
+        }));
     }
     let dir_refs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     if let Err(e) = durable::sync_all(&[], &dir_refs) {
@@ -120,7 +141,17 @@ mod tests {
         let mut batch = Vec::new();
         for i in 0..4 {
             let body = format!("body {i}\n");
-            batch.push(prepare(&md, "h/x:y", i, b"Delivered-To: a@b\n", &mut body.as_bytes(), 0).unwrap());
+            batch.push(
+                prepare(
+                    &md,
+                    "h/x:y",
+                    i,
+                    b"Delivered-To: a@b\n",
+                    &mut body.as_bytes(),
+                    0,
+                )
+                .unwrap(),
+            );
         }
         assert!(batch[0].new.to_string_lossy().contains("h\\057x\\072y"));
         assert!(commit(batch).iter().all(|r| r.is_ok()));

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 
 fn main() {
     log::init("local-deliver");
-    if ferry_sys::uids() .0 == 0 || ferry_sys::uids().1 == 0 {
+    if ferry_sys::uids().0 == 0 || ferry_sys::uids().1 == 0 {
         log!("refusing to run as root");
         std::process::exit(111);
     }
@@ -50,10 +50,15 @@ fn main() {
 
 fn run() -> io::Result<()> {
     let mut args = std::env::args_os().skip(1);
-    let home = PathBuf::from(args.next().ok_or_else(|| io::Error::other("usage: local-deliver HOME create|existing"))?);
+    let home = PathBuf::from(
+        args.next()
+            .ok_or_else(|| io::Error::other("usage: local-deliver HOME create|existing"))?,
+    );
     let create = args.next().is_some_and(|a| a == "create");
     let root = Root::from_exe()?;
-    let sock = UnixStream::from(ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 is not open"))?);
+    let sock = UnixStream::from(
+        ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 is not open"))?,
+    );
     let setup = setup(&root, &home, create);
     let mut reader = Reader::new();
     let mut fds: VecDeque<OwnedFd> = VecDeque::new();
@@ -68,7 +73,9 @@ fn run() -> io::Result<()> {
         fds.extend(got);
         let mut jobs = Vec::new();
         while let Some(rec) = reader.next_record()? {
-            let fd = fds.pop_front().ok_or_else(|| io::Error::other("job without its message descriptor"))?;
+            let fd = fds
+                .pop_front()
+                .ok_or_else(|| io::Error::other("job without its message descriptor"))?;
             jobs.push(job(rec, fd)?);
         }
         if jobs.is_empty() {
@@ -77,15 +84,34 @@ fn run() -> io::Result<()> {
         let results = match &setup {
             Ok((host, default_delivery)) => {
                 let uid = ferry_sys::uids().1;
-                let mut cx = Context { root: &root, home: &home, host, default_delivery, uid, seq: &mut seq };
+                let mut cx = Context {
+                    root: &root,
+                    home: &home,
+                    host,
+                    default_delivery,
+                    uid,
+                    seq: &mut seq,
+                };
                 batch(&mut cx, &jobs)
             }
             Err(e) => jobs.iter().map(|_| (111, e.clone())).collect(),
         };
         let mut out = Vec::new();
         for (j, (code, text)) in jobs.iter().zip(results) {
-            log!("delivery {}: {} {}: {}", j.id, j.recipient, word(code), text);
-            out.extend(Record::new(b'R').with_u64(j.id).with(code.to_string()).with(text).encode());
+            log!(
+                "delivery {}: {} {}: {}",
+                j.id,
+                j.recipient,
+                word(code),
+                text
+            );
+            out.extend(
+                Record::new(b'R')
+                    .with_u64(j.id)
+                    .with(code.to_string())
+                    .with(text)
+                    .encode(),
+            );
         }
         (&sock).write_all(&out)?;
     }
@@ -108,10 +134,15 @@ fn setup(root: &Root, home: &std::path::Path, create: bool) -> Result<(String, S
             .create(home)
             .map_err(|e| format!("cannot create mailbox {}: {e}", home.display()))?;
     }
-    std::env::set_current_dir(home).map_err(|e| format!("home directory {}: {e}", home.display()))?;
+    std::env::set_current_dir(home)
+        .map_err(|e| format!("home directory {}: {e}", home.display()))?;
     let dir = root.control();
-    let host = control::read_text(&dir, "me").map_err(|e| e.to_string())?.unwrap_or_else(ferry_sys::hostname);
-    let default = control::read_text(&dir, "defaultdelivery").map_err(|e| e.to_string())?.unwrap_or_else(|| "./Maildir/".into());
+    let host = control::read_text(&dir, "me")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(ferry_sys::hostname);
+    let default = control::read_text(&dir, "defaultdelivery")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| "./Maildir/".into());
     Ok((host, default))
 }
 
@@ -126,7 +157,10 @@ fn job(rec: Record, fd: OwnedFd) -> io::Result<Job> {
         local: rec.str(3)?.to_string(),
         domain: rec.str(4)?.to_string(),
         ext: rec.str(5)?.to_string(),
-        msg: Message { file: std::fs::File::from(fd), len: rec.u64(6)? },
+        msg: Message {
+            file: std::fs::File::from(fd),
+            len: rec.u64(6)?,
+        },
     })
 }
 

@@ -30,7 +30,12 @@ fn dotlock(path: &Path) -> io::Result<DotLock> {
     let lock = PathBuf::from(lock);
     let start = Instant::now();
     loop {
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&lock) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&lock)
+        {
             Ok(_) => return Ok(DotLock(Some(lock))),
             // A directory we may not write (e.g. /var/mail without group mail): fcntl only.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(DotLock(None)),
@@ -44,7 +49,10 @@ fn dotlock(path: &Path) -> io::Result<DotLock> {
                     continue;
                 }
                 if start.elapsed() > LOCK_WAIT {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{} is locked", path.display())));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{} is locked", path.display()),
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -65,7 +73,9 @@ fn fcntl_lock(f: &File) -> io::Result<()> {
     loop {
         match fcntl(f, FcntlArg::F_SETLK(&lk)) {
             Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EAGAIN) if start.elapsed() < LOCK_WAIT => {
+            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EAGAIN)
+                if start.elapsed() < LOCK_WAIT =>
+            {
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => return Err(io::Error::from(e)),
@@ -76,7 +86,11 @@ fn fcntl_lock(f: &File) -> io::Result<()> {
 /// Appends the message to the mbox at `path` (created 0600 if missing).
 pub fn deliver(path: &Path, from_line: &str, prefix: &[u8], msg: &mut dyn Read) -> io::Result<()> {
     let _dot = dotlock(path)?;
-    let mut f = OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
     fcntl_lock(&f)?;
     let old_len = f.metadata()?.len();
     let res = (|| -> io::Result<()> {
@@ -91,7 +105,11 @@ pub fn deliver(path: &Path, from_line: &str, prefix: &[u8], msg: &mut dyn Read) 
             if r.read_until(b'\n', &mut line)? == 0 {
                 break;
             }
-            let unquoted = line.iter().position(|b| *b != b'>').map(|i| &line[i..]).unwrap_or(&[]);
+            let unquoted = line
+                .iter()
+                .position(|b| *b != b'>')
+                .map(|i| &line[i..])
+                .unwrap_or(&[]);
             if unquoted.starts_with(b"From ") {
                 out.write_all(b">")?;
             }
@@ -121,9 +139,20 @@ mod tests {
     fn append_with_quoting() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("mbox");
-        deliver(&p, "From a@b Fri Nov 27 19:36:57 2026\n", b"Return-Path: <a@b>\n", &mut &b"S: x\n\nFrom me\n>From you\nend"[..])
-            .unwrap();
-        deliver(&p, "From c@d Fri Nov 27 19:36:58 2026\n", b"", &mut &b"S: y\n\nhi\n"[..]).unwrap();
+        deliver(
+            &p,
+            "From a@b Fri Nov 27 19:36:57 2026\n",
+            b"Return-Path: <a@b>\n",
+            &mut &b"S: x\n\nFrom me\n>From you\nend"[..],
+        )
+        .unwrap();
+        deliver(
+            &p,
+            "From c@d Fri Nov 27 19:36:58 2026\n",
+            b"",
+            &mut &b"S: y\n\nhi\n"[..],
+        )
+        .unwrap();
         let got = std::fs::read_to_string(&p).unwrap();
         assert_eq!(
             got,

@@ -25,7 +25,10 @@ impl Read for MessageReader<'_> {
         let want = (buf.len() as u64).min(left) as usize;
         let n = self.msg.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "message file shorter than recorded",
+            ));
         }
         self.pos += n as u64;
         Ok(n)
@@ -57,7 +60,9 @@ pub const MAX_HOPS: usize = 100;
 pub fn loop_check(header: &[u8], recipient: &str) -> Option<String> {
     let mut hops = 0;
     for line in header.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
         let name = &line[..colon];
         if name.eq_ignore_ascii_case(b"received") {
             hops += 1;
@@ -65,7 +70,9 @@ pub fn loop_check(header: &[u8], recipient: &str) -> Option<String> {
             hops += 1;
             let value = String::from_utf8_lossy(&line[colon + 1..]);
             if value.trim().eq_ignore_ascii_case(recipient) {
-                return Some(format!("this message is looping: it already has my Delivered-To line ({recipient})"));
+                return Some(format!(
+                    "this message is looping: it already has my Delivered-To line ({recipient})"
+                ));
             }
         }
     }

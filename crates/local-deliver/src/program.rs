@@ -20,7 +20,13 @@ pub enum ProgramResult {
 const TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_OUTPUT: usize = 1000;
 
-pub fn run(cmd: &str, home: &Path, env: &[(String, String)], prefix: &[u8], msg: &mut (dyn Read + Send)) -> io::Result<ProgramResult> {
+pub fn run(
+    cmd: &str,
+    home: &Path,
+    env: &[(String, String)],
+    prefix: &[u8],
+    msg: &mut (dyn Read + Send),
+) -> io::Result<ProgramResult> {
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
@@ -31,8 +37,14 @@ pub fn run(cmd: &str, home: &Path, env: &[(String, String)], prefix: &[u8], msg:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let mut stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
-    let mut stderr = child.stderr.take().ok_or_else(|| io::Error::other("no stderr"))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| io::Error::other("no stderr"))?;
     let out = std::thread::spawn(move || collect(&mut stdout));
     let err = std::thread::spawn(move || collect(&mut stderr));
     let stdin = child.stdin.take();
@@ -41,7 +53,9 @@ pub fn run(cmd: &str, home: &Path, env: &[(String, String)], prefix: &[u8], msg:
             // A program may exit without reading all of its input: that is not an error.
             // The writer is a thread so that the timeout below holds even if it never reads.
             scope.spawn(move || {
-                let _ = stdin.write_all(prefix).and_then(|_| io::copy(msg, &mut stdin).map(|_| ()));
+                let _ = stdin
+                    .write_all(prefix)
+                    .and_then(|_| io::copy(msg, &mut stdin).map(|_| ()));
             });
         }
         let start = Instant::now();
@@ -61,13 +75,24 @@ pub fn run(cmd: &str, home: &Path, env: &[(String, String)], prefix: &[u8], msg:
     text.push_str(&err.join().unwrap_or_default());
     let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let Some(status) = status else {
-        return Ok(ProgramResult::Temporary(format!("program timed out after {}s: {cmd}", TIMEOUT.as_secs())));
+        return Ok(ProgramResult::Temporary(format!(
+            "program timed out after {}s: {cmd}",
+            TIMEOUT.as_secs()
+        )));
     };
-    let describe = |what: &str| if text.is_empty() { format!("{what}: {cmd}") } else { format!("{what}: {text}") };
+    let describe = |what: &str| {
+        if text.is_empty() {
+            format!("{what}: {cmd}")
+        } else {
+            format!("{what}: {text}")
+        }
+    };
     Ok(match status.code() {
         Some(0) => ProgramResult::Delivered,
         Some(99) => ProgramResult::DeliveredStop,
-        Some(c @ (64 | 65 | 70 | 76 | 77 | 78 | 100 | 112)) => ProgramResult::Permanent(describe(&format!("program exited {c}"))),
+        Some(c @ (64 | 65 | 70 | 76 | 77 | 78 | 100 | 112)) => {
+            ProgramResult::Permanent(describe(&format!("program exited {c}")))
+        }
         Some(c) => ProgramResult::Temporary(describe(&format!("program exited {c}"))),
         None => ProgramResult::Temporary(describe("program killed by a signal")),
     })

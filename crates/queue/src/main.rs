@@ -36,8 +36,11 @@ fn main() {
 }
 
 fn run() -> Result<(), QueueError> {
-    let root = Root::from_exe().map_err(|e| QueueError::new(status::QUEUE_DIR_ERROR, format!("cannot find my root: {e}")))?;
-    let cfg_err = |e: control::ControlError| QueueError::new(status::QUEUE_CONFIG_ERROR, e.to_string());
+    let root = Root::from_exe().map_err(|e| {
+        QueueError::new(status::QUEUE_DIR_ERROR, format!("cannot find my root: {e}"))
+    })?;
+    let cfg_err =
+        |e: control::ControlError| QueueError::new(status::QUEUE_CONFIG_ERROR, e.to_string());
     let limit = control::read_number(&root.control(), "databytes", 26_214_400).map_err(cfg_err)?;
     let q = Queue::new(&root);
     let mut msg = q.begin(limit)?;
@@ -57,7 +60,10 @@ fn run() -> Result<(), QueueError> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 msg.abort();
-                return Err(QueueError::new(status::QUEUE_READ_ERROR, format!("cannot read the message: {e}")));
+                return Err(QueueError::new(
+                    status::QUEUE_READ_ERROR,
+                    format!("cannot read the message: {e}"),
+                ));
             }
         }
     }
@@ -72,18 +78,28 @@ fn run() -> Result<(), QueueError> {
     match queue::commit(&q, vec![prepared]).pop() {
         Some(Ok(_)) => Ok(()),
         Some(Err(e)) => Err(e),
-        None => Err(QueueError::new(status::QUEUE_BUG, "commit returned nothing")),
+        None => Err(QueueError::new(
+            status::QUEUE_BUG,
+            "commit returned nothing",
+        )),
     }
 }
 
 fn read_envelope() -> Result<Envelope, QueueError> {
-    let fd = ferry_sys::take_fd(1).ok_or_else(|| QueueError::new(status::QUEUE_READ_ERROR, "fd 1 (the envelope) is not open"))?;
+    let fd = ferry_sys::take_fd(1).ok_or_else(|| {
+        QueueError::new(status::QUEUE_READ_ERROR, "fd 1 (the envelope) is not open")
+    })?;
     let mut f = std::fs::File::from(fd);
     let mut buf = Vec::new();
     (&mut f)
         .take(MAX_ENVELOPE as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| QueueError::new(status::QUEUE_READ_ERROR, format!("cannot read the envelope on fd 1: {e}")))?;
+        .map_err(|e| {
+            QueueError::new(
+                status::QUEUE_READ_ERROR,
+                format!("cannot read the envelope on fd 1: {e}"),
+            )
+        })?;
     Envelope::parse(&buf).map_err(|e| {
         let code = match e {
             EnvelopeError::BadAddress(_) => status::QUEUE_BAD_ADDRESS,

@@ -17,7 +17,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -26,7 +30,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
@@ -94,7 +102,10 @@ impl Failure {
 
 /// "550 5.1.1 text" from a parsed reply.
 pub fn reply_text(r: &ParsedReply) -> String {
-    let enh = r.enhanced.map(|(a, b, c)| format!(" {a}.{b}.{c}")).unwrap_or_default();
+    let enh = r
+        .enhanced
+        .map(|(a, b, c)| format!(" {a}.{b}.{c}"))
+        .unwrap_or_default();
     let text: Vec<&str> = r.lines.iter().map(|l| l.as_str()).collect();
     let t = text.join(" ");
     let t: String = t.chars().filter(|c| !c.is_control()).take(400).collect();
@@ -125,11 +136,28 @@ pub enum TlsPolicy {
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr, host: &str, connect_timeout: Duration, timeout: Duration) -> Result<Client, Failure> {
+    pub async fn connect(
+        addr: SocketAddr,
+        host: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, Failure> {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Failure::Io(format!("cannot connect to {host}[{}]:{}: {e}", addr.ip(), addr.port()))),
-            Err(_) => return Err(Failure::Io(format!("timed out connecting to {host}[{}]:{}", addr.ip(), addr.port()))),
+            Ok(Err(e)) => {
+                return Err(Failure::Io(format!(
+                    "cannot connect to {host}[{}]:{}: {e}",
+                    addr.ip(),
+                    addr.port()
+                )));
+            }
+            Err(_) => {
+                return Err(Failure::Io(format!(
+                    "timed out connecting to {host}[{}]:{}",
+                    addr.ip(),
+                    addr.port()
+                )));
+            }
         };
         let _ = stream.set_nodelay(true);
         let mut c = Client {
@@ -161,11 +189,18 @@ impl Client {
         loop {
             match self.parser.next_reply() {
                 Some(Ok(r)) => return Ok(r),
-                Some(Err(e)) => return Err(Failure::Io(format!("{} sent a malformed reply: {e:?}", self.host))),
+                Some(Err(e)) => {
+                    return Err(Failure::Io(format!(
+                        "{} sent a malformed reply: {e:?}",
+                        self.host
+                    )));
+                }
                 None => {}
             }
             let n = match tokio::time::timeout(self.timeout, self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) => return Err(Failure::Io(format!("{} closed the connection", self.host))),
+                Ok(Ok(0)) => {
+                    return Err(Failure::Io(format!("{} closed the connection", self.host)));
+                }
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(Failure::Io(format!("reading from {}: {e}", self.host))),
                 Err(_) => return Err(Failure::Io(format!("timed out waiting for {}", self.host))),
@@ -216,7 +251,12 @@ impl Client {
 
     /// STARTTLS and the handshake. The caller reconnects in plaintext after a failure unless
     /// TLS is required.
-    pub async fn starttls(mut self, configs: &TlsConfigs, required: bool, helo: &str) -> Result<Client, Failure> {
+    pub async fn starttls(
+        mut self,
+        configs: &TlsConfigs,
+        required: bool,
+        helo: &str,
+    ) -> Result<Client, Failure> {
         let r = self.command("STARTTLS").await?;
         if r.code != 220 {
             return Err(Failure::Reply(r));
@@ -224,15 +264,29 @@ impl Client {
         let Stream::Plain(tcp) = self.stream else {
             return Err(Failure::Io("TLS is already on".into()));
         };
-        let cfg = if required { configs.verified.clone() } else { configs.opportunistic.clone() };
+        let cfg = if required {
+            configs.verified.clone()
+        } else {
+            configs.opportunistic.clone()
+        };
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())
             .or_else(|_| rustls::pki_types::ServerName::try_from(self.ip.to_string()))
             .map_err(|e| Failure::Io(format!("bad server name {}: {e}", self.host)))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&cfg));
         let tls = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Failure::Io(format!("TLS handshake with {} failed: {e}", self.host))),
-            Err(_) => return Err(Failure::Io(format!("TLS handshake with {} timed out", self.host))),
+            Ok(Err(e)) => {
+                return Err(Failure::Io(format!(
+                    "TLS handshake with {} failed: {e}",
+                    self.host
+                )));
+            }
+            Err(_) => {
+                return Err(Failure::Io(format!(
+                    "TLS handshake with {} timed out",
+                    self.host
+                )));
+            }
         };
         self.tls = Some(tls::describe(tls.get_ref().1));
         self.verified = required;

@@ -63,11 +63,14 @@ pub const IDLE: Duration = Duration::from_secs(10);
 /// How often one connection is used before it is closed anyway.
 const MAX_USES: u32 = 100;
 
+/// A kept connection is for one server address and port, and one TLS policy (required or not).
+pub type PoolKey = (IpAddr, u16, bool);
+
 pub struct Ctx {
     pub cfg: Config,
     pub dns: TokioResolver,
     pub tls: TlsConfigs,
-    pub pool: RefCell<HashMap<(IpAddr, u16, bool), Vec<(Client, Instant)>>>,
+    pub pool: RefCell<HashMap<PoolKey, Vec<(Client, Instant)>>>,
     /// Addresses that timed out: skip until then (if there is another address).
     pub tcpto: RefCell<HashMap<IpAddr, (u32, Instant)>>,
 }
@@ -80,11 +83,17 @@ enum Attempt {
 
 impl Ctx {
     fn timeouts(&self) -> (Duration, Duration) {
-        (Duration::from_secs(self.cfg.timeoutconnect), Duration::from_secs(self.cfg.timeoutremote))
+        (
+            Duration::from_secs(self.cfg.timeoutconnect),
+            Duration::from_secs(self.cfg.timeoutremote),
+        )
     }
 
     fn skip(&self, ip: IpAddr) -> bool {
-        self.tcpto.borrow().get(&ip).is_some_and(|(_, until)| Instant::now() < *until)
+        self.tcpto
+            .borrow()
+            .get(&ip)
+            .is_some_and(|(_, until)| Instant::now() < *until)
     }
 
     fn timed_out(&self, ip: IpAddr) {
@@ -104,7 +113,8 @@ impl Ctx {
             let mut pool = self.pool.borrow_mut();
             let mut old = Vec::new();
             for list in pool.values_mut() {
-                let (keep, go): (Vec<_>, Vec<_>) = list.drain(..).partition(|(_, t)| t.elapsed() < IDLE);
+                let (keep, go): (Vec<_>, Vec<_>) =
+                    list.drain(..).partition(|(_, t)| t.elapsed() < IDLE);
                 *list = keep;
                 old.extend(go.into_iter().map(|(c, _)| c));
             }
@@ -128,18 +138,39 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         Err(RouteError::Permanent(t)) => return log_all(job, "-", all(Res::Permanent(t))),
         Err(RouteError::Temporary(t)) => return log_all(job, "-", all(Res::Temporary(t))),
     };
-    let required = ctx.cfg.tlsdestinations.iter().any(|d| *d == job.domain);
-    let candidates: Vec<(&Host, IpAddr)> = hosts.iter().flat_map(|h| h.addrs.iter().map(move |a| (h, *a))).collect();
-    let usable: Vec<(&Host, IpAddr)> = candidates.iter().copied().filter(|(_, ip)| !ctx.skip(*ip)).collect();
+    let required = ctx.cfg.tlsdestinations.contains(&job.domain);
+    let candidates: Vec<(&Host, IpAddr)> = hosts
+        .iter()
+        .flat_map(|h| h.addrs.iter().map(move |a| (h, *a)))
+        .collect();
+    let usable: Vec<(&Host, IpAddr)> = candidates
+        .iter()
+        .copied()
+        .filter(|(_, ip)| !ctx.skip(*ip))
+        .collect();
     if usable.is_empty() {
-        return log_all(job, "-", all(Res::Temporary(format!("4.4.1 every server of {} timed out recently; trying later", job.domain))));
+        return log_all(
+            job,
+            "-",
+            all(Res::Temporary(format!(
+                "4.4.1 every server of {} timed out recently; trying later",
+                job.domain
+            ))),
+        );
     }
     let mut last = String::new();
     for (host, ip) in usable {
         match attempt(ctx, job, &msg, host, ip, required).await {
             Attempt::Done(results) => return results,
             Attempt::Next(why) => {
-                log!("{} {}: {}[{}]:{}: {why}", job.msgid, job.domain, host.name, ip, host.port);
+                log!(
+                    "{} {}: {}[{}]:{}: {why}",
+                    job.msgid,
+                    job.domain,
+                    host.name,
+                    ip,
+                    host.port
+                );
                 last = why;
             }
         }
@@ -159,20 +190,33 @@ fn log_results(job: &Job, relay: &str, tls: &str, results: &[Res]) {
             Res::Permanent(_) => "failed",
             Res::Temporary(_) => "deferred",
         };
-        log!("{} to=<{r}> relay={relay} tls={tls} result={word} reply={}", job.msgid, res.text());
+        log!(
+            "{} to=<{r}> relay={relay} tls={tls} result={word} reply={}",
+            job.msgid,
+            res.text()
+        );
     }
 }
 
 /// A connection to this server: an idle one from the pool, or a new one (with STARTTLS as the
 /// policy says; a failed opportunistic handshake is retried in plaintext).
-async fn connect(ctx: &Ctx, host: &Host, ip: IpAddr, required: bool) -> Result<(Client, bool), String> {
+async fn connect(
+    ctx: &Ctx,
+    host: &Host,
+    ip: IpAddr,
+    required: bool,
+) -> Result<(Client, bool), String> {
     let key = (ip, host.port, required);
     if let Some((c, _)) = ctx.pool.borrow_mut().get_mut(&key).and_then(|l| l.pop()) {
         return Ok((c, true));
     }
     let (ct, t) = ctx.timeouts();
     let addr = SocketAddr::new(ip, host.port);
-    let mut policy = if required { TlsPolicy::Required } else { TlsPolicy::Opportunistic };
+    let mut policy = if required {
+        TlsPolicy::Required
+    } else {
+        TlsPolicy::Opportunistic
+    };
     loop {
         let mut c = match Client::connect(addr, &host.name, ct, t).await {
             Ok(c) => c,
@@ -185,28 +229,46 @@ async fn connect(ctx: &Ctx, host: &Host, ip: IpAddr, required: bool) -> Result<(
             Err(Failure::Reply(r)) => return Err(format!("greeting: {}", reply_text(&r))),
         };
         ctx.reachable(ip);
-        c.hello(&ctx.cfg.helohost).await.map_err(|f| format!("EHLO: {}", f.text()))?;
+        c.hello(&ctx.cfg.helohost)
+            .await
+            .map_err(|f| format!("EHLO: {}", f.text()))?;
         match policy {
             TlsPolicy::Never => return Ok((c, false)),
             TlsPolicy::Required if !c.ext.starttls => {
                 c.quit().await;
-                return Err(format!("4.7.4 {} does not offer STARTTLS, and TLS is required for it (tlsdestinations)", host.name));
+                return Err(format!(
+                    "4.7.4 {} does not offer STARTTLS, and TLS is required for it (tlsdestinations)",
+                    host.name
+                ));
             }
             TlsPolicy::Opportunistic if !c.ext.starttls => return Ok((c, false)),
             _ => {}
         }
         match c.starttls(&ctx.tls, required, &ctx.cfg.helohost).await {
             Ok(c) => return Ok((c, false)),
-            Err(f) if required => return Err(format!("4.7.5 TLS required and failed: {}", f.text())),
+            Err(f) if required => {
+                return Err(format!("4.7.5 TLS required and failed: {}", f.text()));
+            }
             Err(f) => {
-                log!("{}[{ip}]: {}; trying again without TLS", host.name, f.text());
+                log!(
+                    "{}[{ip}]: {}; trying again without TLS",
+                    host.name,
+                    f.text()
+                );
                 policy = TlsPolicy::Never;
             }
         }
     }
 }
 
-async fn attempt(ctx: &Ctx, job: &Job, msg: &Message, host: &Host, ip: IpAddr, required: bool) -> Attempt {
+async fn attempt(
+    ctx: &Ctx,
+    job: &Job,
+    msg: &Message,
+    host: &Host,
+    ip: IpAddr,
+    required: bool,
+) -> Attempt {
     // A reused connection may have been closed by the server meanwhile: then once more, fresh.
     for _ in 0..2 {
         let (mut c, reused) = match connect(ctx, host, ip, required).await {
@@ -219,7 +281,11 @@ async fn attempt(ctx: &Ctx, job: &Job, msg: &Message, host: &Host, ip: IpAddr, r
                 log_results(job, &relay, c.tls.as_deref().unwrap_or("-"), &results);
                 c.used += 1;
                 if c.used < MAX_USES {
-                    ctx.pool.borrow_mut().entry((ip, host.port, required)).or_default().push((c, Instant::now()));
+                    ctx.pool
+                        .borrow_mut()
+                        .entry((ip, host.port, required))
+                        .or_default()
+                        .push((c, Instant::now()));
                 } else {
                     c.quit().await;
                 }
@@ -230,7 +296,12 @@ async fn attempt(ctx: &Ctx, job: &Job, msg: &Message, host: &Host, ip: IpAddr, r
                 return Attempt::Done(results);
             }
             Tx::Next(why) if reused => {
-                log!("{} {}: a kept connection to {} failed ({why}); opening a new one", job.msgid, job.domain, c.relay());
+                log!(
+                    "{} {}: a kept connection to {} failed ({why}); opening a new one",
+                    job.msgid,
+                    job.domain,
+                    c.relay()
+                );
             }
             Tx::Next(why) => {
                 c.quit().await;
@@ -258,21 +329,45 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
     let host = c.host.clone();
     // "550 5.1.1 text (mx.example.org after RCPT TO)": the reply first, so that bounces carry
     // it as an smtp Diagnostic-Code.
-    let said = |r: &ferry_smtp::ParsedReply, step: &str| format!("{} ({host} after {step})", reply_text(r));
+    let said = |r: &ferry_smtp::ParsedReply, step: &str| {
+        format!("{} ({host} after {step})", reply_text(r))
+    };
     if let Some(max) = c.ext.size
         && max > 0
         && msg.len > max
     {
-        return Tx::Done(vec![Res::Permanent(format!("5.3.4 message of {} bytes is larger than {} accepts ({max})", msg.len, c.host)); n]);
+        return Tx::Done(vec![
+            Res::Permanent(format!(
+                "5.3.4 message of {} bytes is larger than {} accepts ({max})",
+                msg.len, c.host
+            ));
+            n
+        ]);
     }
     if msg.eightbit && !c.ext.eightbitmime {
-        return Tx::Done(vec![Res::Permanent(format!("5.6.3 8-bit message, and {} does not offer 8BITMIME (RFC 6152)", c.host)); n]);
+        return Tx::Done(vec![
+            Res::Permanent(format!(
+                "5.6.3 8-bit message, and {} does not offer 8BITMIME (RFC 6152)",
+                c.host
+            ));
+            n
+        ]);
     }
     let utf8 = !is_ascii_envelope(job);
     if utf8 && !c.ext.smtputf8 {
-        return Tx::Done(vec![Res::Permanent(format!("5.6.7 internationalised address, and {} does not offer SMTPUTF8 (RFC 6531)", c.host)); n]);
+        return Tx::Done(vec![
+            Res::Permanent(format!(
+                "5.6.7 internationalised address, and {} does not offer SMTPUTF8 (RFC 6531)",
+                c.host
+            ));
+            n
+        ]);
     }
-    let sender = if job.sender == DOUBLE_BOUNCE_SENDER { "" } else { job.sender.as_str() };
+    let sender = if job.sender == DOUBLE_BOUNCE_SENDER {
+        ""
+    } else {
+        job.sender.as_str()
+    };
     let mut mail = format!("MAIL FROM:<{sender}>");
     if c.ext.size.is_some() {
         mail.push_str(&format!(" SIZE={}", msg.len));
@@ -305,7 +400,12 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
     } else {
         for (i, l) in cmds.iter().enumerate() {
             let is_data = i == cmds.len() - 1;
-            if is_data && !replies.iter().skip(1).any(|r: &ferry_smtp::ParsedReply| r.code / 100 == 2) {
+            if is_data
+                && !replies
+                    .iter()
+                    .skip(1)
+                    .any(|r: &ferry_smtp::ParsedReply| r.code / 100 == 2)
+            {
                 break;
             }
             match c.command(l).await {
@@ -330,7 +430,11 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
         }
         let _ = c.command("RSET").await;
         let text = said(mail_r, "MAIL FROM");
-        return if mail_r.code / 100 == 4 { Tx::Next(text) } else { Tx::Done(vec![Res::Permanent(text); n]) };
+        return if mail_r.code / 100 == 4 {
+            Tx::Next(text)
+        } else {
+            Tx::Done(vec![Res::Permanent(text); n])
+        };
     }
     let mut results: Vec<Option<Res>> = (0..n)
         .map(|i| match replies.get(1 + i) {
@@ -350,7 +454,12 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
             let _ = c.reply().await;
         }
         let _ = c.command("RSET").await;
-        return Tx::Done(results.into_iter().map(|r| r.unwrap_or(Res::Temporary("?".into()))).collect());
+        return Tx::Done(
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or(Res::Temporary("?".into())))
+                .collect(),
+        );
     }
     let fill = |results: &mut Vec<Option<Res>>, r: Res| {
         for x in results.iter_mut() {
@@ -363,7 +472,14 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
         Some(r) if r.code == 354 => {}
         Some(r) => {
             let t = said(r, "DATA");
-            fill(&mut results, if r.code / 100 == 4 { Res::Temporary(t) } else { Res::Permanent(t) });
+            fill(
+                &mut results,
+                if r.code / 100 == 4 {
+                    Res::Temporary(t)
+                } else {
+                    Res::Permanent(t)
+                },
+            );
             let _ = c.command("RSET").await;
             return Tx::Done(results.into_iter().flatten().collect());
         }
@@ -374,13 +490,22 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
         match wire.next_chunk() {
             Ok(Some(chunk)) => {
                 if let Err(f) = c.send(&chunk).await {
-                    fill(&mut results, Res::Temporary(format!("connection lost while sending the message: {}", f.text())));
+                    fill(
+                        &mut results,
+                        Res::Temporary(format!(
+                            "connection lost while sending the message: {}",
+                            f.text()
+                        )),
+                    );
                     return Tx::Broken(results.into_iter().flatten().collect());
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                fill(&mut results, Res::Temporary(format!("cannot read the message: {e}")));
+                fill(
+                    &mut results,
+                    Res::Temporary(format!("cannot read the message: {e}")),
+                );
                 return Tx::Broken(results.into_iter().flatten().collect());
             }
         }
@@ -396,11 +521,21 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
         }
         Ok(r) => {
             let t = said(&r, "the message");
-            fill(&mut results, if r.code / 100 == 4 { Res::Temporary(t) } else { Res::Permanent(t) });
+            fill(
+                &mut results,
+                if r.code / 100 == 4 {
+                    Res::Temporary(t)
+                } else {
+                    Res::Permanent(t)
+                },
+            );
             Tx::Done(results.into_iter().flatten().collect())
         }
         Err(f) => {
-            fill(&mut results, Res::Temporary(format!("after the message: {}", f.text())));
+            fill(
+                &mut results,
+                Res::Temporary(format!("after the message: {}", f.text())),
+            );
             Tx::Broken(results.into_iter().flatten().collect())
         }
     }

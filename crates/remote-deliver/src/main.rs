@@ -26,10 +26,10 @@ mod tls;
 use deliver::{Ctx, Job};
 use ferry_common::config::Config;
 use ferry_common::id::MsgId;
+use ferry_common::log;
 use ferry_common::queue::Queue;
 use ferry_common::record::{Reader, Record};
 use ferry_common::root::Root;
-use ferry_common::log;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,7 +39,10 @@ use tokio::net::unix::pipe;
 
 fn main() {
     log::init("remote-deliver");
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             log!("fatal: cannot start the runtime: {e}");
@@ -62,7 +65,13 @@ async fn run() -> Result<(), String> {
     let dns = route::resolver(&cfg)?;
     let tls = tls::configs()?;
     let queue = Queue::new(&root);
-    let ctx = Rc::new(Ctx { cfg, dns, tls, pool: RefCell::new(HashMap::new()), tcpto: RefCell::new(HashMap::new()) });
+    let ctx = Rc::new(Ctx {
+        cfg,
+        dns,
+        tls,
+        pool: RefCell::new(HashMap::new()),
+        tcpto: RefCell::new(HashMap::new()),
+    });
     let input = ferry_sys::take_fd(0).ok_or("fd 0 is not open")?;
     let output = ferry_sys::take_fd(1).ok_or("fd 1 is not open")?;
     let mut rx = pipe::Receiver::from_owned_fd(input).map_err(|e| format!("fd 0: {e}"))?;
@@ -88,7 +97,10 @@ async fn run() -> Result<(), String> {
     let mut reader = Reader::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = rx.read(&mut buf).await.map_err(|e| format!("reading jobs: {e}"))?;
+        let n = rx
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading jobs: {e}"))?;
         if n == 0 {
             break;
         }
@@ -121,7 +133,12 @@ async fn run() -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reaper.abort();
-    let idle: Vec<client::Client> = ctx.pool.borrow_mut().drain().flat_map(|(_, l)| l.into_iter().map(|(c, _)| c)).collect();
+    let idle: Vec<client::Client> = ctx
+        .pool
+        .borrow_mut()
+        .drain()
+        .flat_map(|(_, l)| l.into_iter().map(|(c, _)| c))
+        .collect();
     for c in idle {
         c.quit().await;
     }
@@ -132,10 +149,17 @@ async fn run() -> Result<(), String> {
 
 fn parse_job(queue: &Queue, r: &Record) -> std::io::Result<Job> {
     if r.kind != b'D' {
-        return Err(std::io::Error::other(format!("unknown record {:?}", r.kind as char)));
+        return Err(std::io::Error::other(format!(
+            "unknown record {:?}",
+            r.kind as char
+        )));
     }
     let id = MsgId::parse(r.str(1)?).ok_or_else(|| std::io::Error::other("bad message id"))?;
-    let path = if r.bytes(2)? == b"t" { queue.todo(&id) } else { queue.mess(&id) };
+    let path = if r.bytes(2)? == b"t" {
+        queue.todo(&id)
+    } else {
+        queue.mess(&id)
+    };
     let mut rcpts = Vec::new();
     for i in 5..r.fields.len() {
         rcpts.push(r.str(i)?.to_string());

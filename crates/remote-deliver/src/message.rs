@@ -19,7 +19,11 @@ const CHUNK: usize = 64 * 1024;
 impl Message {
     pub fn open(path: &Path) -> io::Result<Message> {
         let qf = QueueFile::open(path)?;
-        let mut m = Message { file: qf.file, len: qf.message_len, eightbit: false };
+        let mut m = Message {
+            file: qf.file,
+            len: qf.message_len,
+            eightbit: false,
+        };
         let mut buf = vec![0u8; CHUNK];
         let mut pos = 0u64;
         while pos < m.len {
@@ -37,13 +41,23 @@ impl Message {
         let want = (buf.len() as u64).min(self.len - pos) as usize;
         let n = self.file.read_at(&mut buf[..want], pos)?;
         if n == 0 && want > 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "message file shorter than recorded"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "message file shorter than recorded",
+            ));
         }
         Ok(n)
     }
 
     pub fn wire(&self) -> Wire<'_> {
-        Wire { msg: self, pos: 0, line_start: true, pending_cr: false, done: false, buf: vec![0u8; CHUNK] }
+        Wire {
+            msg: self,
+            pos: 0,
+            line_start: true,
+            pending_cr: false,
+            done: false,
+            buf: vec![0u8; CHUNK],
+        }
     }
 }
 
@@ -111,9 +125,16 @@ mod tests {
     use ferry_common::envelope::Envelope;
 
     fn wire_of(body: &[u8]) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!("ferry-wire-{}-{}", std::process::id(), body.len()));
+        let dir =
+            std::env::temp_dir().join(format!("ferry-wire-{}-{}", std::process::id(), body.len()));
         let mut v = body.to_vec();
-        v.extend(Envelope { sender: "a@b".into(), recipients: vec!["c@d".into()] }.encode());
+        v.extend(
+            Envelope {
+                sender: "a@b".into(),
+                recipients: vec!["c@d".into()],
+            }
+            .encode(),
+        );
         v.extend_from_slice(ferry_common::queue::TRAILER_MAGIC);
         v.extend_from_slice(&(body.len() as u64).to_le_bytes());
         std::fs::write(&dir, &v).unwrap_or(());

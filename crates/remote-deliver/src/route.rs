@@ -44,14 +44,19 @@ pub fn resolver(cfg: &Config) -> Result<TokioResolver, String> {
                 ns
             })
             .collect();
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
     };
     let o = builder.options_mut();
     o.ndots = 0;
     o.timeout = Duration::from_secs(5);
     o.attempts = 2;
     o.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    builder.build().map_err(|e| format!("cannot build the DNS resolver: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the DNS resolver: {e}"))
 }
 
 fn shuffle<T>(v: &mut [T]) {
@@ -66,28 +71,54 @@ fn shuffle<T>(v: &mut [T]) {
 /// `[1.2.3.4]` or `[IPv6:...]` as an address.
 fn literal(domain: &str) -> Option<IpAddr> {
     let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
-    let inner = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")).unwrap_or(inner);
+    let inner = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+        .unwrap_or(inner);
     inner.parse().ok()
 }
 
-pub async fn route(cfg: &Config, dns: &TokioResolver, domain: &str) -> Result<Vec<Host>, RouteError> {
+pub async fn route(
+    cfg: &Config,
+    dns: &TokioResolver,
+    domain: &str,
+) -> Result<Vec<Host>, RouteError> {
     match tokio::time::timeout(DNS_LIMIT, route_inner(cfg, dns, domain)).await {
         Ok(r) => r,
-        Err(_) => Err(RouteError::Temporary(format!("DNS lookups for {domain} took longer than {}s", DNS_LIMIT.as_secs()))),
+        Err(_) => Err(RouteError::Temporary(format!(
+            "DNS lookups for {domain} took longer than {}s",
+            DNS_LIMIT.as_secs()
+        ))),
     }
 }
 
-async fn route_inner(cfg: &Config, dns: &TokioResolver, domain: &str) -> Result<Vec<Host>, RouteError> {
+async fn route_inner(
+    cfg: &Config,
+    dns: &TokioResolver,
+    domain: &str,
+) -> Result<Vec<Host>, RouteError> {
     if let Some(r) = cfg.route_for(domain) {
         let port = r.port.unwrap_or(25);
         if let Some(ip) = literal(&r.host) {
-            return Ok(vec![Host { name: r.host.clone(), addrs: vec![ip], port }]);
+            return Ok(vec![Host {
+                name: r.host.clone(),
+                addrs: vec![ip],
+                port,
+            }]);
         }
         let addrs = addresses(dns, &r.host).await?;
-        return Ok(vec![Host { name: r.host.clone(), addrs, port }]);
+        return Ok(vec![Host {
+            name: r.host.clone(),
+            addrs,
+            port,
+        }]);
     }
     if let Some(ip) = literal(domain) {
-        return Ok(vec![Host { name: domain.to_string(), addrs: vec![ip], port: cfg.remoteport }]);
+        return Ok(vec![Host {
+            name: domain.to_string(),
+            addrs: vec![ip],
+            port: cfg.remoteport,
+        }]);
     }
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
     let mut mx: Vec<(u16, String)> = match dns.mx_lookup(fqdn.as_str()).await {
@@ -95,21 +126,38 @@ async fn route_inner(cfg: &Config, dns: &TokioResolver, domain: &str) -> Result<
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
-                RData::MX(m) => Some((m.preference, m.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                RData::MX(m) => Some((
+                    m.preference,
+                    m.exchange.to_ascii().trim_end_matches('.').to_lowercase(),
+                )),
                 _ => None,
             })
             .collect(),
-        Err(e) if e.is_nx_domain() => return Err(RouteError::Permanent(format!("5.1.2 domain {domain} does not exist (NXDOMAIN)"))),
+        Err(e) if e.is_nx_domain() => {
+            return Err(RouteError::Permanent(format!(
+                "5.1.2 domain {domain} does not exist (NXDOMAIN)"
+            )));
+        }
         Err(e) if e.is_no_records_found() => Vec::new(),
-        Err(e) => return Err(RouteError::Temporary(format!("4.4.3 DNS lookup of MX for {domain} failed: {e}"))),
+        Err(e) => {
+            return Err(RouteError::Temporary(format!(
+                "4.4.3 DNS lookup of MX for {domain} failed: {e}"
+            )));
+        }
     };
     if mx.is_empty() {
         // No MX: the domain itself is the mail server (RFC 5321 §5.1).
         let addrs = addresses(dns, domain).await?;
-        return Ok(vec![Host { name: domain.to_string(), addrs, port: cfg.remoteport }]);
+        return Ok(vec![Host {
+            name: domain.to_string(),
+            addrs,
+            port: cfg.remoteport,
+        }]);
     }
     if mx.iter().any(|(_, h)| h.is_empty()) {
-        return Err(RouteError::Permanent(format!("5.1.10 {domain} accepts no mail (null MX, RFC 7505)")));
+        return Err(RouteError::Permanent(format!(
+            "5.1.10 {domain} accepts no mail (null MX, RFC 7505)"
+        )));
     }
     // Preference order; equal preferences in random order.
     shuffle(&mut mx);
@@ -118,13 +166,19 @@ async fn route_inner(cfg: &Config, dns: &TokioResolver, domain: &str) -> Result<
     let mut last_err = None;
     for (_, name) in mx {
         match addresses(dns, &name).await {
-            Ok(addrs) => hosts.push(Host { name, addrs, port: cfg.remoteport }),
+            Ok(addrs) => hosts.push(Host {
+                name,
+                addrs,
+                port: cfg.remoteport,
+            }),
             Err(e) => last_err = Some(e),
         }
     }
     if hosts.is_empty() {
         return Err(match last_err {
-            Some(RouteError::Permanent(t)) => RouteError::Temporary(format!("no MX host of {domain} has an address: {t}")),
+            Some(RouteError::Permanent(t)) => {
+                RouteError::Temporary(format!("no MX host of {domain} has an address: {t}"))
+            }
             Some(e) => e,
             None => RouteError::Temporary(format!("no MX host of {domain} has an address")),
         });
@@ -135,7 +189,10 @@ async fn route_inner(cfg: &Config, dns: &TokioResolver, domain: &str) -> Result<
 /// The IPv6 and IPv4 addresses of a host (both families, IPv6 first).
 async fn addresses(dns: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, RouteError> {
     let fqdn = format!("{}.", host.trim_end_matches('.'));
-    let (v6, v4) = tokio::join!(dns.ipv6_lookup(fqdn.as_str()), dns.ipv4_lookup(fqdn.as_str()));
+    let (v6, v4) = tokio::join!(
+        dns.ipv6_lookup(fqdn.as_str()),
+        dns.ipv4_lookup(fqdn.as_str())
+    );
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut nx = 0;
@@ -155,12 +212,19 @@ async fn addresses(dns: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, Route
         return Ok(out);
     }
     if !errors.is_empty() {
-        return Err(RouteError::Temporary(format!("4.4.3 DNS lookup of {host} failed: {}", errors.join("; "))));
+        return Err(RouteError::Temporary(format!(
+            "4.4.3 DNS lookup of {host} failed: {}",
+            errors.join("; ")
+        )));
     }
     if nx > 0 {
-        return Err(RouteError::Permanent(format!("5.1.2 host {host} does not exist (NXDOMAIN)")));
+        return Err(RouteError::Permanent(format!(
+            "5.1.2 host {host} does not exist (NXDOMAIN)"
+        )));
     }
-    Err(RouteError::Permanent(format!("5.1.2 host {host} has no address (no A or AAAA record)")))
+    Err(RouteError::Permanent(format!(
+        "5.1.2 host {host} has no address (no A or AAAA record)"
+    )))
 }
 
 #[cfg(test)]
@@ -169,7 +233,10 @@ mod tests {
 
     #[test]
     fn literals() {
-        assert_eq!(literal("[127.0.0.1]"), Some("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert_eq!(
+            literal("[127.0.0.1]"),
+            Some("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])))
+        );
         assert!(literal("[IPv6:::1]").is_some_and(|ip| ip.is_ipv6()));
         assert_eq!(literal("example.org"), None);
     }

@@ -20,11 +20,15 @@ pub struct Bounce {
 
 /// The enhanced status code in a failure text (`5.1.1`), else 5.0.0.
 pub fn status_of(text: &str) -> String {
-    for word in text.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',' || c == ';') {
+    for word in
+        text.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',' || c == ';')
+    {
         let parts: Vec<&str> = word.split('.').collect();
         if parts.len() == 3
             && matches!(parts[0], "2" | "4" | "5")
-            && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         {
             return word.to_string();
         }
@@ -35,20 +39,35 @@ pub fn status_of(text: &str) -> String {
 /// "smtp; 550 ..." for a remote server's reply, "x-unix; ..." for a local failure.
 fn diagnostic(text: &str) -> String {
     let b = text.as_bytes();
-    let smtp = b.len() >= 4 && b[..3].iter().all(|c| c.is_ascii_digit()) && (b[3] == b' ' || b[3] == b'-');
-    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(500).collect();
+    let smtp =
+        b.len() >= 4 && b[..3].iter().all(|c| c.is_ascii_digit()) && (b[3] == b' ' || b[3] == b'-');
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect();
     format!("{}; {}", if smtp { "smtp" } else { "x-unix" }, clean)
 }
 
 /// The bounce for a message whose `failed` recipients could not be delivered, or None when
 /// it must be dropped (a failed double bounce).
-pub fn build(cfg: &Config, id: &str, sender: &str, birth: u64, failed: &[Failed], original_header: &[u8]) -> Option<Bounce> {
+pub fn build(
+    cfg: &Config,
+    id: &str,
+    sender: &str,
+    birth: u64,
+    failed: &[Failed],
+    original_header: &[u8],
+) -> Option<Bounce> {
     if sender == DOUBLE_BOUNCE_SENDER {
         return None;
     }
     let double = sender.is_empty();
     let (to, env_sender) = if double {
-        (addr::qualify(&cfg.doublebounceto, &cfg.defaultdomain), DOUBLE_BOUNCE_SENDER.to_string())
+        (
+            addr::qualify(&cfg.doublebounceto, &cfg.defaultdomain),
+            DOUBLE_BOUNCE_SENDER.to_string(),
+        )
     } else {
         (sender.to_string(), String::new())
     };
@@ -56,12 +75,21 @@ pub fn build(cfg: &Config, id: &str, sender: &str, birth: u64, failed: &[Failed]
     let boundary = format!("ferry-{id}-{now}");
     let mut m = String::new();
     m.push_str(&format!("Date: {}\n", date::rfc5322(now)));
-    m.push_str(&format!("From: Mail Delivery System <{}@{}>\n", cfg.bouncefrom, cfg.me));
+    m.push_str(&format!(
+        "From: Mail Delivery System <{}@{}>\n",
+        cfg.bouncefrom, cfg.me
+    ));
     m.push_str(&format!("To: <{to}>\n"));
-    m.push_str(if double { "Subject: Undelivered bounce message\n" } else { "Subject: Undelivered Mail Returned to Sender\n" });
+    m.push_str(if double {
+        "Subject: Undelivered bounce message\n"
+    } else {
+        "Subject: Undelivered Mail Returned to Sender\n"
+    });
     m.push_str(&format!("Message-ID: <{now}.bounce-{id}@{}>\n", cfg.me));
     m.push_str("Auto-Submitted: auto-replied\nMIME-Version: 1.0\n");
-    m.push_str(&format!("Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"{boundary}\"\n"));
+    m.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"{boundary}\"\n"
+    ));
     m.push_str("Content-Transfer-Encoding: 8bit\n\nThis is a MIME-encapsulated message.\n\n");
     m.push_str(&format!("--{boundary}\nContent-Description: Notification\nContent-Type: text/plain; charset=utf-8\n\n"));
     m.push_str(&format!("This is the mail system at host {}.\n\n", cfg.me));
@@ -72,10 +100,20 @@ pub fn build(cfg: &Config, id: &str, sender: &str, birth: u64, failed: &[Failed]
         m.push_str("For further assistance, please send mail to postmaster.\n\n");
     }
     for f in failed {
-        m.push_str(&format!("<{}>: {}\n\n", f.addr, f.text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()));
+        m.push_str(&format!(
+            "<{}>: {}\n\n",
+            f.addr,
+            f.text
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        ));
     }
     m.push_str(&format!("--{boundary}\nContent-Description: Delivery report\nContent-Type: message/delivery-status\n\n"));
-    m.push_str(&format!("Reporting-MTA: dns; {}\nX-Ferry-Queue-ID: {id}\n", cfg.me));
+    m.push_str(&format!(
+        "Reporting-MTA: dns; {}\nX-Ferry-Queue-ID: {id}\n",
+        cfg.me
+    ));
     if !double {
         m.push_str(&format!("X-Ferry-Sender: rfc822; {sender}\n"));
     }
@@ -96,7 +134,13 @@ pub fn build(cfg: &Config, id: &str, sender: &str, birth: u64, failed: &[Failed]
         message.push(b'\n');
     }
     message.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
-    Some(Bounce { envelope: Envelope { sender: env_sender, recipients: vec![to] }, message })
+    Some(Bounce {
+        envelope: Envelope {
+            sender: env_sender,
+            recipients: vec![to],
+        },
+        message,
+    })
 }
 
 #[cfg(test)]
@@ -124,12 +168,17 @@ mod tests {
     #[test]
     fn bounce_double_bounce_and_drop() {
         let (_d, c) = cfg();
-        let f = vec![Failed { addr: "x@mx.example.org".into(), text: "5.1.1 no such user".into() }];
+        let f = vec![Failed {
+            addr: "x@mx.example.org".into(),
+            text: "5.1.1 no such user".into(),
+        }];
         let b = build(&c, "abc", "s@else.example", 1, &f, b"Subject: hi\n").unwrap();
         assert_eq!(b.envelope.sender, "");
         assert_eq!(b.envelope.recipients, vec!["s@else.example"]);
         let text = String::from_utf8(b.message).unwrap();
-        assert!(text.contains("Final-Recipient: rfc822; x@mx.example.org\nAction: failed\nStatus: 5.1.1\n"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; x@mx.example.org\nAction: failed\nStatus: 5.1.1\n"
+        ));
         assert!(text.contains("Content-Type: text/rfc822-headers\n\nSubject: hi\n"));
         let d = build(&c, "abc", "", 1, &f, b"").unwrap();
         assert_eq!(d.envelope.sender, "#@[]");

@@ -28,9 +28,14 @@ pub struct Ctl {
 impl Ctl {
     pub fn bind(path: &Path) -> io::Result<Ctl> {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|e| io::Error::other(format!("cannot bind {}: {e}", path.display())))?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| io::Error::other(format!("cannot bind {}: {e}", path.display())))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Ctl { listener, conns: HashMap::new(), next: FIRST_CTL_CONN })
+        Ok(Ctl {
+            listener,
+            conns: HashMap::new(),
+            next: FIRST_CTL_CONN,
+        })
     }
 }
 
@@ -44,7 +49,12 @@ impl Scheduler {
                 Ok((mut s, _)) => {
                     let t = self.ctl.next;
                     self.ctl.next += 1;
-                    if self.poll.registry().register(&mut s, Token(t), Interest::READABLE).is_ok() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut s, Token(t), Interest::READABLE)
+                        .is_ok()
+                    {
                         self.ctl.conns.insert(t, (s, Reader::new()));
                     }
                 }
@@ -54,7 +64,9 @@ impl Scheduler {
     }
 
     pub fn ctl_event(&mut self, t: usize) {
-        let Some((mut s, mut reader)) = self.ctl.conns.remove(&t) else { return };
+        let Some((mut s, mut reader)) = self.ctl.conns.remove(&t) else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         let mut open = true;
         loop {
@@ -97,7 +109,9 @@ impl Scheduler {
             return err("expected a message id (32 hex digits)".into());
         };
         let Some(m) = self.msgs.get_mut(&id) else {
-            return err(format!("{id} is not in the queue (or send has not taken it yet)"));
+            return err(format!(
+                "{id} is not in the queue (or send has not taken it yet)"
+            ));
         };
         match req.kind {
             b'H' | b'U' => {
@@ -129,7 +143,9 @@ impl Scheduler {
                     self.schedule.remove(m, idx);
                 }
                 let pending = m.rcpts.iter().filter(|r| r.state == State::Pending).count();
-                log!("{id}: deleted by the administrator ({pending} recipients undelivered, no bounce)");
+                log!(
+                    "{id}: deleted by the administrator ({pending} recipients undelivered, no bounce)"
+                );
                 self.touched.insert(id);
                 ok(format!("{id} deleted"))
             }

@@ -19,8 +19,12 @@ impl Scheduler {
     pub fn dispatch(&mut self) {
         let now = date::now_secs();
         for (id, idx) in self.schedule.take_due(now) {
-            let Some(m) = self.msgs.get_mut(&id) else { continue };
-            let Some(r) = m.rcpts.get_mut(idx) else { continue };
+            let Some(m) = self.msgs.get_mut(&id) else {
+                continue;
+            };
+            let Some(r) = m.rcpts.get_mut(idx) else {
+                continue;
+            };
             r.due = None;
             if r.state != State::Pending || r.busy || r.ready || m.hold || m.deleting {
                 continue;
@@ -32,12 +36,16 @@ impl Scheduler {
             }
         }
         while self.local_busy < self.cfg.concurrencylocal as usize {
-            let Some((id, idx)) = self.ready_local.pop_front() else { break };
+            let Some((id, idx)) = self.ready_local.pop_front() else {
+                break;
+            };
             self.start_local(id, idx);
         }
         let mut waiting = Vec::new();
         while self.remote_busy < self.cfg.concurrencyremote as usize {
-            let Some((id, idx)) = self.ready_remote.pop_front() else { break };
+            let Some((id, idx)) = self.ready_remote.pop_front() else {
+                break;
+            };
             if !self.start_remote(id, idx) {
                 waiting.push((id, idx));
             }
@@ -51,8 +59,12 @@ impl Scheduler {
     /// Takes a ready entry if it is still to be delivered now. A message being moved into
     /// mess/ waits: its entry is scheduled again for the next second.
     fn claim(&mut self, id: MsgId, idx: usize) -> bool {
-        let Some(m) = self.msgs.get_mut(&id) else { return false };
-        let Some(r) = m.rcpts.get_mut(idx) else { return false };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return false;
+        };
+        let Some(r) = m.rcpts.get_mut(idx) else {
+            return false;
+        };
         let ok = r.ready && r.state == State::Pending && !r.busy && !m.hold && !m.deleting;
         r.ready = false;
         if ok && m.moving {
@@ -84,7 +96,12 @@ impl Scheduler {
                 return;
             }
             Resolved::Deliver(Dest::Alias(_)) => {
-                self.record_result(id, idx, 100, "5.4.6 alias loop: the address expands to itself");
+                self.record_result(
+                    id,
+                    idx,
+                    100,
+                    "5.4.6 alias loop: the address expands to itself",
+                );
                 return;
             }
             Resolved::Unknown(why) => {
@@ -92,7 +109,12 @@ impl Scheduler {
                 return;
             }
         };
-        let job = self.new_job(Job { msg: id, rcpts: vec![idx], channel: Channel::Local, domain: domain.clone() });
+        let job = self.new_job(Job {
+            msg: id,
+            rcpts: vec![idx],
+            channel: Channel::Local,
+            domain: domain.clone(),
+        });
         let rec = Record::new(b'D')
             .with_u64(job)
             .with(id.to_string())
@@ -111,8 +133,12 @@ impl Scheduler {
     /// Starts a remote job with this recipient and every other ready one of the same message
     /// and domain. False if the domain is at its concurrency limit (the entry is kept).
     fn start_remote(&mut self, id: MsgId, idx: usize) -> bool {
-        let Some(m) = self.msgs.get(&id) else { return true };
-        let Some(r) = m.rcpts.get(idx) else { return true };
+        let Some(m) = self.msgs.get(&id) else {
+            return true;
+        };
+        let Some(r) = m.rcpts.get(idx) else {
+            return true;
+        };
         let domain = addr::split(&r.addr).1.to_lowercase();
         let busy = self.remote_by_domain.get(&domain).copied().unwrap_or(0);
         if busy >= self.cfg.concurrencydomain as usize && r.ready {
@@ -121,7 +147,9 @@ impl Scheduler {
         if !self.claim(id, idx) {
             return true;
         }
-        let Some(m) = self.msgs.get_mut(&id) else { return true };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return true;
+        };
         let mut idxs = vec![idx];
         for (i, other) in m.rcpts.iter_mut().enumerate() {
             if i != idx
@@ -135,11 +163,21 @@ impl Scheduler {
                 idxs.push(i);
             }
         }
-        let mut rec = Record::new(b'D').with_u64(0).with(id.to_string()).with(m.loc.code()).with(&m.sender).with(&domain);
+        let mut rec = Record::new(b'D')
+            .with_u64(0)
+            .with(id.to_string())
+            .with(m.loc.code())
+            .with(&m.sender)
+            .with(&domain);
         for i in &idxs {
             rec.push(&m.rcpts[*i].addr);
         }
-        let job = self.new_job(Job { msg: id, rcpts: idxs, channel: Channel::Remote, domain: domain.clone() });
+        let job = self.new_job(Job {
+            msg: id,
+            rcpts: idxs,
+            channel: Channel::Remote,
+            domain: domain.clone(),
+        });
         rec.fields[0] = job.to_string().into_bytes();
         self.rspawn.send(&rec);
         self.remote_busy += 1;
@@ -179,8 +217,15 @@ impl Scheduler {
             }
         }
         for (k, idx) in job.rcpts.iter().enumerate() {
-            let code = r.str(1 + 2 * k).ok().and_then(|c| c.parse::<i32>().ok()).unwrap_or(111);
-            let text = r.str(2 + 2 * k).unwrap_or("no result for this recipient").to_string();
+            let code = r
+                .str(1 + 2 * k)
+                .ok()
+                .and_then(|c| c.parse::<i32>().ok())
+                .unwrap_or(111);
+            let text = r
+                .str(2 + 2 * k)
+                .unwrap_or("no result for this recipient")
+                .to_string();
             if let Some(m) = self.msgs.get_mut(&job.msg)
                 && let Some(rc) = m.rcpts.get_mut(*idx)
             {
@@ -195,7 +240,9 @@ impl Scheduler {
     pub fn record_result(&mut self, id: MsgId, idx: usize, code: i32, text: &str) {
         let now = date::now_secs();
         let lifetime = self.cfg.queuelifetime;
-        let Some(m) = self.msgs.get_mut(&id) else { return };
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return;
+        };
         let Some(rc) = m.rcpts.get(idx) else { return };
         let expired = now.saturating_sub(m.birth) >= lifetime;
         let expired_text;
@@ -203,7 +250,10 @@ impl Scheduler {
             status::Outcome::Ok => (State::Delivered, text),
             status::Outcome::Permanent => (State::Failed, text),
             status::Outcome::Temporary if expired => {
-                expired_text = format!("4.4.7 message expired after {} days in the queue; last error: {text}", lifetime / 86_400);
+                expired_text = format!(
+                    "4.4.7 message expired after {} days in the queue; last error: {text}",
+                    lifetime / 86_400
+                );
                 (State::Failed, expired_text.as_str())
             }
             status::Outcome::Temporary => (State::Pending, text),
@@ -217,7 +267,8 @@ impl Scheduler {
         if let (Some(f), Some(rec)) = (&m.info, &rc.record) {
             let written = match state {
                 State::Delivered => info::mark(f, rec, State::Delivered),
-                State::Failed => info::append_note(f, true, idx, now, text).and_then(|_| info::mark(f, rec, State::Failed)),
+                State::Failed => info::append_note(f, true, idx, now, text)
+                    .and_then(|_| info::mark(f, rec, State::Failed)),
                 State::Pending => info::append_note(f, false, idx, now, text),
             };
             if let Err(e) = written {
@@ -258,14 +309,19 @@ impl Scheduler {
     pub fn settle(&mut self) {
         if !self.dirty.is_empty() {
             let ids: Vec<MsgId> = self.dirty.drain().collect();
-            let files: Vec<&File> = ids.iter().filter_map(|id| self.msgs.get(id).and_then(|m| m.info.as_ref())).collect();
+            let files: Vec<&File> = ids
+                .iter()
+                .filter_map(|id| self.msgs.get(id).and_then(|m| m.info.as_ref()))
+                .collect();
             if let Err(e) = durable::sync_all(&files, &[]) {
                 log!("cannot sync info files: {e}");
             }
         }
         let mut to_persist = Vec::new();
         for id in std::mem::take(&mut self.touched) {
-            let Some(m) = self.msgs.get(&id) else { continue };
+            let Some(m) = self.msgs.get(&id) else {
+                continue;
+            };
             if m.complete() {
                 self.finish(id);
             } else if m.persist && m.info.is_none() && m.busy() == 0 {
@@ -285,7 +341,14 @@ impl Scheduler {
                 .rcpts
                 .iter()
                 .filter(|r| r.state == State::Failed)
-                .map(|r| Failed { addr: r.addr.clone(), text: r.failure.as_ref().map(|f| f.1.clone()).unwrap_or_else(|| "failed".into()) })
+                .map(|r| Failed {
+                    addr: r.addr.clone(),
+                    text: r
+                        .failure
+                        .as_ref()
+                        .map(|f| f.1.clone())
+                        .unwrap_or_else(|| "failed".into()),
+                })
                 .collect();
             if !failed.is_empty()
                 && let Err(e) = self.send_bounce(m, &failed)
@@ -308,9 +371,22 @@ impl Scheduler {
     }
 
     fn send_bounce(&self, m: &Msg, failed: &[Failed]) -> std::io::Result<()> {
-        let path = if m.loc == state::Loc::Mess { self.queue.mess(&m.id) } else { self.queue.todo(&m.id) };
-        let header = QueueFile::open(&path).and_then(|q| q.read_head(64 * 1024)).unwrap_or_default();
-        let Some(b) = bounce::build(&self.cfg, &m.id.to_string(), &m.sender, m.birth, failed, &header) else {
+        let path = if m.loc == state::Loc::Mess {
+            self.queue.mess(&m.id)
+        } else {
+            self.queue.todo(&m.id)
+        };
+        let header = QueueFile::open(&path)
+            .and_then(|q| q.read_head(64 * 1024))
+            .unwrap_or_default();
+        let Some(b) = bounce::build(
+            &self.cfg,
+            &m.id.to_string(),
+            &m.sender,
+            m.birth,
+            failed,
+            &header,
+        ) else {
             log!("{}: a double bounce failed; dropped", m.id);
             return Ok(());
         };
@@ -330,7 +406,11 @@ impl Scheduler {
                 break;
             }
             self.finish_later.pop_first();
-            if self.msgs.get(&id).is_some_and(|m| m.finish_retry == Some(when)) {
+            if self
+                .msgs
+                .get(&id)
+                .is_some_and(|m| m.finish_retry == Some(when))
+            {
                 self.finish(id);
             }
         }

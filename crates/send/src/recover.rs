@@ -65,7 +65,12 @@ impl Scheduler {
             }
         }
         // Messages that were complete when send stopped are finished now.
-        let done: Vec<MsgId> = self.msgs.iter().filter(|(_, m)| m.complete()).map(|(id, _)| *id).collect();
+        let done: Vec<MsgId> = self
+            .msgs
+            .iter()
+            .filter(|(_, m)| m.complete())
+            .map(|(id, _)| *id)
+            .collect();
         for id in done {
             self.finish(id);
         }
@@ -79,10 +84,20 @@ impl Scheduler {
             Ok((f, i)) => Ok(Msg::from_info(mid, f, loc, i)),
             Err(e) => {
                 log!("{mid}: info unreadable ({e}); rebuilding it from the envelope");
-                let qpath = if loc == Loc::Mess { self.queue.mess(&mid) } else { self.queue.todo(&mid) };
+                let qpath = if loc == Loc::Mess {
+                    self.queue.mess(&mid)
+                } else {
+                    self.queue.todo(&mid)
+                };
                 let qf = QueueFile::open(&qpath)?;
                 let env = qf.envelope()?;
-                let birth = qf.file.metadata()?.modified().ok().map(secs).unwrap_or_else(date::now_secs);
+                let birth = qf
+                    .file
+                    .metadata()?
+                    .modified()
+                    .ok()
+                    .map(secs)
+                    .unwrap_or_else(date::now_secs);
                 let rcpts = self.classify(&env.recipients);
                 let f = info::create(path, &info::encode(birth, &env.sender, &rcpts))?;
                 f.sync_all()?;
@@ -96,7 +111,9 @@ impl Scheduler {
     /// `due`, or (None) when its retry schedule says, counting from its last failure.
     pub fn schedule_pending(&mut self, mid: MsgId, due: Option<u64>) {
         let now = date::now_secs();
-        let Some(m) = self.msgs.get_mut(&mid) else { return };
+        let Some(m) = self.msgs.get_mut(&mid) else {
+            return;
+        };
         if m.hold || m.deleting {
             return;
         }
@@ -114,5 +131,7 @@ impl Scheduler {
 }
 
 pub fn secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -48,12 +48,22 @@ pub struct Peer {
 
 impl Peer {
     fn open(name: &'static str, to: i32, from: i32) -> io::Result<Peer> {
-        let missing = || io::Error::other(format!("fd {to}/{from} to {name} is not open (send is started by start)"));
+        let missing = || {
+            io::Error::other(format!(
+                "fd {to}/{from} to {name} is not open (send is started by start)"
+            ))
+        };
         let tx = pipe::Sender::from(ferry_sys::take_fd(to).ok_or_else(missing)?);
         let rx = pipe::Receiver::from(ferry_sys::take_fd(from).ok_or_else(missing)?);
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        Ok(Peer { name, tx, rx, reader: Reader::new(), outbox: Outbox::default() })
+        Ok(Peer {
+            name,
+            tx,
+            rx,
+            reader: Reader::new(),
+            outbox: Outbox::default(),
+        })
     }
     pub fn send(&mut self, r: &Record) {
         self.outbox.push(r);
@@ -114,7 +124,9 @@ impl Scheduler {
             .write(true)
             .custom_flags(nix::libc::O_NONBLOCK)
             .open(queue.trigger())
-            .map_err(|e| io::Error::other(format!("cannot open {}: {e}", queue.trigger().display())))?;
+            .map_err(|e| {
+                io::Error::other(format!("cannot open {}: {e}", queue.trigger().display()))
+            })?;
         let ctl = crate::ctl::Ctl::bind(&queue.ctl_socket())?;
         Ok(Scheduler {
             poll: Poll::new()?,
@@ -155,10 +167,15 @@ impl Scheduler {
         reg.register(&mut self.rspawn.tx, RSPAWN_OUT, Interest::WRITABLE)?;
         reg.register(&mut self.clean.rx, CLEAN_IN, Interest::READABLE)?;
         reg.register(&mut self.clean.tx, CLEAN_OUT, Interest::WRITABLE)?;
-        reg.register(&mut SourceFd(&self.trigger.as_raw_fd()), TRIGGER, Interest::READABLE)?;
+        reg.register(
+            &mut SourceFd(&self.trigger.as_raw_fd()),
+            TRIGGER,
+            Interest::READABLE,
+        )?;
         reg.register(&mut self.ctl.listener, CTL_LISTEN, Interest::READABLE)?;
         use signal_hook::consts::{SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGTERM])?;
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGTERM])?;
         reg.register(&mut signals, SIGNALS, Interest::READABLE)?;
 
         self.recover()?;
@@ -207,7 +224,10 @@ impl Scheduler {
                                 }
                                 SIGHUP => self.reload(),
                                 SIGTERM | SIGINT if self.stopping.is_none() => {
-                                    log!("stopping: waiting for {} running deliveries", self.jobs.len());
+                                    log!(
+                                        "stopping: waiting for {} running deliveries",
+                                        self.jobs.len()
+                                    );
                                     self.stopping = Some(Instant::now());
                                 }
                                 _ => reap(),
@@ -243,7 +263,9 @@ impl Scheduler {
     }
 
     fn timeout(&self, last_scan: Instant) -> Duration {
-        if (self.scan_todo || (!self.new_ids.is_empty() && self.msgs.len() < MAX_ACTIVE)) && self.stopping.is_none() {
+        if (self.scan_todo || (!self.new_ids.is_empty() && self.msgs.len() < MAX_ACTIVE))
+            && self.stopping.is_none()
+        {
             return Duration::ZERO;
         }
         let mut t = RESCAN.saturating_sub(last_scan.elapsed());
@@ -251,7 +273,10 @@ impl Scheduler {
             t = t.min(Duration::from_millis(200));
         }
         let now_ms = date::now_millis();
-        let next = [self.schedule.first_due(), self.finish_later.first().map(|e| e.0)];
+        let next = [
+            self.schedule.first_due(),
+            self.finish_later.first().map(|e| e.0),
+        ];
         for due in next.into_iter().flatten() {
             t = t.min(Duration::from_millis((due * 1000).saturating_sub(now_ms)));
         }
@@ -260,7 +285,9 @@ impl Scheduler {
 
     fn flush_peers(&mut self) -> io::Result<()> {
         for p in [&mut self.lspawn, &mut self.rspawn, &mut self.clean] {
-            p.outbox.flush_to(&mut p.tx).map_err(|e| io::Error::other(format!("{} is gone ({e}); stopping", p.name)))?;
+            p.outbox
+                .flush_to(&mut p.tx)
+                .map_err(|e| io::Error::other(format!("{} is gone ({e}); stopping", p.name)))?;
         }
         Ok(())
     }
@@ -285,7 +312,9 @@ impl Scheduler {
         }
         if !open {
             self.settle();
-            return Err(io::Error::other(format!("{name} exited; stopping so that s6 restarts the service")));
+            return Err(io::Error::other(format!(
+                "{name} exited; stopping so that s6 restarts the service"
+            )));
         }
         Ok(())
     }

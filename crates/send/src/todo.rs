@@ -27,7 +27,11 @@ const MAX_ALIAS_DEPTH: usize = 10;
 impl Scheduler {
     pub fn router(&self) -> Router<'_, SystemAccounts> {
         let only_uid = (self.mode == Mode::SingleUser).then(|| ferry_sys::uids().0);
-        Router { cfg: &self.cfg, mail_dir: self.root.mail(), accounts: SystemAccounts { only_uid } }
+        Router {
+            cfg: &self.cfg,
+            mail_dir: self.root.mail(),
+            accounts: SystemAccounts { only_uid },
+        }
     }
 
     /// Reads what writers announced on the trigger FIFO: message ids, one per line.
@@ -65,7 +69,9 @@ impl Scheduler {
         let now = date::now_secs();
         let mut n = 0;
         while n < TODO_BATCH && self.msgs.len() < MAX_ACTIVE {
-            let Some(id) = self.new_ids.pop_front() else { break };
+            let Some(id) = self.new_ids.pop_front() else {
+                break;
+            };
             self.new_set.remove(&id);
             if self.msgs.contains_key(&id) {
                 continue;
@@ -98,8 +104,19 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let env = qf.envelope()?;
-        let birth = qf.file.metadata()?.modified().ok().map(secs).unwrap_or_else(date::now_secs);
-        Ok(Some(Msg::new(id, birth, env.sender, self.classify(&env.recipients))))
+        let birth = qf
+            .file
+            .metadata()?
+            .modified()
+            .ok()
+            .map(secs)
+            .unwrap_or_else(date::now_secs);
+        Ok(Some(Msg::new(
+            id,
+            birth,
+            env.sender,
+            self.classify(&env.recipients),
+        )))
     }
 
     /// Expands aliases and decides the channel of each recipient; duplicates go.
@@ -107,7 +124,11 @@ impl Scheduler {
         let router = self.router();
         let mut out: Vec<(String, Channel)> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
-        let mut stack: Vec<(String, usize)> = rcpts.iter().rev().map(|r| (addr::normalize(r), 0)).collect();
+        let mut stack: Vec<(String, usize)> = rcpts
+            .iter()
+            .rev()
+            .map(|r| (addr::normalize(r), 0))
+            .collect();
         let mut expanded: HashSet<String> = HashSet::new();
         while let Some((a, depth)) = stack.pop() {
             let domain = addr::split(&a).1.to_string();
@@ -136,11 +157,16 @@ impl Scheduler {
     pub fn persist(&mut self, ids: Vec<MsgId>) {
         let mut written: Vec<(MsgId, File)> = Vec::new();
         for id in ids {
-            let Some(m) = self.msgs.get(&id) else { continue };
+            let Some(m) = self.msgs.get(&id) else {
+                continue;
+            };
             let tmp = self.queue.info(&id).with_extension("tmp");
             match info::create(&tmp, &m.encode_info()) {
                 Ok(f) => written.push((id, f)),
-                Err(e) => log!("{id}: cannot write {}: {e}; the message stays in todo/", tmp.display()),
+                Err(e) => log!(
+                    "{id}: cannot write {}: {e}; the message stays in todo/",
+                    tmp.display()
+                ),
             }
         }
         if written.is_empty() {
@@ -160,7 +186,8 @@ impl Scheduler {
             }
         }
         if let Some(first) = renamed.first()
-            && let Err(e) = std::fs::File::open(self.queue.info(first)).and_then(|f| durable::syncfs(&f))
+            && let Err(e) =
+                std::fs::File::open(self.queue.info(first)).and_then(|f| durable::syncfs(&f))
         {
             log!("cannot sync info directories: {e}");
             return;
@@ -188,7 +215,9 @@ impl Scheduler {
 
     /// clean's answer to `M id` (moved into mess/) or `D id` (deleted).
     pub fn clean_reply(&mut self, r: Record) {
-        let Some(id) = r.str(0).ok().and_then(MsgId::parse) else { return };
+        let Some(id) = r.str(0).ok().and_then(MsgId::parse) else {
+            return;
+        };
         if r.kind != b'm' {
             return;
         }
@@ -199,7 +228,9 @@ impl Scheduler {
             if status == "ok" || mess {
                 m.loc = Loc::Mess;
             } else {
-                log!("{id}: clean could not move it into mess/ ({status}); it is delivered from todo/");
+                log!(
+                    "{id}: clean could not move it into mess/ ({status}); it is delivered from todo/"
+                );
             }
         }
         self.touched.insert(id);

@@ -29,7 +29,9 @@ pub enum Mode {
 }
 
 /// Options that take a value (attached or as the next argument).
-const WITH_VALUE: &[char] = &['f', 'F', 'r', 'B', 'N', 'R', 'V', 'X', 'C', 'L', 'O', 'h', 'p', 'A', 'o', 'b'];
+const WITH_VALUE: &[char] = &[
+    'f', 'F', 'r', 'B', 'N', 'R', 'V', 'X', 'C', 'L', 'O', 'h', 'p', 'A', 'o', 'b',
+];
 
 pub fn parse(argv: &[String]) -> Result<Args, String> {
     let mut a = Args::default();
@@ -45,8 +47,7 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             a.recipients.push(arg.clone());
             continue;
         }
-        let mut chars = arg[1..].char_indices();
-        while let Some((pos, c)) = chars.next() {
+        for (pos, c) in arg[1..].char_indices() {
             if c == 'q' {
                 a.mode = Mode::Flush;
                 break;
@@ -116,7 +117,7 @@ mod tests {
         let a = p("-t -i -f me@x.example");
         assert!(a.extract && a.ignore_dots);
         assert_eq!(a.sender.as_deref(), Some("me@x.example"));
-        assert_eq!(p("-ti").extract, true);
+        assert!(p("-ti").extract);
         assert_eq!(p("-bp").mode, Mode::ListQueue);
         assert_eq!(p("-q").mode, Mode::Flush);
         assert_eq!(p("-bd").mode, Mode::Unsupported("-bd".into()));

@@ -41,10 +41,14 @@ fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut a = args::parse(&argv).unwrap_or_else(|e| fail(EX_USAGE, e));
     // Called as mailq (a link): list the queue.
-    if std::env::args().next().is_some_and(|a0| a0.rsplit('/').next() == Some("mailq")) {
+    if std::env::args()
+        .next()
+        .is_some_and(|a0| a0.rsplit('/').next() == Some("mailq"))
+    {
         a.mode = Mode::ListQueue;
     }
-    let root = Root::from_exe().unwrap_or_else(|e| fail(EX_SOFTWARE, format!("cannot find the ferry root: {e}")));
+    let root = Root::from_exe()
+        .unwrap_or_else(|e| fail(EX_SOFTWARE, format!("cannot find the ferry root: {e}")));
     let ctl = |args: &[&str]| -> ! {
         let e = Command::new(root.bin("ferryctl")).args(args).exec();
         fail(EX_SOFTWARE, format!("cannot run ferryctl: {e}"))
@@ -70,11 +74,16 @@ fn main() {
 fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     let me = ferry_sys::Cred::current();
     let mut input = io::BufReader::with_capacity(64 * 1024, io::stdin().lock());
-    let head = read_header(&mut input, !a.ignore_dots).unwrap_or_else(|e| fail(EX_TEMPFAIL, format!("cannot read the message: {e}")));
+    let head = read_header(&mut input, !a.ignore_dots)
+        .unwrap_or_else(|e| fail(EX_TEMPFAIL, format!("cannot read the message: {e}")));
     let fields = rfc5322::fields(&head.bytes);
     let has = |name: &str| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
 
-    let mut recipients: Vec<String> = a.recipients.iter().flat_map(|r| rfc5322::addresses(r)).collect();
+    let mut recipients: Vec<String> = a
+        .recipients
+        .iter()
+        .flat_map(|r| rfc5322::addresses(r))
+        .collect();
     if a.extract {
         for (n, v) in &fields {
             if ["to", "cc", "bcc"].contains(&n.to_ascii_lowercase().as_str()) {
@@ -82,16 +91,26 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
             }
         }
     }
-    let recipients: Vec<String> = recipients.iter().map(|r| addr::normalize(&addr::qualify(r, &cfg.defaultdomain))).collect();
+    let recipients: Vec<String> = recipients
+        .iter()
+        .map(|r| addr::normalize(&addr::qualify(r, &cfg.defaultdomain)))
+        .collect();
     if recipients.is_empty() {
-        fail(EX_USAGE, "no recipients: name them on the command line, or use -t with To/Cc/Bcc headers");
+        fail(
+            EX_USAGE,
+            "no recipients: name them on the command line, or use -t with To/Cc/Bcc headers",
+        );
     }
     for r in &recipients {
         if let Err(e) = envelope::check_address(r.as_bytes()) {
             fail(EX_DATAERR, format!("recipient {r:?}: {e}"));
         }
     }
-    let sender = match a.sender.as_deref().map(|s| s.trim().trim_start_matches('<').trim_end_matches('>')) {
+    let sender = match a
+        .sender
+        .as_deref()
+        .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
+    {
         Some("") => String::new(),
         Some(s) => addr::normalize(&addr::qualify(s, &cfg.defaultdomain)),
         None => format!("{}@{}", me.name, cfg.defaultdomain),
@@ -107,12 +126,28 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     if !has("Message-ID") {
         let mut r = [0u8; 8];
         let _ = ferry_sys::random_bytes(&mut r);
-        header.extend(format!("Message-ID: <{}.{:016x}@{}>\n", date::now_secs(), u64::from_ne_bytes(r), cfg.me).as_bytes());
+        header.extend(
+            format!(
+                "Message-ID: <{}.{:016x}@{}>\n",
+                date::now_secs(),
+                u64::from_ne_bytes(r),
+                cfg.me
+            )
+            .as_bytes(),
+        );
     }
     if !has("From") {
-        let name = a.fullname.clone().or_else(|| gecos(&me)).unwrap_or_default();
+        let name = a
+            .fullname
+            .clone()
+            .or_else(|| gecos(&me))
+            .unwrap_or_default();
         let from = format!("{}@{}", me.name, cfg.defaultdomain);
-        let line = if name.is_empty() { format!("From: {from}\n") } else { format!("From: {} <{from}>\n", quote_phrase(&name)) };
+        let line = if name.is_empty() {
+            format!("From: {from}\n")
+        } else {
+            format!("From: {} <{from}>\n", quote_phrase(&name))
+        };
         header.extend(line.as_bytes());
     }
     header.push(b'\n');
@@ -120,14 +155,28 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
         header.extend_from_slice(first);
     }
     let env = Envelope { sender, recipients };
-    let mut body = Body { input, dots: !a.ignore_dots, done: head.ended, line: Vec::new(), pos: 0 };
+    let mut body = Body {
+        input,
+        dots: !a.ignore_dots,
+        done: head.ended,
+        line: Vec::new(),
+        pos: 0,
+    };
     let mut message = header.as_slice().chain(&mut body);
     match inject::run_queue(root, &mut message, &env) {
         Ok(r) if r.code == 0 => 0,
         Ok(r) => {
             let meaning = status::queue_exit(r.code).meaning;
-            eprintln!("sendmail: message not sent: {} ({meaning}, queue exit {})", r.reason(), r.code);
-            if status::queue_exit_is_permanent(r.code) { EX_DATAERR } else { EX_TEMPFAIL }
+            eprintln!(
+                "sendmail: message not sent: {} ({meaning}, queue exit {})",
+                r.reason(),
+                r.code
+            );
+            if status::queue_exit_is_permanent(r.code) {
+                EX_DATAERR
+            } else {
+                EX_TEMPFAIL
+            }
         }
         Err(e) => fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")),
     }
@@ -149,23 +198,42 @@ fn read_header(input: &mut impl BufRead, dots: bool) -> io::Result<Head> {
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok(Head { bytes, first_body_line: None, ended: true });
+            return Ok(Head {
+                bytes,
+                first_body_line: None,
+                ended: true,
+            });
         }
         normalize(&mut line);
         if dots && line == b".\n" {
-            return Ok(Head { bytes, first_body_line: None, ended: true });
+            return Ok(Head {
+                bytes,
+                first_body_line: None,
+                ended: true,
+            });
         }
         if line == b"\n" {
-            return Ok(Head { bytes, first_body_line: None, ended: false });
+            return Ok(Head {
+                bytes,
+                first_body_line: None,
+                ended: false,
+            });
         }
         let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
         if (continuation && !bytes.is_empty()) || rfc5322::is_field_line(&line) {
             bytes.extend_from_slice(&line);
             if bytes.len() > MAX_HEADER {
-                fail(EX_DATAERR, format!("the message header is larger than {MAX_HEADER} bytes"));
+                fail(
+                    EX_DATAERR,
+                    format!("the message header is larger than {MAX_HEADER} bytes"),
+                );
             }
         } else {
-            return Ok(Head { bytes, first_body_line: Some(line), ended: false });
+            return Ok(Head {
+                bytes,
+                first_body_line: Some(line),
+                ended: false,
+            });
         }
     }
 }
@@ -200,14 +268,23 @@ fn strip_bcc(header: &[u8]) -> Vec<u8> {
 
 fn gecos(me: &ferry_sys::Cred) -> Option<String> {
     let u = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(me.uid)).ok()??;
-    let g = u.gecos.to_string_lossy().split(',').next()?.trim().to_string();
+    let g = u
+        .gecos
+        .to_string_lossy()
+        .split(',')
+        .next()?
+        .trim()
+        .to_string();
     (!g.is_empty()).then_some(g)
 }
 
 /// A display name, quoted when it has characters that are special in a phrase.
 fn quote_phrase(name: &str) -> String {
     let clean: String = name.chars().filter(|c| !c.is_control()).collect();
-    if clean.chars().all(|c| c.is_alphanumeric() || c == ' ' || c == '-' || c == '\'') {
+    if clean
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == ' ' || c == '-' || c == '\'')
+    {
         clean
     } else {
         format!("\"{}\"", clean.replace('\\', "\\\\").replace('"', "\\\""))
@@ -255,10 +332,18 @@ mod tests {
 
     #[test]
     fn header_and_body() {
-        let mut input = io::Cursor::new(b"Subject: hi\r\nBcc: x@y,\r\n  z@w\r\nTo: a@b\r\n\r\nline\r\n.\r\nafter\r\n".to_vec());
+        let mut input = io::Cursor::new(
+            b"Subject: hi\r\nBcc: x@y,\r\n  z@w\r\nTo: a@b\r\n\r\nline\r\n.\r\nafter\r\n".to_vec(),
+        );
         let h = read_header(&mut input, true).unwrap();
         assert_eq!(strip_bcc(&h.bytes), b"Subject: hi\nTo: a@b\n");
-        let mut body = Body { input, dots: true, done: h.ended, line: Vec::new(), pos: 0 };
+        let mut body = Body {
+            input,
+            dots: true,
+            done: h.ended,
+            line: Vec::new(),
+            pos: 0,
+        };
         let mut s = String::new();
         body.read_to_string(&mut s).unwrap();
         assert_eq!(s, "line\n");

@@ -31,13 +31,21 @@ pub struct Conn {
 
 pub enum ReadResult {
     /// New bytes arrived (and whether they hold a line end or a good amount of data).
-    Got { progress: bool },
+    Got {
+        progress: bool,
+    },
     Nothing,
     Eof,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session, deadline: Instant, limited: bool) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        session: Session,
+        deadline: Instant,
+        limited: bool,
+    ) -> Conn {
         Conn {
             stream,
             peer,
@@ -106,7 +114,11 @@ impl Conn {
             self.session.tls_started(crate::tls::describe(tls));
             progress = true;
         }
-        Ok(if got || progress { ReadResult::Got { progress } } else { ReadResult::Nothing })
+        Ok(if got || progress {
+            ReadResult::Got { progress }
+        } else {
+            ReadResult::Nothing
+        })
     }
 
     /// Writes the session's replies (through TLS once it is on). True when all is sent.

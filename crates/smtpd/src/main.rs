@@ -27,9 +27,9 @@ mod session;
 mod tls;
 
 use ferry_common::config::Config;
+use ferry_common::log;
 use ferry_common::root::Root;
 use ferry_common::users::{self, Mode};
-use ferry_common::log;
 use std::process::{Command, Stdio};
 
 fn main() {
@@ -46,7 +46,8 @@ fn main() {
 fn run() -> std::io::Result<i32> {
     let ready_fd = std::env::args().nth(1).and_then(|a| a.parse::<i32>().ok());
     let root = Root::from_exe()?;
-    let cfg = Config::load(&root).map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
+    let cfg = Config::load(&root)
+        .map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
     let mode = Mode::current();
     let mut listeners = Vec::new();
     for addr in &cfg.smtplisten {
@@ -64,7 +65,10 @@ fn run() -> std::io::Result<i32> {
     };
     let nofile = ferry_sys::raise_nofile(cfg.concurrencyincoming * 2 + 256);
     if nofile < cfg.concurrencyincoming + 64 {
-        log!("open-file limit {nofile} is low for concurrencyincoming {}", cfg.concurrencyincoming);
+        log!(
+            "open-file limit {nofile} is low for concurrencyincoming {}",
+            cfg.concurrencyincoming
+        );
     }
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut cmd = Command::new(root.bin("qwriter"));
@@ -76,13 +80,24 @@ fn run() -> std::io::Result<i32> {
     if mode == Mode::Separated {
         ferry_sys::command_as(&mut cmd, &mode.cred(users::QUEUE)?);
     }
-    let mut writer = cmd.spawn().map_err(|e| std::io::Error::other(format!("cannot start qwriter: {e}")))?;
+    let mut writer = cmd
+        .spawn()
+        .map_err(|e| std::io::Error::other(format!("cannot start qwriter: {e}")))?;
     if mode == Mode::Separated {
         ferry_sys::drop_privileges(&mode.cred(users::SMTPD)?)?;
     }
     let only_uid = (mode == Mode::SingleUser).then(|| ferry_sys::uids().0);
-    let policy = policy::ConfigPolicy { mail_dir: root.mail(), cfg, only_uid };
-    let listening: Vec<String> = policy.cfg.smtplisten.iter().map(|a| a.to_string()).collect();
+    let policy = policy::ConfigPolicy {
+        mail_dir: root.mail(),
+        cfg,
+        only_uid,
+    };
+    let listening: Vec<String> = policy
+        .cfg
+        .smtplisten
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let starttls = tls.is_some();
     let mut server = server::Server::new(root, policy, tls, listeners, mine)?;
     let code = server.run(|| {
@@ -90,7 +105,11 @@ fn run() -> std::io::Result<i32> {
             "listening on {} ({}; STARTTLS {})",
             listening.join(", "),
             mode.describe(),
-            if starttls { "on" } else { "off: no control/tlscert" }
+            if starttls {
+                "on"
+            } else {
+                "off: no control/tlscert"
+            }
         );
         if let Some(fd) = ready_fd {
             ferry_sys::notify_ready(fd);

@@ -45,7 +45,8 @@ pub struct ConfigPolicy {
 fn listed(list: &[String], address: &str) -> bool {
     let a = address.to_lowercase();
     let domain = addr::split(&a).1.to_string();
-    list.iter().any(|e| *e == a || (e.starts_with('@') && e[1..] == domain))
+    list.iter()
+        .any(|e| *e == a || (e.starts_with('@') && e[1..] == domain))
 }
 
 impl Policy for ConfigPolicy {
@@ -64,30 +65,48 @@ impl Policy for ConfigPolicy {
 
     fn check_mail(&self, sender: &str, _client: &Client) -> Result<(), Reply> {
         if !sender.is_empty() && listed(&self.cfg.badmailfrom, sender) {
-            return Err(Reply::new(553, "5.7.1", &format!("<{sender}>: Sender address rejected by policy")));
+            return Err(Reply::new(
+                553,
+                "5.7.1",
+                &format!("<{sender}>: Sender address rejected by policy"),
+            ));
         }
         Ok(())
     }
 
     fn check_rcpt(&self, rcpt: &str, client: &Client) -> Result<(), Reply> {
         if listed(&self.cfg.badrcptto, rcpt) {
-            return Err(Reply::new(550, "5.7.1", &format!("<{rcpt}>: Recipient address rejected by policy")));
+            return Err(Reply::new(
+                550,
+                "5.7.1",
+                &format!("<{rcpt}>: Recipient address rejected by policy"),
+            ));
         }
         let domain = addr::split(rcpt).1.to_lowercase();
         if self.cfg.is_ours(&domain) {
             let router = Router {
                 cfg: &self.cfg,
                 mail_dir: self.mail_dir.clone(),
-                accounts: SystemAccounts { only_uid: self.only_uid },
+                accounts: SystemAccounts {
+                    only_uid: self.only_uid,
+                },
             };
             return match router.resolve(rcpt) {
-                Resolved::Unknown(why) => Err(Reply::new(550, "5.1.1", &format!("<{rcpt}>: Recipient address rejected: {why}"))),
+                Resolved::Unknown(why) => Err(Reply::new(
+                    550,
+                    "5.1.1",
+                    &format!("<{rcpt}>: Recipient address rejected: {why}"),
+                )),
                 Resolved::Deliver(_) => Ok(()),
             };
         }
         if (self.cfg.is_rcpthost(&domain) && !domain.starts_with('[')) || client.relay {
             return Ok(());
         }
-        Err(Reply::new(554, "5.7.1", &format!("<{rcpt}>: Relay access denied")))
+        Err(Reply::new(
+            554,
+            "5.7.1",
+            &format!("<{rcpt}>: Relay access denied"),
+        ))
     }
 }

@@ -47,7 +47,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(root: Root, policy: ConfigPolicy, tls: Option<Arc<ServerConfig>>, listeners: Vec<std::net::TcpListener>, writer: std::os::unix::net::UnixStream) -> io::Result<Server> {
+    pub fn new(
+        root: Root,
+        policy: ConfigPolicy,
+        tls: Option<Arc<ServerConfig>>,
+        listeners: Vec<std::net::TcpListener>,
+        writer: std::os::unix::net::UnixStream,
+    ) -> io::Result<Server> {
         writer.set_nonblocking(true)?;
         Ok(Server {
             root,
@@ -75,17 +81,28 @@ impl Server {
 
     pub fn run(&mut self, ready: impl FnOnce()) -> io::Result<i32> {
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            self.poll.registry().register(l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+            self.poll
+                .registry()
+                .register(l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
         }
-        self.poll.registry().register(&mut self.writer, WRITER, Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut self.writer,
+            WRITER,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
-        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
         ready();
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         loop {
-            match self.poll.poll(&mut events, Some(Duration::from_millis(500))) {
+            match self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(500)))
+            {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -102,7 +119,9 @@ impl Server {
                             }
                         }
                     }
-                    Token(t) if (FIRST_LISTENER..FIRST_CONN).contains(&t) => self.accept(t - FIRST_LISTENER),
+                    Token(t) if (FIRST_LISTENER..FIRST_CONN).contains(&t) => {
+                        self.accept(t - FIRST_LISTENER)
+                    }
                     Token(t) => self.conn_event(t),
                 }
             }
@@ -122,7 +141,9 @@ impl Server {
 
     fn accept(&mut self, idx: usize) {
         loop {
-            let Some(l) = self.listeners.get(idx) else { return };
+            let Some(l) = self.listeners.get(idx) else {
+                return;
+            };
             let (mut stream, peer) = match l.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -135,18 +156,37 @@ impl Server {
             let relay = self.cfg().is_relay_client(ip);
             let limited = !relay && !ip.is_loopback();
             if self.conns.len() as u64 >= self.cfg().concurrencyincoming {
-                let _ = io::Write::write(&mut stream, b"421 4.3.2 Too many connections; try again later\r\n");
-                log!("refused {ip}: {} sessions already (concurrencyincoming)", self.conns.len());
+                let _ = io::Write::write(
+                    &mut stream,
+                    b"421 4.3.2 Too many connections; try again later\r\n",
+                );
+                log!(
+                    "refused {ip}: {} sessions already (concurrencyincoming)",
+                    self.conns.len()
+                );
                 continue;
             }
-            if limited && self.per_ip.get(&ip).copied().unwrap_or(0) >= self.cfg().concurrencyperip {
-                let _ = io::Write::write(&mut stream, b"421 4.7.0 Too many connections from your address; try again later\r\n");
+            if limited && self.per_ip.get(&ip).copied().unwrap_or(0) >= self.cfg().concurrencyperip
+            {
+                let _ = io::Write::write(
+                    &mut stream,
+                    b"421 4.7.0 Too many connections from your address; try again later\r\n",
+                );
                 log!("refused {ip}: too many sessions from it (concurrencyperip)");
                 continue;
             }
             let token = self.next_token;
             self.next_token += 1;
-            if self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(token),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
                 continue;
             }
             if limited {
@@ -155,7 +195,8 @@ impl Server {
             let mut session = Session::new(Client { ip, relay }, self.tls.is_some());
             session.greeting(&self.policy.cfg.smtpgreeting);
             let deadline = Instant::now() + self.timeout();
-            self.conns.insert(token, Conn::new(stream, peer, session, deadline, limited));
+            self.conns
+                .insert(token, Conn::new(stream, peer, session, deadline, limited));
             self.conn_event(token);
         }
     }
@@ -172,11 +213,14 @@ impl Server {
     fn conn_event(&mut self, token: usize) {
         let backlogged = self.writer_backlogged();
         let timeout = self.timeout();
-        let Some(c) = self.conns.get_mut(&token) else { return };
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
         let mut events = Vec::new();
         let mut failed: Option<String> = None;
         loop {
-            let can_read = !c.eof && !(backlogged && c.session.in_data()) && !c.tls_pending && !c.session.is_closed();
+            let paused = backlogged && c.session.in_data();
+            let can_read = !c.eof && !paused && !c.tls_pending && !c.session.is_closed();
             if backlogged && c.session.in_data() {
                 self.paused.insert(token);
             }
@@ -200,7 +244,12 @@ impl Server {
             let consumed = c.session.input(&mut c.inbuf, &self.policy, &mut events);
             for ev in events.drain(..) {
                 match ev {
-                    Event::Begin { helo, protocol, sender, rcpts } => {
+                    Event::Begin {
+                        helo,
+                        protocol,
+                        sender,
+                        rcpts,
+                    } => {
                         let txn = self.next_txn;
                         self.next_txn += 1;
                         c.txn = Some(txn);
@@ -219,7 +268,8 @@ impl Server {
                     }
                     Event::Chunk(bytes) => {
                         if let Some(t) = c.txn {
-                            self.writer_out.push(&Record::new(b'C').with_u64(t).with(bytes));
+                            self.writer_out
+                                .push(&Record::new(b'C').with_u64(t).with(bytes));
                         }
                     }
                     Event::End => {
@@ -235,8 +285,17 @@ impl Server {
                     }
                     Event::StartTls => c.tls_pending = true,
                     Event::Close => {}
-                    Event::Refused { sender, rcpts, reply } => {
-                        log!("message ip={} from=<{}> rcpts={rcpts} result={}", c.peer.ip(), log::quote(&sender, 300), log::quote(&reply, 200));
+                    Event::Refused {
+                        sender,
+                        rcpts,
+                        reply,
+                    } => {
+                        log!(
+                            "message ip={} from=<{}> rcpts={rcpts} result={}",
+                            c.peer.ip(),
+                            log::quote(&sender, 300),
+                            log::quote(&reply, 200)
+                        );
                     }
                 }
             }
@@ -261,18 +320,26 @@ impl Server {
             }
         }
         let _ = self.writer_out.flush_to(&mut self.writer);
-        let Some(c) = self.conns.get(&token) else { return };
+        let Some(c) = self.conns.get(&token) else {
+            return;
+        };
         let done = c.session.is_closed() || c.eof;
         if let Some(why) = failed {
             self.close(token, &format!("error: {why}"));
         } else if done && !c.session.waiting_for_commit() {
-            let why = if c.session.is_closed() { "quit" } else { "client closed" };
+            let why = if c.session.is_closed() {
+                "quit"
+            } else {
+                "client closed"
+            };
             self.close(token, why);
         }
     }
 
     pub fn close(&mut self, token: usize, why: &str) {
-        let Some(mut c) = self.conns.remove(&token) else { return };
+        let Some(mut c) = self.conns.remove(&token) else {
+            return;
+        };
         if let Some(t) = c.txn.take() {
             self.txns.remove(&t);
             self.writer_out.push(&Record::new(b'A').with_u64(t));
@@ -304,7 +371,11 @@ impl Server {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match self.writer.read(&mut buf) {
-                Ok(0) => return Err(io::Error::other("the queue writer exited; stopping so that s6 restarts smtpd")),
+                Ok(0) => {
+                    return Err(io::Error::other(
+                        "the queue writer exited; stopping so that s6 restarts smtpd",
+                    ));
+                }
                 Ok(n) => self.writer_in.feed(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -314,17 +385,30 @@ impl Server {
         let timeout = self.timeout();
         while let Some(r) = self.writer_in.next_record()? {
             let txn = r.u64(0)?;
-            let Some(token) = self.txns.remove(&txn) else { continue };
+            let Some(token) = self.txns.remove(&txn) else {
+                continue;
+            };
             let result = match r.kind {
                 b'K' => Ok(r.str(1)?.to_string()),
-                _ => Err((r.str(1)?.parse::<i32>().unwrap_or(ferry_common::status::QUEUE_BUG), r.str(2).unwrap_or("").to_string())),
+                _ => Err((
+                    r.str(1)?
+                        .parse::<i32>()
+                        .unwrap_or(ferry_common::status::QUEUE_BUG),
+                    r.str(2).unwrap_or("").to_string(),
+                )),
             };
             if let Some(c) = self.conns.get_mut(&token) {
                 c.txn = None;
-                let (sender, rcpts, bytes) = c.session.committed(result.as_ref().map(|s| s.as_str()).map_err(|e| e.0));
+                let (sender, rcpts, bytes) = c
+                    .session
+                    .committed(result.as_ref().map(|s| s.as_str()).map_err(|e| e.0));
                 let res = match &result {
                     Ok(id) => format!("250 queued id={id}"),
-                    Err((code, text)) => format!("{} ({})", ferry_common::status::queue_exit_reply(*code), log::quote(text, 200)),
+                    Err((code, text)) => format!(
+                        "{} ({})",
+                        ferry_common::status::queue_exit_reply(*code),
+                        log::quote(text, 200)
+                    ),
                 };
                 log!(
                     "message ip={} from=<{}> rcpts={rcpts} size={bytes} tls={} result={res}",
@@ -360,7 +444,8 @@ impl Server {
         for t in late {
             if let Some(c) = self.conns.get_mut(&t) {
                 let mut ev = Vec::new();
-                c.session.close_with("4.4.2", "Error: timeout exceeded", &mut ev);
+                c.session
+                    .close_with("4.4.2", "Error: timeout exceeded", &mut ev);
                 let _ = c.flush();
             }
             self.close(t, "timeout");
@@ -382,7 +467,10 @@ impl Server {
                     _ => None,
                 };
                 self.policy.cfg = cfg;
-                log!("control files reloaded; STARTTLS {}", if self.tls.is_some() { "on" } else { "off" });
+                log!(
+                    "control files reloaded; STARTTLS {}",
+                    if self.tls.is_some() { "on" } else { "off" }
+                );
             }
             Err(e) => log!("reload refused: {e}"),
         }
@@ -396,11 +484,17 @@ impl Server {
             let _ = self.poll.registry().deregister(l);
         }
         self.listeners.clear();
-        let idle: Vec<usize> = self.conns.iter().filter(|(_, c)| !c.session.in_message()).map(|(t, _)| *t).collect();
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.session.in_message())
+            .map(|(t, _)| *t)
+            .collect();
         for t in idle {
             if let Some(c) = self.conns.get_mut(&t) {
                 let mut ev = Vec::new();
-                c.session.close_with("4.3.2", "Service shutting down", &mut ev);
+                c.session
+                    .close_with("4.3.2", "Service shutting down", &mut ev);
                 let _ = c.flush();
             }
             self.close(t, "shutdown");

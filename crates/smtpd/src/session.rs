@@ -19,7 +19,12 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
     /// A message starts: envelope and what the Received line says.
-    Begin { helo: String, protocol: String, sender: String, rcpts: Vec<String> },
+    Begin {
+        helo: String,
+        protocol: String,
+        sender: String,
+        rcpts: Vec<String>,
+    },
     Chunk(Vec<u8>),
     /// The message is complete: commit it and call `committed`.
     End,
@@ -30,14 +35,21 @@ pub enum Event {
     /// Close after sending what is in `out`.
     Close,
     /// A transaction ended without reaching the queue (for the log).
-    Refused { sender: String, rcpts: usize, reply: String },
+    Refused {
+        sender: String,
+        rcpts: usize,
+        reply: String,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Command,
     Data,
-    Bdat { left: u64, last: bool },
+    Bdat {
+        left: u64,
+        last: bool,
+    },
     /// Waiting for the writer's answer.
     Commit,
     Closed,
@@ -100,7 +112,8 @@ impl Session {
     }
 
     pub fn greeting(&mut self, name: &str) {
-        self.out.extend_from_slice(format!("220 {name} ESMTP ferry\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("220 {name} ESMTP ferry\r\n").as_bytes());
     }
 
     pub fn is_closed(&self) -> bool {
@@ -173,7 +186,11 @@ impl Session {
                         if used < input.len() {
                             // CVE-2011-0411: plaintext pipelined after STARTTLS must never
                             // be taken as if it had come through TLS.
-                            self.out.extend(reply(554, "5.5.1", "Error: plaintext after STARTTLS; closing"));
+                            self.out.extend(reply(
+                                554,
+                                "5.5.1",
+                                "Error: plaintext after STARTTLS; closing",
+                            ));
                             self.phase = Phase::Closed;
                             events.push(Event::Close);
                             used = input.len();
@@ -209,26 +226,44 @@ impl Session {
         let cmd = match ferry_smtp::parse_command_with(line, utf8) {
             Ok(c) => c,
             Err(e) => {
-                let CommandError { code, enhanced, text } = e;
+                let CommandError {
+                    code,
+                    enhanced,
+                    text,
+                } = e;
                 self.error(code, enhanced, text, events);
                 return false;
             }
         };
         match cmd {
-            Command::Helo(h) | Command::Ehlo(h) if h.is_empty() => self.error(501, "5.5.4", "Error: HELO needs a name", events),
+            Command::Helo(h) | Command::Ehlo(h) if h.is_empty() => {
+                self.error(501, "5.5.4", "Error: HELO needs a name", events)
+            }
             Command::Helo(h) => {
                 self.reset(events);
                 self.helo = Some(h);
                 self.esmtp = false;
-                self.out.extend(format!("250 {}\r\n", p.hostname()).as_bytes());
+                self.out
+                    .extend(format!("250 {}\r\n", p.hostname()).as_bytes());
             }
             Command::Ehlo(h) => {
                 self.reset(events);
                 self.esmtp = true;
-                let mut lines = vec![format!("{} Hello {} [{}]", p.hostname(), clip(&h), self.client.ip)];
+                let mut lines = vec![format!(
+                    "{} Hello {} [{}]",
+                    p.hostname(),
+                    clip(&h),
+                    self.client.ip
+                )];
                 lines.push("PIPELINING".into());
-                lines.push(if p.databytes() > 0 { format!("SIZE {}", p.databytes()) } else { "SIZE".into() });
-                lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"].map(String::from));
+                lines.push(if p.databytes() > 0 {
+                    format!("SIZE {}", p.databytes())
+                } else {
+                    "SIZE".into()
+                });
+                lines.extend(
+                    ["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"].map(String::from),
+                );
                 if self.tls_offered && self.tls.is_none() {
                     lines.push("STARTTLS".into());
                 }
@@ -236,7 +271,9 @@ impl Session {
                 self.helo = Some(h);
                 let n = lines.len();
                 for (i, l) in lines.into_iter().enumerate() {
-                    self.out.extend(format!("250{}{l}\r\n", if i + 1 < n { "-" } else { " " }).as_bytes());
+                    self.out.extend(
+                        format!("250{}{l}\r\n", if i + 1 < n { "-" } else { " " }).as_bytes(),
+                    );
                 }
             }
             Command::Mail(from, params) => {
@@ -317,7 +354,11 @@ impl Session {
                 let ok = self.txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
                 if !ok {
                     // The chunk still follows and must be read (RFC 3030 §2).
-                    let why = if self.txn.is_none() { "Error: need MAIL command" } else { "Error: no valid recipients" };
+                    let why = if self.txn.is_none() {
+                        "Error: need MAIL command"
+                    } else {
+                        "Error: no valid recipients"
+                    };
                     let r = Reply::new(503, "5.5.1", why);
                     self.txn.get_or_insert_with(|| Txn {
                         sender: String::new(),
@@ -352,9 +393,17 @@ impl Session {
                 self.phase = Phase::Closed;
                 events.push(Event::Close);
             }
-            Command::Vrfy(_) => self.send(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"),
+            Command::Vrfy(_) => self.send(
+                252,
+                "2.5.2",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
             Command::Expn(_) => self.send(502, "5.5.1", "Error: EXPN not available"),
-            Command::Help(_) => self.send(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS"),
+            Command::Help(_) => self.send(
+                214,
+                "2.0.0",
+                "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
+            ),
             Command::Auth { .. } => self.send(503, "5.5.1", "Error: authentication not enabled"),
             Command::StartTls => {
                 if !self.tls_offered {
@@ -362,7 +411,11 @@ impl Session {
                 } else if self.tls.is_some() {
                     self.send(503, "5.5.1", "Error: TLS already active");
                 } else if self.txn.is_some() {
-                    self.send(503, "5.5.1", "Error: STARTTLS in the middle of a transaction");
+                    self.send(
+                        503,
+                        "5.5.1",
+                        "Error: STARTTLS in the middle of a transaction",
+                    );
                 } else {
                     return true;
                 }
@@ -396,7 +449,12 @@ impl Session {
         if let Some(t) = self.txn.as_mut() {
             t.begun = true;
             t.bytes = 0;
-            events.push(Event::Begin { helo, protocol: protocol.into(), sender: t.sender.clone(), rcpts: t.rcpts.clone() });
+            events.push(Event::Begin {
+                helo,
+                protocol: protocol.into(),
+                sender: t.sender.clone(),
+                rcpts: t.rcpts.clone(),
+            });
         }
         self.chunk.clear();
     }
@@ -438,9 +496,12 @@ impl Session {
     }
 
     fn bdat(&mut self, input: &[u8], p: &dyn Policy, events: &mut Vec<Event>) -> usize {
-        let Phase::Bdat { left, last } = self.phase else { return 0 };
+        let Phase::Bdat { left, last } = self.phase else {
+            return 0;
+        };
         let take = (left.min(input.len() as u64)) as usize;
-        let flags = ferry_smtp::normalize_crlf(&input[..take], &mut self.pending_cr, &mut self.chunk);
+        let flags =
+            ferry_smtp::normalize_crlf(&input[..take], &mut self.pending_cr, &mut self.chunk);
         if flags.bare_cr
             && let Some(t) = self.txn.as_mut()
         {
@@ -449,7 +510,8 @@ impl Session {
         let left = left - take as u64;
         self.phase = Phase::Bdat { left, last };
         if left == 0 {
-            if last && ferry_smtp::finish_crlf(&mut self.pending_cr, &mut self.chunk)
+            if last
+                && ferry_smtp::finish_crlf(&mut self.pending_cr, &mut self.chunk)
                 && let Some(t) = self.txn.as_mut()
             {
                 t.bare_cr = true;
@@ -463,7 +525,9 @@ impl Session {
     }
 
     fn bdat_chunk_done(&mut self, p: &dyn Policy, events: &mut Vec<Event>) {
-        let Phase::Bdat { last, .. } = self.phase else { return };
+        let Phase::Bdat { last, .. } = self.phase else {
+            return;
+        };
         if let Some(r) = self.txn.as_ref().and_then(|t| t.bdat_failed.clone()) {
             self.out.extend(r.to_bytes());
             self.phase = Phase::Command;
@@ -477,7 +541,11 @@ impl Session {
             self.emit(p, events, true);
             self.finish_message(events);
         } else {
-            let n = self.txn.as_ref().map(|t| t.bytes + self.chunk.len() as u64).unwrap_or(0);
+            let n = self
+                .txn
+                .as_ref()
+                .map(|t| t.bytes + self.chunk.len() as u64)
+                .unwrap_or(0);
             self.send(250, "2.0.0", &format!("{n} octets received"));
             self.phase = Phase::Command;
         }
@@ -487,9 +555,17 @@ impl Session {
     fn finish_message(&mut self, events: &mut Vec<Event>) {
         let Some(t) = self.txn.as_ref() else { return };
         let refuse = if t.too_big {
-            Some(Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit"))
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                "Error: message size exceeds fixed limit",
+            ))
         } else if t.bare_cr {
-            Some(Reply::new(550, "5.6.0", "Error: message contains a bare CR (RFC 5321 section 2.3.8)"))
+            Some(Reply::new(
+                550,
+                "5.6.0",
+                "Error: message contains a bare CR (RFC 5321 section 2.3.8)",
+            ))
         } else {
             None
         };
@@ -498,7 +574,11 @@ impl Session {
                 if !t.too_big {
                     events.push(Event::Abort);
                 }
-                events.push(Event::Refused { sender: t.sender.clone(), rcpts: t.rcpts.len(), reply: r.lines.join(" ") });
+                events.push(Event::Refused {
+                    sender: t.sender.clone(),
+                    rcpts: t.rcpts.len(),
+                    reply: r.lines.join(" "),
+                });
                 self.out.extend(r.to_bytes());
                 self.txn = None;
                 self.phase = Phase::Command;
@@ -513,7 +593,9 @@ impl Session {
     /// The writer's answer: the queue id, or (queue exit code, text).
     pub fn committed(&mut self, result: Result<&str, i32>) -> (String, usize, u64) {
         let t = self.txn.take();
-        let (sender, rcpts, bytes) = t.map(|t| (t.sender, t.rcpts.len(), t.bytes)).unwrap_or_default();
+        let (sender, rcpts, bytes) = t
+            .map(|t| (t.sender, t.rcpts.len(), t.bytes))
+            .unwrap_or_default();
         match result {
             Ok(id) => {
                 self.messages += 1;

@@ -14,13 +14,20 @@ pub struct SendLink {
 
 impl SendLink {
     pub fn from_stdio() -> io::Result<SendLink> {
-        let rx = ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 (from send) is not open"))?;
-        let tx = ferry_sys::take_fd(1).ok_or_else(|| io::Error::other("fd 1 (to send) is not open"))?;
+        let rx = ferry_sys::take_fd(0)
+            .ok_or_else(|| io::Error::other("fd 0 (from send) is not open"))?;
+        let tx =
+            ferry_sys::take_fd(1).ok_or_else(|| io::Error::other("fd 1 (to send) is not open"))?;
         let rx = pipe::Receiver::from(rx);
         let tx = pipe::Sender::from(tx);
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
-        Ok(SendLink { rx, tx, reader: Reader::new(), outbox: Outbox::default() })
+        Ok(SendLink {
+            rx,
+            tx,
+            reader: Reader::new(),
+            outbox: Outbox::default(),
+        })
     }
 
     pub fn reply(&mut self, r: &Record) {
@@ -34,5 +41,8 @@ impl SendLink {
 
 /// A result record for send: job id, status (0, 100, 111), text.
 pub fn result(job: u64, status: i32, text: &str) -> Record {
-    Record::new(b'R').with_u64(job).with(status.to_string()).with(text)
+    Record::new(b'R')
+        .with_u64(job)
+        .with(status.to_string())
+        .with(text)
 }

@@ -51,8 +51,12 @@ fn spawn(root: &Root, program: &str, cred: Option<&ferry_sys::Cred>) -> std::io:
     if let Some(c) = cred {
         ferry_sys::command_as(&mut cmd, c);
     }
-    cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {program}: {e}")))?;
-    Ok(Helper { to: req_w, from: rep_r })
+    cmd.spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {program}: {e}")))?;
+    Ok(Helper {
+        to: req_w,
+        from: rep_r,
+    })
 }
 
 fn run() -> std::io::Error {
@@ -67,9 +71,11 @@ fn run() -> std::io::Error {
     log!("{}", mode.describe());
     let creds = (|| -> std::io::Result<_> {
         Ok(match mode {
-            Mode::Separated => {
-                (Some(mode.cred(users::REMOTE)?), Some(mode.cred(users::QUEUE)?), Some(mode.cred(users::SEND)?))
-            }
+            Mode::Separated => (
+                Some(mode.cred(users::REMOTE)?),
+                Some(mode.cred(users::QUEUE)?),
+                Some(mode.cred(users::SEND)?),
+            ),
             Mode::SingleUser => (None, None, None),
         })
     })();
@@ -78,7 +84,11 @@ fn run() -> std::io::Error {
         Err(e) => return e,
     };
     let helpers = (|| -> std::io::Result<_> {
-        Ok((spawn(&root, "lspawn", None)?, spawn(&root, "rspawn", remote.as_ref())?, spawn(&root, "clean", queue.as_ref())?))
+        Ok((
+            spawn(&root, "lspawn", None)?,
+            spawn(&root, "rspawn", remote.as_ref())?,
+            spawn(&root, "clean", queue.as_ref())?,
+        ))
     })();
     let (l, r, c) = match helpers {
         Ok(h) => h,

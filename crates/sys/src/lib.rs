@@ -55,11 +55,17 @@ impl Cred {
         let gid = nix::unistd::getgid();
         let user = nix::unistd::User::from_uid(uid).ok().flatten();
         Cred {
-            name: user.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| uid.to_string()),
+            name: user
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_else(|| uid.to_string()),
             uid: uid.as_raw(),
             gid: gid.as_raw(),
             groups: vec![gid.as_raw()],
-            home: user.as_ref().map(|u| u.dir.clone()).unwrap_or_else(|| "/".into()),
+            home: user
+                .as_ref()
+                .map(|u| u.dir.clone())
+                .unwrap_or_else(|| "/".into()),
             shell: user.map(|u| u.shell).unwrap_or_else(|| "/bin/sh".into()),
         }
     }
@@ -84,7 +90,9 @@ pub fn drop_privileges(cred: &Cred) -> io::Result<()> {
         return Err(io::Error::other("privilege drop did not take"));
     }
     if cred.uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-        return Err(io::Error::other("privilege drop did not take: uid 0 regained"));
+        return Err(io::Error::other(
+            "privilege drop did not take: uid 0 regained",
+        ));
     }
     Ok(())
 }
@@ -163,7 +171,10 @@ pub fn take_fd(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: the descriptor is open (F_GETFD succeeded) and by the protocol of the
     // calling program it was passed to us to own; nothing else in the process uses it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let _ = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     Some(owned)
 }
 
@@ -205,7 +216,8 @@ pub fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: RawFd) -> io::Result<u
     let iov = [io::IoSlice::new(data)];
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(io::Error::from)
 }
 
 /// Receives bytes into `buf` and the descriptors passed with them (SCM_RIGHTS), in order.
@@ -213,8 +225,13 @@ pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, 
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut iov = [io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 64]);
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
     let mut got = Vec::new();
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
@@ -226,7 +243,9 @@ pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, 
         }
     }
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::other("descriptors lost: control message truncated"));
+        return Err(io::Error::other(
+            "descriptors lost: control message truncated",
+        ));
     }
     Ok((msg.bytes, got))
 }
@@ -268,7 +287,10 @@ pub fn set_umask(mask: u32) {
 
 /// Returns `(ruid, euid)`.
 pub fn uids() -> (u32, u32) {
-    (nix::unistd::getuid().as_raw(), nix::unistd::geteuid().as_raw())
+    (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::geteuid().as_raw(),
+    )
 }
 
 #[cfg(test)]
@@ -306,7 +328,12 @@ mod tests {
         let mut name = [0u8; 8];
         random_bytes(&mut name).unwrap();
         let p = std::env::temp_dir().join(format!("ferry-sys-test-{:x}", u64::from_ne_bytes(name)));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .unwrap();
         std::fs::remove_file(&p).unwrap();
         f
     }

@@ -52,10 +52,15 @@ fn main() {
 fn run() -> io::Result<()> {
     let root = Root::from_exe()?;
     let dir = root.control();
-    let limit = control::read_number(&dir, "databytes", 26_214_400).map_err(|e| io::Error::other(e.to_string()))?;
-    let me = control::read_text(&dir, "me").map_err(|e| io::Error::other(e.to_string()))?.unwrap_or_else(ferry_sys::hostname);
+    let limit = control::read_number(&dir, "databytes", 26_214_400)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let me = control::read_text(&dir, "me")
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .unwrap_or_else(ferry_sys::hostname);
     ferry_sys::raise_nofile(65_536);
-    let mut sock = UnixStream::from(ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 is not open"))?);
+    let mut sock = UnixStream::from(
+        ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 is not open"))?,
+    );
     sock.set_nonblocking(true)?;
     let mut w = Writer {
         queue: Queue::new(&root),
@@ -78,7 +83,11 @@ fn run() -> io::Result<()> {
                 flags |= PollFlags::POLLOUT;
             }
             let mut fds = [PollFd::new(sock.as_fd(), flags)];
-            let timeout = if idle { PollTimeout::NONE } else { PollTimeout::ZERO };
+            let timeout = if idle {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::ZERO
+            };
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
@@ -127,18 +136,36 @@ impl Writer {
                 for i in 6..r.fields.len() {
                     rcpts.push(r.str(i)?.to_string());
                 }
-                let env = Envelope { sender, recipients: rcpts };
+                let env = Envelope {
+                    sender,
+                    recipients: rcpts,
+                };
                 // The envelope is checked now, so that a bad one never gets as far as a file.
                 if let Err(e) = Envelope::parse(&env.encode()) {
-                    let code = if matches!(e, envelope::EnvelopeError::BadAddress(_)) { status::QUEUE_BAD_ADDRESS } else { status::QUEUE_BAD_ENVELOPE };
-                    self.failed.insert(txn, QueueError::new(code, e.to_string()));
+                    let code = if matches!(e, envelope::EnvelopeError::BadAddress(_)) {
+                        status::QUEUE_BAD_ADDRESS
+                    } else {
+                        status::QUEUE_BAD_ENVELOPE
+                    };
+                    self.failed
+                        .insert(txn, QueueError::new(code, e.to_string()));
                     return Ok(());
                 }
                 match self.queue.begin(self.limit) {
                     Ok(mut msg) => {
                         let id = msg.id().to_string();
                         let one = (env.recipients.len() == 1).then(|| env.recipients[0].as_str());
-                        let line = writer::received(helo, ip, &self.me, proto, tls, &id, one, date::now_secs());
+                        let line = writer::Received {
+                            helo,
+                            ip,
+                            by: &self.me,
+                            protocol: proto,
+                            tls,
+                            id: &id,
+                            rcpt: one,
+                            now: date::now_secs(),
+                        }
+                        .line();
                         match msg.write(line.as_bytes()) {
                             Ok(()) => {
                                 self.open.insert(txn, Open { msg, env });
@@ -172,30 +199,46 @@ impl Writer {
                         Err(e) => self.reply_failure(txn, &e),
                     }
                 } else {
-                    self.reply_failure(txn, &QueueError::new(status::QUEUE_BUG, "no such transaction"));
+                    self.reply_failure(
+                        txn,
+                        &QueueError::new(status::QUEUE_BUG, "no such transaction"),
+                    );
                 }
             }
             b'A' => {
                 self.open.remove(&txn);
                 self.failed.remove(&txn);
             }
-            other => return Err(io::Error::other(format!("unknown record {:?} from smtpd", other as char))),
+            other => {
+                return Err(io::Error::other(format!(
+                    "unknown record {:?} from smtpd",
+                    other as char
+                )));
+            }
         }
         Ok(())
     }
 
     fn reply_failure(&mut self, txn: u64, e: &QueueError) {
-        self.out.push(&Record::new(b'F').with_u64(txn).with(e.code.to_string()).with(&e.message));
+        self.out.push(
+            &Record::new(b'F')
+                .with_u64(txn)
+                .with(e.code.to_string())
+                .with(&e.message),
+        );
     }
 
     fn commit(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        let (txns, prepared): (Vec<u64>, Vec<Prepared>) = std::mem::take(&mut self.batch).into_iter().unzip();
+        let (txns, prepared): (Vec<u64>, Vec<Prepared>) =
+            std::mem::take(&mut self.batch).into_iter().unzip();
         for (txn, r) in txns.into_iter().zip(queue::commit(&self.queue, prepared)) {
             match r {
-                Ok(id) => self.out.push(&Record::new(b'K').with_u64(txn).with(id.to_string())),
+                Ok(id) => self
+                    .out
+                    .push(&Record::new(b'K').with_u64(txn).with(id.to_string())),
                 Err(e) => {
                     log!("commit failed: {e}");
                     self.reply_failure(txn, &e);

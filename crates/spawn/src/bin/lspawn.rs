@@ -54,13 +54,15 @@ impl Worker {
     fn flush(&mut self) -> io::Result<()> {
         while let Some((bytes, sent, fd)) = self.out.front_mut() {
             let r = match fd.take() {
-                Some(f) => match ferry_sys::send_with_fd(&self.sock, &bytes[*sent..], f.as_raw_fd()) {
-                    Ok(n) => Ok(n),
-                    Err(e) => {
-                        *fd = Some(f);
-                        Err(e)
+                Some(f) => {
+                    match ferry_sys::send_with_fd(&self.sock, &bytes[*sent..], f.as_raw_fd()) {
+                        Ok(n) => Ok(n),
+                        Err(e) => {
+                            *fd = Some(f);
+                            Err(e)
+                        }
                     }
-                },
+                }
                 None => self.sock.write(&bytes[*sent..]),
             };
             match r {
@@ -113,10 +115,19 @@ fn run() -> io::Result<()> {
         by_key: HashMap::new(),
         next_token: FIRST_WORKER,
     };
-    let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGCHLD, signal_hook::consts::SIGTERM])?;
-    ls.poll.registry().register(&mut ls.send.rx, FROM_SEND, Interest::READABLE)?;
-    ls.poll.registry().register(&mut ls.send.tx, TO_SEND, Interest::WRITABLE)?;
-    ls.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let mut signals = signal_hook_mio::v1_0::Signals::new([
+        signal_hook::consts::SIGCHLD,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    ls.poll
+        .registry()
+        .register(&mut ls.send.rx, FROM_SEND, Interest::READABLE)?;
+    ls.poll
+        .registry()
+        .register(&mut ls.send.tx, TO_SEND, Interest::WRITABLE)?;
+    ls.poll
+        .registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
     let mut events = Events::with_capacity(256);
     loop {
         match ls.poll.poll(&mut events, Some(Duration::from_secs(1))) {
@@ -175,19 +186,30 @@ impl Lspawn {
     }
 
     fn start_job(&mut self, rec: &Record) -> Result<(), (i32, String)> {
-        let bad = |e: io::Error| (status::Outcome::Temporary.code(), format!("bad job record: {e}"));
+        let bad = |e: io::Error| {
+            (
+                status::Outcome::Temporary.code(),
+                format!("bad job record: {e}"),
+            )
+        };
         if rec.kind != b'D' {
             return Err((111, format!("unknown record {:?}", rec.kind as char)));
         }
         let job = rec.u64(0).map_err(bad)?;
-        let id = MsgId::parse(rec.str(1).map_err(bad)?).ok_or((111, "bad message id".to_string()))?;
+        let id =
+            MsgId::parse(rec.str(1).map_err(bad)?).ok_or((111, "bad message id".to_string()))?;
         let path = match rec.bytes(2).map_err(bad)? {
             b"t" => self.queue.todo(&id),
             _ => self.queue.mess(&id),
         };
-        let kind = *rec.bytes(3).map_err(bad)?.first().ok_or((111, "empty kind".to_string()))?;
+        let kind = *rec
+            .bytes(3)
+            .map_err(bad)?
+            .first()
+            .ok_or((111, "empty kind".to_string()))?;
         let name = rec.str(4).map_err(bad)?.to_string();
-        let qf = QueueFile::open(&path).map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
+        let qf =
+            QueueFile::open(&path).map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
         let token = match self.by_key.get(&(kind, name.clone())) {
             Some(t) => *t,
             None => self.spawn(kind, &name)?,
@@ -198,8 +220,12 @@ impl Lspawn {
         }
         out.push(rec.bytes(5).map_err(bad)?);
         out.push(qf.message_len.to_string());
-        let w = self.workers.get_mut(&token).ok_or((111, "worker vanished".to_string()))?;
-        w.out.push_back((out.encode(), 0, Some(OwnedFd::from(qf.file))));
+        let w = self
+            .workers
+            .get_mut(&token)
+            .ok_or((111, "worker vanished".to_string()))?;
+        w.out
+            .push_back((out.encode(), 0, Some(OwnedFd::from(qf.file))));
         w.jobs.insert(job);
         if let Err(e) = w.flush() {
             return Err((111, format!("cannot hand the job to local-deliver: {e}")));
@@ -212,23 +238,31 @@ impl Lspawn {
         let (cred, home, create) = match kind {
             b'U' => {
                 let cred = match self.mode {
-                    Mode::Separated => Cred::lookup(name).map_err(|e| (111, format!("passwd lookup of {name}: {e}")))?,
+                    Mode::Separated => Cred::lookup(name)
+                        .map_err(|e| (111, format!("passwd lookup of {name}: {e}")))?,
                     Mode::SingleUser => Some(Cred::current()).filter(|c| c.name == name),
                 }
                 .ok_or((100, format!("no such user: {name}")))?;
                 if cred.uid == 0 {
-                    return Err((100, "refusing to deliver as root: add an alias for root".into()));
+                    return Err((
+                        100,
+                        "refusing to deliver as root: add an alias for root".into(),
+                    ));
                 }
                 let home = cred.home.clone();
                 (cred, home, false)
             }
             b'M' => {
-                let cred = self.mode.cred(users::MAILBOX).map_err(|e| (111, e.to_string()))?;
+                let cred = self
+                    .mode
+                    .cred(users::MAILBOX)
+                    .map_err(|e| (111, e.to_string()))?;
                 (cred, self.root.mail().join(name), true)
             }
             _ => return Err((111, "unknown delivery kind".into())),
         };
-        let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| (111, e.to_string()))?;
+        let (mine, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| (111, e.to_string()))?;
         let mut cmd = Command::new(self.root.bin("local-deliver"));
         cmd.arg(&home)
             .arg(if create { "create" } else { "existing" })
@@ -245,14 +279,21 @@ impl Lspawn {
         if self.mode == Mode::Separated {
             ferry_sys::command_as(&mut cmd, &cred);
         }
-        let child = cmd.spawn().map_err(|e| (111, format!("cannot start local-deliver: {e}")))?;
-        mine.set_nonblocking(true).map_err(|e| (111, e.to_string()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| (111, format!("cannot start local-deliver: {e}")))?;
+        mine.set_nonblocking(true)
+            .map_err(|e| (111, e.to_string()))?;
         let mut sock = UnixStream::from_std(mine);
         let token = self.next_token;
         self.next_token += 1;
         self.poll
             .registry()
-            .register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut sock,
+                Token(token),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .map_err(|e| (111, e.to_string()))?;
         let key = (kind, name.to_string());
         self.by_key.insert(key.clone(), token);
@@ -272,7 +313,9 @@ impl Lspawn {
     }
 
     fn worker_event(&mut self, token: usize) {
-        let Some(w) = self.workers.get_mut(&token) else { return };
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
         let mut alive = w.flush().is_ok();
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -295,7 +338,10 @@ impl Lspawn {
                 Ok(Some(r)) if r.kind == b'R' => {
                     if let Ok(job) = r.u64(0) {
                         w.jobs.remove(&job);
-                        self.send.outbox.push(&Record { kind: b'R', fields: r.fields });
+                        self.send.outbox.push(&Record {
+                            kind: b'R',
+                            fields: r.fields,
+                        });
                     }
                 }
                 Ok(Some(_)) | Err(_) => {

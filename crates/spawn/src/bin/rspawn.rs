@@ -52,7 +52,10 @@ fn reply(shared: &Shared, r: &Record) {
 fn fail_all(shared: &Shared, jobs: HashSet<u64>, why: &str) {
     for job in jobs {
         // The recipient count is unknown here: one pair tells send "temporary" for all.
-        reply(shared, &Record::new(b'R').with_u64(job).with("111").with(why));
+        reply(
+            shared,
+            &Record::new(b'R').with_u64(job).with("111").with(why),
+        );
     }
 }
 
@@ -67,7 +70,10 @@ fn start(shared: &Arc<Shared>, i: usize, generation: u64) -> std::io::Result<()>
         .spawn()
         .map_err(|e| std::io::Error::other(format!("cannot start remote-deliver: {e}")))?;
     let stdin = child.stdin.take();
-    let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
     if let Ok(mut slots) = shared.slots.lock() {
         slots[i].stdin = stdin;
         slots[i].generation = generation;
@@ -78,7 +84,13 @@ fn start(shared: &Arc<Shared>, i: usize, generation: u64) -> std::io::Result<()>
 }
 
 /// Relays one worker's results; when it exits, fails its jobs and starts another.
-fn listen(shared: Arc<Shared>, i: usize, generation: u64, mut child: Child, stdout: std::process::ChildStdout) {
+fn listen(
+    shared: Arc<Shared>,
+    i: usize,
+    generation: u64,
+    mut child: Child,
+    stdout: std::process::ChildStdout,
+) {
     let mut input = BufReader::new(stdout);
     while let Ok(Some(r)) = record::read_blocking(&mut input) {
         if let Ok(job) = r.u64(0)
@@ -99,8 +111,16 @@ fn listen(shared: Arc<Shared>, i: usize, generation: u64, mut child: Child, stdo
     if closing {
         return;
     }
-    log!("remote-deliver {} ended ({status:?}) with {} jobs; starting another", child.id(), orphans.len());
-    fail_all(&shared, orphans, "remote-deliver exited during the delivery");
+    log!(
+        "remote-deliver {} ended ({status:?}) with {} jobs; starting another",
+        child.id(),
+        orphans.len()
+    );
+    fail_all(
+        &shared,
+        orphans,
+        "remote-deliver exited during the delivery",
+    );
     if let Err(e) = start(&shared, i, generation + 1) {
         log!("{e}");
     }
@@ -108,10 +128,21 @@ fn listen(shared: Arc<Shared>, i: usize, generation: u64, mut child: Child, stdo
 
 fn run() -> std::io::Result<()> {
     let root = Root::from_exe()?;
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
     let shared = Arc::new(Shared {
         root,
-        slots: Mutex::new((0..workers).map(|_| Slot { stdin: None, jobs: HashSet::new(), generation: 0 }).collect()),
+        slots: Mutex::new(
+            (0..workers)
+                .map(|_| Slot {
+                    stdin: None,
+                    jobs: HashSet::new(),
+                    generation: 0,
+                })
+                .collect(),
+        ),
         out: Mutex::new(BufWriter::new(std::io::stdout())),
     });
     for i in 0..workers {
@@ -126,7 +157,10 @@ fn run() -> std::io::Result<()> {
         let sent = match shared.slots.lock() {
             Ok(mut slots) => {
                 let slot = &mut slots[i];
-                let ok = slot.stdin.as_mut().is_some_and(|s| s.write_all(&rec.encode()).and_then(|_| s.flush()).is_ok());
+                let ok = slot
+                    .stdin
+                    .as_mut()
+                    .is_some_and(|s| s.write_all(&rec.encode()).and_then(|_| s.flush()).is_ok());
                 if ok {
                     slot.jobs.insert(job);
                 }
@@ -135,7 +169,13 @@ fn run() -> std::io::Result<()> {
             Err(_) => false,
         };
         if !sent {
-            reply(&shared, &Record::new(b'R').with_u64(job).with("111").with("remote-deliver is restarting"));
+            reply(
+                &shared,
+                &Record::new(b'R')
+                    .with_u64(job)
+                    .with("111")
+                    .with("remote-deliver is restarting"),
+            );
         }
     }
     // send is gone: let the workers finish and report, then leave.
