@@ -361,3 +361,17 @@ fn smtpd_and_its_writer_run_under_their_own_users() {
         assert_eq!(ps[0].uids, [uid(user); 3], "{prog} runs as {user}");
     }
 }
+
+#[test]
+fn sendmail_bs_speaks_smtp_on_stdin() {
+    let mut env = Env::new();
+    env.start_send();
+    let out = env.sendmail(
+        &["-bs"],
+        b"EHLO local\r\nMAIL FROM:<me@test.example>\r\nRCPT TO:<bs@localhost>\r\nDATA\r\nSubject: via -bs\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("220 ") && said.contains("250 2.0.0 Ok: queued\r\n") && said.ends_with("221 2.0.0 Bye\r\n"), "{said}");
+    let got = env.wait_maildir(&env.mailbox("bs"), 1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("Subject: via -bs\n\nhi\n"));
+}

@@ -2,6 +2,8 @@
 //!
 //! Usage: `smtpd [READY-FD]`, run by s6 from service/smtpd/run as root (or as a normal user in
 //! single-user mode). READY-FD is s6's notification fd: it gets a newline once smtpd listens.
+//! `smtpd -bs` (run by `sendmail -bs`) instead speaks SMTP on stdin/stdout as the caller and
+//! queues each message with `queue` (crates/smtpd/src/stdio.rs).
 //!
 //! Start: reads the control files, binds every address of `smtplisten` (backlog 4096),
 //! loads `tlscert`/`tlskey` if both exist (then STARTTLS is offered), raises its open-file
@@ -24,6 +26,7 @@ mod listen;
 mod policy;
 mod server;
 mod session;
+mod stdio;
 mod tls;
 
 use ferry_common::config::Config;
@@ -44,10 +47,25 @@ fn main() {
 }
 
 fn run() -> std::io::Result<i32> {
-    let ready_fd = std::env::args().nth(1).and_then(|a| a.parse::<i32>().ok());
+    let arg = std::env::args().nth(1);
     let root = Root::from_exe()?;
     let cfg = Config::load(&root)
         .map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
+    if arg.as_deref() == Some("-bs") {
+        let only_uid = Some(ferry_sys::uids().0).filter(|u| *u != 0);
+        let policy = policy::ConfigPolicy {
+            mail_dir: root.mail(),
+            cfg,
+            only_uid,
+        };
+        return stdio::run(&root, &policy);
+    }
+    let ready_fd = match arg.as_deref() {
+        None => None,
+        Some(a) => Some(a.parse::<i32>().map_err(|_| {
+            std::io::Error::other(format!("usage: smtpd [READY-FD] | smtpd -bs (not {a:?})"))
+        })?),
+    };
     let mode = Mode::current();
     let mut listeners = Vec::new();
     for addr in &cfg.smtplisten {

@@ -599,7 +599,12 @@ impl Session {
         match result {
             Ok(id) => {
                 self.messages += 1;
-                self.send(250, "2.0.0", &format!("Ok: queued as {id}"));
+                let text = if id.is_empty() {
+                    "Ok: queued".to_string()
+                } else {
+                    format!("Ok: queued as {id}")
+                };
+                self.send(250, "2.0.0", &text);
             }
             Err(code) => {
                 let e = ferry_common::status::queue_exit(code);
