@@ -198,6 +198,14 @@ fn log_results(job: &Job, relay: &str, tls: &str, results: &[Res]) {
     }
 }
 
+/// "TLSv1.3 TLS13_... verified=no", or "-" for plaintext.
+fn tls_word(c: &Client) -> String {
+    match &c.tls {
+        Some(t) => format!("{t} verified={}", if c.verified { "yes" } else { "no" }),
+        None => "-".to_string(),
+    }
+}
+
 /// A connection to this server: an idle one from the pool, or a new one (with STARTTLS as the
 /// policy says; a failed opportunistic handshake is retried in plaintext).
 async fn connect(
@@ -278,7 +286,7 @@ async fn attempt(
         match transaction(&mut c, job, msg).await {
             Tx::Done(results) => {
                 let relay = c.relay();
-                log_results(job, &relay, c.tls.as_deref().unwrap_or("-"), &results);
+                log_results(job, &relay, &tls_word(&c), &results);
                 c.used += 1;
                 if c.used < MAX_USES {
                     ctx.pool
@@ -292,7 +300,7 @@ async fn attempt(
                 return Attempt::Done(results);
             }
             Tx::Broken(results) => {
-                log_results(job, &c.relay(), c.tls.as_deref().unwrap_or("-"), &results);
+                log_results(job, &c.relay(), &tls_word(&c), &results);
                 return Attempt::Done(results);
             }
             Tx::Next(why) if reused => {
