@@ -11,15 +11,21 @@ if [ "$(id -u)" = 0 ]; then
   mkdir -p "$root"
   dir=$root
   while [ "$dir" != / ]; do
-    if [ "$(stat -c %A "$dir" | cut -c10)" != x ]; then
+    # others need x on every ancestor ("t": sticky and x, as on /tmp)
+    case "$(stat -c %A "$dir" | cut -c10)" in x|t) ;; *)
       echo "make run: $dir is closed to other users (mode $(stat -c %a "$dir")), so the ferry users" >&2
       echo "cannot reach $root. Choose a root they can reach, e.g.: make run ROOT=/var/tmp/ferry-run" >&2
-      exit 1
-    fi
+      exit 1 ;;
+    esac
     dir=$(dirname "$dir")
   done
 else
   mode="single-user mode: every program runs as $(id -un)"
+fi
+if [ -p "$root/service/.s6-svscan/control" ] && s6-svscanctl -a "$root/service" 2>/dev/null; then
+  echo "make run: ferry is already running in $root ($root/bin/ferryctl stat);" >&2
+  echo "stop it first with: $root/bin/ferryctl stop --all" >&2
+  exit 1
 fi
 scripts/layout-root.sh "$root" --demo "$port" >/dev/null
 echo "127.0.0.1:$port" > "$root/control/smtplisten"
@@ -29,7 +35,8 @@ ferry is starting ($mode)
   SMTP       127.0.0.1:$port (loopback only; relaying elsewhere is refused)
   mail       any NAME@localhost lands in $rel/mail/NAME/Maildir/new/
   logs       $rel/log/smtpd/current, $rel/log/send/current ($rel/bin/ferryctl log)
-  status     $rel/bin/ferryctl stat     queue: $rel/bin/ferryctl queue
+  TLS        STARTTLS with a self-signed certificate for localhost ($rel/control/tlscert)
+  status     $rel/bin/ferryctl stat     queue: $rel/bin/ferryctl queue     checks: $rel/bin/ferryctl check
   try        swaks --server 127.0.0.1:$port --to you@localhost
              printf 'Subject: hi\n\nhello\n' | $rel/bin/sendmail you@localhost
 Ctrl-C stops everything (the queue is kept for the next make run).
@@ -39,6 +46,20 @@ INFO
 setsid s6-svscan "$root/service" </dev/null &
 scan=$!
 trap 's6-svscanctl -t "$root/service" 2>/dev/null || kill $scan 2>/dev/null' INT TERM
+# Readiness: both services up and ready (ferryctl stat exits 0), 30 s at most.
+i=0
+while kill -0 $scan 2>/dev/null; do
+  if "$root/bin/ferryctl" stat >/dev/null 2>&1; then
+    echo "ferry is ready: smtpd and send are up ($rel/bin/ferryctl stat shows them)"
+    break
+  fi
+  i=$((i + 1))
+  if [ $i -ge 150 ]; then
+    echo "ferry is not ready after 30 s: see $rel/bin/ferryctl stat and the logs" >&2
+    break
+  fi
+  sleep 0.2 || true
+done
 while kill -0 $scan 2>/dev/null; do
   wait $scan || true
 done

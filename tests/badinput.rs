@@ -31,22 +31,49 @@ fn run_queue(env: &Env, msg: &[u8], envelope: &[u8]) -> i32 {
 #[test]
 fn queue_refuses_bad_envelopes_and_leaves_nothing() {
     let env = Env::new();
-    assert_eq!(run_queue(&env, b"Subject: x\n\nx\n", b"Fa@b\0Tc@d\0"), 91, "no final NUL");
-    assert_eq!(run_queue(&env, b"Subject: x\n\nx\n", b"Fa@b\0\0"), 91, "no recipient");
+    assert_eq!(
+        run_queue(&env, b"Subject: x\n\nx\n", b"Fa@b\0Tc@d\0"),
+        91,
+        "no final NUL"
+    );
+    assert_eq!(
+        run_queue(&env, b"Subject: x\n\nx\n", b"Fa@b\0\0"),
+        91,
+        "no recipient"
+    );
     let long = format!("Fa@b\0T{}@test.example\0\0", "x".repeat(2000));
-    assert_eq!(run_queue(&env, b"Subject: x\n\nx\n", long.as_bytes()), 11, "recipient of 2000 bytes");
-    assert_eq!(run_queue(&env, b"Subject: x\n\nx\n", b"Fa@b\0Tc\nd@e\0\0"), 11, "control character");
+    assert_eq!(
+        run_queue(&env, b"Subject: x\n\nx\n", long.as_bytes()),
+        11,
+        "recipient of 2000 bytes"
+    );
+    assert_eq!(
+        run_queue(&env, b"Subject: x\n\nx\n", b"Fa@b\0Tc\nd@e\0\0"),
+        11,
+        "control character"
+    );
     env.control("databytes", "1000");
-    assert_eq!(run_queue(&env, &vec![b'x'; 5000], b"Fa@b\0Tc@d\0\0"), 31, "over databytes");
+    assert_eq!(
+        run_queue(&env, &vec![b'x'; 5000], b"Fa@b\0Tc@d\0\0"),
+        31,
+        "over databytes"
+    );
     env.control("databytes", "lots");
-    assert_eq!(run_queue(&env, b"x\n", b"Fa@b\0Tc@d\0\0"), 55, "broken control file");
+    assert_eq!(
+        run_queue(&env, b"x\n", b"Fa@b\0Tc@d\0\0"),
+        55,
+        "broken control file"
+    );
     assert!(env.queue_files().is_empty(), "{:?}", env.queue_files());
     env.control("databytes", "1000");
     // sendmail says it in one line, with a sysexits code.
     let out = env.sendmail(&["c@d.example"], &vec![b'x'; 5000]);
     assert_eq!(out.status.code(), Some(65));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("larger than 1000 bytes") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("larger than 1000 bytes") && err.lines().count() == 1,
+        "{err}"
+    );
     assert!(env.queue_files().is_empty());
 }
 
@@ -63,14 +90,24 @@ fn delivery_problems_defer_with_a_clear_log_line() {
     // A mailbox directory that local-deliver may not write.
     let r3 = env.mailbox_rcpt("readonly");
     if is_root() {
-        nix::unistd::chown(&r3.home, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0))).unwrap();
+        nix::unistd::chown(
+            &r3.home,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(0)),
+        )
+        .unwrap();
     }
     std::fs::set_permissions(&r3.home, std::fs::Permissions::from_mode(0o555)).unwrap();
     for r in [&r1, &r2, &r3] {
         let out = env.sendmail(&[&r.addr()], &message(&format!("bad-{}", r.local), "x\n"));
         assert!(out.status.success());
     }
-    let wants = ["Elsewhere/ does not exist", "line 2: | with no command", "cannot write into", "readonly"];
+    let wants = [
+        "Elsewhere/ does not exist",
+        "line 2: | with no command",
+        "cannot write into",
+        "readonly",
+    ];
     env.wait_for("three deferrals", Duration::from_secs(30), || {
         let l = env.log("send.log");
         l.matches("> deferred:").count() >= 3
@@ -90,7 +127,12 @@ fn delivery_problems_defer_with_a_clear_log_line() {
     r2.write(".ferry", "./Maildir/\n");
     std::fs::set_permissions(&r3.home, std::fs::Permissions::from_mode(0o755)).unwrap();
     if is_root() {
-        nix::unistd::chown(&r3.home, Some(nix::unistd::Uid::from_raw(r3.uid)), Some(nix::unistd::Gid::from_raw(r3.gid))).unwrap();
+        nix::unistd::chown(
+            &r3.home,
+            Some(nix::unistd::Uid::from_raw(r3.uid)),
+            Some(nix::unistd::Gid::from_raw(r3.gid)),
+        )
+        .unwrap();
     }
     env.flush();
     env.wait_maildir(&r1.home.join("Elsewhere"), 1);
@@ -109,7 +151,11 @@ impl Drop for Mount {
 
 fn mount_tmpfs(dir: &std::path::Path, size: &str) -> Mount {
     std::fs::create_dir_all(dir).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
     assert!(st.success(), "mount tmpfs");
     Mount(dir.to_path_buf())
 }
@@ -135,16 +181,30 @@ fn full_disk_loses_nothing() {
     assert!(out.status.success());
     let r = env.mailbox_rcpt("diskfull");
     let _m = mount_tmpfs(&r.home, "2m");
-    nix::unistd::chown(&r.home, Some(nix::unistd::Uid::from_raw(r.uid)), Some(nix::unistd::Gid::from_raw(r.gid))).unwrap();
+    nix::unistd::chown(
+        &r.home,
+        Some(nix::unistd::Uid::from_raw(r.uid)),
+        Some(nix::unistd::Gid::from_raw(r.gid)),
+    )
+    .unwrap();
     env.start_send();
 
     // Queue full: queue answers 53, sendmail 75 with one clear line; nothing left behind.
     let filler = fill(&env.path("queue"), 16 * 1024);
     let big = message("too-big-for-disk", &"y".repeat(200_000));
     let out = env.sendmail(&[&r.addr()], &big);
-    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("disk full"));
-    assert!(env.queue_files().iter().all(|f| f.ends_with("filler")), "{:?}", env.queue_files());
+    assert!(
+        env.queue_files().iter().all(|f| f.ends_with("filler")),
+        "{:?}",
+        env.queue_files()
+    );
     std::fs::remove_file(&filler).unwrap();
 
     // Mailbox full: the delivery is deferred, no half-written file; after space is freed it
@@ -152,10 +212,20 @@ fn full_disk_loses_nothing() {
     let mfill = fill(&r.home, 64 * 1024);
     nix::unistd::chown(&mfill, Some(nix::unistd::Uid::from_raw(r.uid)), None).unwrap();
     let out = env.sendmail(&[&r.addr()], &message("mailbox-full", &"z".repeat(300_000)));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    env.wait_for("the deferral", Duration::from_secs(30), || env.log("send.log").contains("disk full"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_for("the deferral", Duration::from_secs(30), || {
+        env.log("send.log").contains("disk full")
+    });
     let md = r.maildir();
-    let count = |d: &str| std::fs::read_dir(md.join(d)).map(|rd| rd.count()).unwrap_or(0);
+    let count = |d: &str| {
+        std::fs::read_dir(md.join(d))
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    };
     assert_eq!((count("tmp"), count("new")), (0, 0));
     std::fs::remove_file(&mfill).unwrap();
     env.flush();

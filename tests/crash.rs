@@ -37,14 +37,24 @@ fn kill_programs_while_injecting_loses_nothing() {
                 std::thread::sleep(Duration::from_millis(10 + rand(40) as u64));
                 let victims: Vec<procs::Proc> = procs::under(&root)
                     .into_iter()
-                    .filter(|p| p.exe.file_name().is_some_and(|n| n == "send" || n == "local-deliver" || n == "queue"))
+                    .filter(|p| {
+                        p.exe
+                            .file_name()
+                            .is_some_and(|n| n == "send" || n == "local-deliver" || n == "queue")
+                    })
                     .collect();
                 // Each kind of program present is as likely to be hit (queue runs are many).
-                let mut kinds: Vec<&std::ffi::OsStr> = victims.iter().filter_map(|p| p.exe.file_name()).collect();
+                let mut kinds: Vec<&std::ffi::OsStr> =
+                    victims.iter().filter_map(|p| p.exe.file_name()).collect();
                 kinds.sort();
                 kinds.dedup();
-                let Some(kind) = kinds.get(rand(kinds.len() as u32) as usize).copied() else { continue };
-                let of_kind: Vec<&procs::Proc> = victims.iter().filter(|p| p.exe.file_name() == Some(kind)).collect();
+                let Some(kind) = kinds.get(rand(kinds.len() as u32) as usize).copied() else {
+                    continue;
+                };
+                let of_kind: Vec<&procs::Proc> = victims
+                    .iter()
+                    .filter(|p| p.exe.file_name() == Some(kind))
+                    .collect();
                 if let Some(p) = of_kind.get(rand(of_kind.len() as u32) as usize) {
                     procs::kill(p.pid);
                     kills.fetch_add(1, Ordering::Relaxed);
@@ -65,7 +75,8 @@ fn kill_programs_while_injecting_loses_nothing() {
                     for i in (t..MESSAGES).step_by(4) {
                         let subject = format!("crash-{i}");
                         let to = format!("crash{}@localhost", i % BOXES);
-                        let out = env.sendmail(&[&to], &message(&subject, &format!("message {i}\n")));
+                        let out =
+                            env.sendmail(&[&to], &message(&subject, &format!("message {i}\n")));
                         if out.status.success() {
                             ok.push(subject);
                         } else {
@@ -85,7 +96,10 @@ fn kill_programs_while_injecting_loses_nothing() {
     let refused: usize = results.iter().map(|r| r.1).sum();
     done.store(true, Ordering::Relaxed);
     let by_prog = killer.join().unwrap();
-    eprintln!("injected {MESSAGES}: {} accepted, {refused} refused (queue killed); kills: {by_prog:?}", accepted.len());
+    eprintln!(
+        "injected {MESSAGES}: {} accepted, {refused} refused (queue killed); kills: {by_prog:?}",
+        accepted.len()
+    );
 
     // Wait for every accepted message, flushing now and then (a killed delivery is retried
     // on the schedule; flush makes it now).
@@ -109,7 +123,12 @@ fn kill_programs_while_injecting_loses_nothing() {
             break;
         }
         if Instant::now() > deadline {
-            panic!("{} accepted messages never delivered, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(5)], env.log("send.log"));
+            panic!(
+                "{} accepted messages never delivered, e.g. {:?}\n{}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                env.log("send.log")
+            );
         }
         let _ = env.ferryctl(&["flush"]);
         std::thread::sleep(Duration::from_millis(500));
@@ -126,7 +145,11 @@ fn kill_programs_while_injecting_loses_nothing() {
     // Maildir tmp/ may keep a file from a local-deliver killed mid-write (readers remove
     // such files after 36 hours, as the Maildir convention says); report how many.
     let stray: usize = (0..BOXES)
-        .map(|b| std::fs::read_dir(env.mailbox(&format!("crash{b}")).join("tmp")).map(|r| r.count()).unwrap_or(0))
+        .map(|b| {
+            std::fs::read_dir(env.mailbox(&format!("crash{b}")).join("tmp"))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        })
         .sum();
     eprintln!("Maildir tmp/ files left by killed deliveries: {stray}");
 }

@@ -30,8 +30,15 @@ fn sender_with(dns: &Dns, port: u16, controls: &[(&str, &str)]) -> Env {
 fn send(env: &Env, from: &str, to: &[&str], subject: &str) {
     let mut args = vec!["-f", from];
     args.extend_from_slice(to);
-    let out = env.sendmail(&args, &message(subject, &format!("body of {subject}\n.dot line\n")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.sendmail(
+        &args,
+        &message(subject, &format!("body of {subject}\n.dot line\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn scripted(env: &Env, name: &str, ip: &str, port: u16, cfg: &str) -> Scripted {
@@ -53,13 +60,25 @@ fn to_a_second_ferry_byte_exact_by_mx() {
     let got = receiver.wait_maildir(&receiver.mailbox("bob"), 1);
     let t = String::from_utf8_lossy(&got[0]).into_owned();
     // The whole path: the original Received of queue, then the receiver's, the body intact.
-    assert!(t.contains("Received: from test.example ([127.0.0.1])\n\tby test.example (ferry) with ESMTP"), "{t}");
+    assert!(
+        t.contains(
+            "Received: from test.example ([127.0.0.1])\n\tby test.example (ferry) with ESMTP"
+        ),
+        "{t}"
+    );
     assert!(t.ends_with("\n\nbody of across\n.dot line\n"), "{t}");
     let sent = String::from_utf8(ferry_e2e::strip_trace(&got[0])).unwrap();
-    assert!(sent.starts_with("From: Tester <tester@test.example>\n"), "{sent}");
+    assert!(
+        sent.starts_with("From: Tester <tester@test.example>\n"),
+        "{sent}"
+    );
     env.wait_queue_empty();
     let log = env.log("send.log");
-    assert!(log.contains("to=<bob@b.test> relay=mx.b.test[127.0.0.1]:") && log.contains("result=delivered"), "{log}");
+    assert!(
+        log.contains("to=<bob@b.test> relay=mx.b.test[127.0.0.1]:")
+            && log.contains("result=delivered"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -83,15 +102,35 @@ fn mx_order_implicit_mx_null_mx_and_nxdomain() {
     send(&env, &bounces.addr(), &["b@nomx.test"], "implicit-mx");
     send(&env, &bounces.addr(), &["c@nullmx.test"], "null-mx");
     send(&env, &bounces.addr(), &["d@nosuchdomain.test"], "nxdomain");
-    env.wait_for("two messages at the receiver", Duration::from_secs(30), || rx.received().len() >= 2);
+    env.wait_for(
+        "two messages at the receiver",
+        Duration::from_secs(30),
+        || rx.received().len() >= 2,
+    );
     let got = rx.received().join("\n");
-    assert!(got.contains("Subject: second-mx") && got.contains("Subject: implicit-mx"), "{got}");
+    assert!(
+        got.contains("Subject: second-mx") && got.contains("Subject: implicit-mx"),
+        "{got}"
+    );
     let bounced = env.wait_maildir(&bounces.maildir(), 2);
-    let all: String = bounced.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
-    assert!(all.contains("Final-Recipient: rfc822; c@nullmx.test") && all.contains("Status: 5.1.10"), "{all}");
-    assert!(all.contains("Final-Recipient: rfc822; d@nosuchdomain.test") && all.contains("Status: 5.1.2"), "{all}");
+    let all: String = bounced
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        all.contains("Final-Recipient: rfc822; c@nullmx.test") && all.contains("Status: 5.1.10"),
+        "{all}"
+    );
+    assert!(
+        all.contains("Final-Recipient: rfc822; d@nosuchdomain.test")
+            && all.contains("Status: 5.1.2"),
+        "{all}"
+    );
     env.wait_queue_empty();
-    assert!(env.log("send.log").contains("dead.two.test[127.0.0.3]"), "the first MX was tried");
+    assert!(
+        env.log("send.log").contains("dead.two.test[127.0.0.3]"),
+        "the first MX was tried"
+    );
 }
 
 #[test]
@@ -102,7 +141,9 @@ fn dns_failure_is_temporary() {
     let dns = Dns::start(&[format!("--server=/slow.test/127.0.0.1#{sport}")]);
     let env = sender(&dns, free_port());
     send(&env, "s@test.example", &["x@slow.test"], "dns-timeout");
-    env.wait_for("the deferral", Duration::from_secs(60), || env.log("send.log").contains("<x@slow.test> deferred"));
+    env.wait_for("the deferral", Duration::from_secs(60), || {
+        env.log("send.log").contains("<x@slow.test> deferred")
+    });
     let q = String::from_utf8_lossy(&env.ferryctl(&["queue"]).stdout).into_owned();
     assert!(q.contains("x@slow.test [remote] deferred"), "{q}");
     drop(silent);
@@ -111,19 +152,43 @@ fn dns_failure_is_temporary() {
 #[test]
 fn replies_at_each_step_decide_each_recipient() {
     let port = free_port();
-    let dns = Dns::start(&["--mx-host=s.test,rx.s.test,10".into(), "--host-record=rx.s.test,127.0.0.2".into()]);
+    let dns = Dns::start(&[
+        "--mx-host=s.test,rx.s.test,10".into(),
+        "--host-record=rx.s.test,127.0.0.2".into(),
+    ]);
     let env = sender(&dns, port);
-    let rx = scripted(&env, "rx", "127.0.0.2", port, r#"{"rcpt": {"*": "250 2.1.5 ok", "gone@s.test": "550 5.1.1 no such user here", "later@s.test": "451 4.2.0 try later"}}"#);
+    let rx = scripted(
+        &env,
+        "rx",
+        "127.0.0.2",
+        port,
+        r#"{"rcpt": {"*": "250 2.1.5 ok", "gone@s.test": "550 5.1.1 no such user here", "later@s.test": "451 4.2.0 try later"}}"#,
+    );
     let bounces = env.mailbox_rcpt("b2");
     // One transaction for all three recipients: one delivered, one bounced, one deferred.
-    send(&env, &bounces.addr(), &["ok@s.test", "gone@s.test", "later@s.test"], "mixed");
-    env.wait_for("the delivery", Duration::from_secs(30), || !rx.received().is_empty());
-    assert!(rx.received()[0].starts_with("X-Envelope: <b2@virt.example> ok@s.test\r\n"), "{:?}", rx.received());
-    env.wait_for("the deferral", Duration::from_secs(30), || env.log("send.log").contains("<later@s.test> deferred"));
+    send(
+        &env,
+        &bounces.addr(),
+        &["ok@s.test", "gone@s.test", "later@s.test"],
+        "mixed",
+    );
+    env.wait_for("the delivery", Duration::from_secs(30), || {
+        !rx.received().is_empty()
+    });
+    assert!(
+        rx.received()[0].starts_with("X-Envelope: <b2@virt.example> ok@s.test\r\n"),
+        "{:?}",
+        rx.received()
+    );
+    env.wait_for("the deferral", Duration::from_secs(30), || {
+        env.log("send.log").contains("<later@s.test> deferred")
+    });
     // Later the server accepts it: delivered on the next try.
     rx.set("rcpt", r#"{"*": "250 2.1.5 ok"}"#);
     env.flush();
-    env.wait_for("the retry", Duration::from_secs(30), || rx.received().len() >= 2);
+    env.wait_for("the retry", Duration::from_secs(30), || {
+        rx.received().len() >= 2
+    });
     // When the message is done, the bounce carries the remote server's diagnostic for the one
     // that failed (and nothing about the ones delivered).
     let b = env.wait_maildir(&bounces.maildir(), 1);
@@ -149,32 +214,62 @@ fn replies_at_each_step_decide_each_recipient() {
         let subject = format!("step-{key}");
         let to = format!("{key}@s.test");
         send(&env, "s@test.example", &[&to], &subject);
-        env.wait_for(&subject, Duration::from_secs(30), || env.log("send.log").contains(&format!("<{to}> {outcome}")));
+        env.wait_for(&subject, Duration::from_secs(30), || {
+            env.log("send.log").contains(&format!("<{to}> {outcome}"))
+        });
     }
 }
 
 #[test]
 fn pipelining_and_extensions_offered_or_not() {
     let port = free_port();
-    let dns = Dns::start(&["--mx-host=p.test,rx.p.test,10".into(), "--host-record=rx.p.test,127.0.0.2".into()]);
+    let dns = Dns::start(&[
+        "--mx-host=p.test,rx.p.test,10".into(),
+        "--host-record=rx.p.test,127.0.0.2".into(),
+    ]);
     let env = sender(&dns, port);
     // No PIPELINING, no 8BITMIME, no EHLO at all (HELO only): plain commands work.
-    let rx = scripted(&env, "rx", "127.0.0.2", port, r#"{"ehlo_reply": "502 5.5.1 no EHLO here"}"#);
-    send(&env, "s@test.example", &["a@p.test", "b@p.test"], "helo-only");
-    env.wait_for("the delivery", Duration::from_secs(30), || !rx.received().is_empty());
-    assert!(rx.received()[0].starts_with("X-Envelope: <s@test.example> a@p.test b@p.test"), "{:?}", rx.received());
+    let rx = scripted(
+        &env,
+        "rx",
+        "127.0.0.2",
+        port,
+        r#"{"ehlo_reply": "502 5.5.1 no EHLO here"}"#,
+    );
+    send(
+        &env,
+        "s@test.example",
+        &["a@p.test", "b@p.test"],
+        "helo-only",
+    );
+    env.wait_for("the delivery", Duration::from_secs(30), || {
+        !rx.received().is_empty()
+    });
+    assert!(
+        rx.received()[0].starts_with("X-Envelope: <s@test.example> a@p.test b@p.test"),
+        "{:?}",
+        rx.received()
+    );
     // An 8-bit message to a server without 8BITMIME bounces (RFC 6152), not garbled.
     rx.set("ehlo", r#"["PIPELINING"]"#);
     rx.set("ehlo_reply", "null");
-    let out = env.sendmail(&["-f", "s@test.example", "c@p.test"], "Subject: 8bit\n\nh\u{e9}llo\n".as_bytes());
+    let out = env.sendmail(
+        &["-f", "s@test.example", "c@p.test"],
+        "Subject: 8bit\n\nh\u{e9}llo\n".as_bytes(),
+    );
     assert!(out.status.success());
-    env.wait_for("the failure", Duration::from_secs(30), || env.log("send.log").contains("<c@p.test> failed"));
+    env.wait_for("the failure", Duration::from_secs(30), || {
+        env.log("send.log").contains("<c@p.test> failed")
+    });
     assert!(env.log("send.log").contains("5.6.3"));
 }
 
 fn tls_files(dir: &std::path::Path) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["mx.t.test".to_string()]).unwrap().self_signed(&key).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["mx.t.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     std::fs::write(dir.join("control/tlscert"), cert.pem()).unwrap();
     std::fs::write(dir.join("control/tlskey"), key.serialize_pem()).unwrap();
 }
@@ -182,7 +277,10 @@ fn tls_files(dir: &std::path::Path) {
 #[test]
 fn starttls_opportunistic_broken_and_required() {
     let mut receiver = Env::new();
-    receiver.control("virtualdomains", "localhost:mail/*\nt.test:mail/*\nreq.test:mail/*\n");
+    receiver.control(
+        "virtualdomains",
+        "localhost:mail/*\nt.test:mail/*\nreq.test:mail/*\n",
+    );
     tls_files(&receiver.root);
     receiver.start_send();
     let port = receiver.start_smtpd();
@@ -197,23 +295,51 @@ fn starttls_opportunistic_broken_and_required() {
     // Opportunistic TLS: any certificate, a real handshake.
     send(&env, "s@test.example", &["tls@t.test"], "opportunistic");
     let got = receiver.wait_maildir(&receiver.mailbox("tls"), 1);
-    assert!(String::from_utf8_lossy(&got[0]).contains("with ESMTPS (TLSv1.3"), "{}", String::from_utf8_lossy(&got[0]));
-    env.wait_for("the log line", Duration::from_secs(10), || env.log("send.log").contains("tls=TLSv1.3"));
+    assert!(
+        String::from_utf8_lossy(&got[0]).contains("with ESMTPS (TLSv1.3"),
+        "{}",
+        String::from_utf8_lossy(&got[0])
+    );
+    env.wait_for("the log line", Duration::from_secs(10), || {
+        env.log("send.log").contains("tls=TLSv1.3")
+    });
     // A broken handshake: retried in plaintext, delivered.
-    let rx = scripted(&env, "broken", "127.0.0.2", port, r#"{"starttls": true, "tls_garbage": true}"#);
-    send(&env, "s@test.example", &["x@broken.test"], "after-broken-tls");
-    env.wait_for("the plaintext retry", Duration::from_secs(30), || !rx.received().is_empty());
+    let rx = scripted(
+        &env,
+        "broken",
+        "127.0.0.2",
+        port,
+        r#"{"starttls": true, "tls_garbage": true}"#,
+    );
+    send(
+        &env,
+        "s@test.example",
+        &["x@broken.test"],
+        "after-broken-tls",
+    );
+    env.wait_for("the plaintext retry", Duration::from_secs(30), || {
+        !rx.received().is_empty()
+    });
     // TLS required but the certificate does not verify (self-signed): deferred, never in clear.
     send(&env, "s@test.example", &["must@req.test"], "required");
-    env.wait_for("the deferral", Duration::from_secs(30), || env.log("send.log").contains("<must@req.test> deferred"));
-    assert!(env.log("send.log").contains("4.7.5 TLS required"), "{}", env.log("send.log"));
+    env.wait_for("the deferral", Duration::from_secs(30), || {
+        env.log("send.log").contains("<must@req.test> deferred")
+    });
+    assert!(
+        env.log("send.log").contains("4.7.5 TLS required"),
+        "{}",
+        env.log("send.log")
+    );
     assert!(!receiver.mailbox("must").exists());
 }
 
 #[test]
 fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
     let port = free_port();
-    let dns = Dns::start(&["--mx-host=sink.test,sink.sink.test,10".into(), "--host-record=sink.sink.test,127.0.0.1".into()]);
+    let dns = Dns::start(&[
+        "--mx-host=sink.test,sink.sink.test,10".into(),
+        "--host-record=sink.sink.test,127.0.0.1".into(),
+    ]);
     let mut sink = std::process::Command::new("smtp-sink")
         .args(["-u", "nobody"])
         .arg(format!("127.0.0.1:{port}"))
@@ -223,7 +349,12 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
     std::thread::sleep(Duration::from_millis(300));
     let env = sender(&dns, port);
     for i in 0..200 {
-        send(&env, "s@test.example", &[&format!("u{}@sink.test", i % 7), &format!("v{i}@sink.test")], &format!("vol{i}"));
+        send(
+            &env,
+            "s@test.example",
+            &[&format!("u{}@sink.test", i % 7), &format!("v{i}@sink.test")],
+            &format!("vol{i}"),
+        );
     }
     env.wait_queue_empty();
     let log = env.log("send.log");

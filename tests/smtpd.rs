@@ -20,7 +20,11 @@ fn setup() -> (Env, u16) {
 }
 
 fn swaks(port: u16, args: &[&str]) -> std::process::Output {
-    Command::new("swaks").args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "30"]).args(args).output().unwrap()
+    Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "30"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn tls_files(env: &Env) {
@@ -38,16 +42,44 @@ fn swaks_message_arrives_byte_exact() {
     let body = "From: a@test.example\r\nTo: bytes@localhost\r\nSubject: exact\r\n\r\nline one\r\n.dot stuffed\r\n\r\ntrailing spaces   \r\n8bit: \u{e9}t\u{e9}";
     let data = env.path("../data.eml");
     std::fs::write(&data, body).unwrap();
-    let out = swaks(port, &["--from", "a@test.example", "--to", "bytes@localhost", "--data", data.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = swaks(
+        port,
+        &[
+            "--from",
+            "a@test.example",
+            "--to",
+            "bytes@localhost",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let got = env.wait_maildir(&env.mailbox("bytes"), 1);
     let text = String::from_utf8(got[0].clone()).unwrap();
     let after_trace = ferry_e2e::strip_trace(&got[0]);
-    assert_eq!(String::from_utf8(after_trace).unwrap(), format!("{}\n", body.replace("\r\n", "\n")));
-    assert!(text.contains("Received: from ") && text.contains(" ([127.0.0.1])\n\tby test.example (ferry) with ESMTP\n"), "{text}");
+    assert_eq!(
+        String::from_utf8(after_trace).unwrap(),
+        format!("{}\n", body.replace("\r\n", "\n"))
+    );
+    assert!(
+        text.contains("Received: from ")
+            && text.contains(" ([127.0.0.1])\n\tby test.example (ferry) with ESMTP\n"),
+        "{text}"
+    );
     let log = env.log("smtpd.log");
-    assert!(log.contains("message ip=127.0.0.1 from=<a@test.example> rcpts=1") && log.contains("result=250 queued id="), "{log}");
-    assert!(log.contains("session ip=127.0.0.1 helo=") && log.contains("end=quit"), "{log}");
+    assert!(
+        log.contains("message ip=127.0.0.1 from=<a@test.example> rcpts=1")
+            && log.contains("result=250 queued id="),
+        "{log}"
+    );
+    assert!(
+        log.contains("session ip=127.0.0.1 helo=") && log.contains("end=quit"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -70,15 +102,30 @@ s.sendmail("py@test.example", ["tls@localhost"], "Subject: over tls\r\n\r\nsecre
 s.quit()
 "#
     );
-    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = env.wait_maildir(&env.mailbox("tls"), 1);
     let t = String::from_utf8_lossy(&got[0]);
     assert!(t.contains("Received: from py.client ([127.0.0.1])\n\tby test.example (ferry) with ESMTPS (TLSv1.3 TLS13_"), "{t}");
     assert!(env.log("smtpd.log").contains("tls=TLSv1.3"));
     // swaks with STARTTLS too.
-    let out = swaks(port, &["--tls", "--from", "s@test.example", "--to", "tls@localhost"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = swaks(
+        port,
+        &["--tls", "--from", "s@test.example", "--to", "tls@localhost"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     env.wait_maildir(&env.mailbox("tls"), 2);
 }
 
@@ -111,8 +158,15 @@ fn pipelining_and_bdat() {
     assert!(replies[4].1.contains("queued as"));
     assert_eq!(s.cmd("QUIT").0, 221);
     let got = env.wait_maildir(&env.mailbox("pipe1"), 2);
-    let all: Vec<String> = got.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
-    assert!(all.iter().any(|m| m.ends_with("Subject: chunked\n\npart one\npart two\n")), "{all:?}");
+    let all: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert!(
+        all.iter()
+            .any(|m| m.ends_with("Subject: chunked\n\npart one\npart two\n")),
+        "{all:?}"
+    );
     env.wait_maildir(&env.mailbox("pipe2"), 1);
 }
 
@@ -120,7 +174,11 @@ fn pipelining_and_bdat() {
 fn command_order_and_syntax_errors() {
     let (_env, port) = setup();
     let mut s = Smtp::connect(port);
-    assert_eq!(s.cmd("MAIL FROM:<a@test.example>").0, 503, "MAIL before HELO");
+    assert_eq!(
+        s.cmd("MAIL FROM:<a@test.example>").0,
+        503,
+        "MAIL before HELO"
+    );
     assert_eq!(s.cmd("FOO bar").0, 500);
     assert_eq!(s.cmd("HELO").0, 501);
     assert_eq!(s.cmd("EHLO x.test").0, 250);
@@ -179,7 +237,11 @@ fn relay_tricks_and_unknown_users_are_refused() {
     s.cmd("RSET");
     // control/badmailfrom and badrcptto are read at start: restart smtpd.
     drop(s);
-    let out = Command::new("s6-svc").args(["-wR", "-T", "10000", "-r"]).arg(env.path("service/smtpd")).output().unwrap();
+    let out = Command::new("s6-svc")
+        .args(["-wR", "-T", "10000", "-r"])
+        .arg(env.path("service/smtpd"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let mut s = Smtp::connect(port);
     assert_eq!(s.cmd("EHLO x.test").0, 250);
@@ -189,7 +251,11 @@ fn relay_tricks_and_unknown_users_are_refused() {
     assert_eq!(s.cmd("RCPT TO:<blocked@localhost>").0, 550);
     // With 127.0.0.1 as a relay client, other domains are accepted (queued for remote delivery).
     env.control("relayclients", "127.0.0.0/8");
-    Command::new("s6-svc").args(["-wR", "-T", "10000", "-r"]).arg(env.path("service/smtpd")).output().unwrap();
+    Command::new("s6-svc")
+        .args(["-wR", "-T", "10000", "-r"])
+        .arg(env.path("service/smtpd"))
+        .output()
+        .unwrap();
     let mut s = Smtp::connect(port);
     assert_eq!(s.cmd("EHLO x.test").0, 250);
     assert_eq!(s.cmd("MAIL FROM:<a@test.example>").0, 250);
@@ -231,7 +297,11 @@ fn smuggling_never_splits_a_message() {
 fn disconnect_mid_data_and_oversize_leave_nothing() {
     let (env, port) = setup();
     env.control("databytes", "10000");
-    Command::new("s6-svc").args(["-wR", "-T", "10000", "-r"]).arg(env.path("service/smtpd")).output().unwrap();
+    Command::new("s6-svc")
+        .args(["-wR", "-T", "10000", "-r"])
+        .arg(env.path("service/smtpd"))
+        .output()
+        .unwrap();
     {
         let mut s = Smtp::connect(port);
         assert_eq!(s.cmd("EHLO x.test").0, 250);
@@ -252,7 +322,11 @@ fn disconnect_mid_data_and_oversize_leave_nothing() {
     let (code, text) = s.cmd(".");
     assert_eq!(code, 552, "{text}");
     assert_eq!(s.cmd("QUIT").0, 221);
-    env.wait_for("the log line of the cut session", Duration::from_secs(10), || env.log("smtpd.log").contains("end=client closed"));
+    env.wait_for(
+        "the log line of the cut session",
+        Duration::from_secs(10),
+        || env.log("smtpd.log").contains("end=client closed"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(env.queue_files().is_empty(), "{:?}", env.queue_files());
     assert!(!env.mailbox("cut").exists() && !env.mailbox("big").exists());
@@ -285,7 +359,8 @@ fn bad_clients_do_not_stop_the_server() {
     assert_eq!(s.cmd("RSET").0, 250);
     // A client that sends a byte every 2 s is dropped at the 3 s timeout; others are served.
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let start = Instant::now();
     let dripper = std::thread::spawn(move || {
         for b in b"NOOP NOOP NOOP\r\n" {
@@ -330,17 +405,37 @@ fn bad_clients_do_not_stop_the_server() {
 fn smtp_source_500_messages_20_sessions_each_exactly_once() {
     let (env, port) = setup();
     let out = Command::new("smtp-source")
-        .args(["-s", "20", "-m", "500", "-f", "src@test.example", "-t", "volume@localhost", "-l", "2048"])
+        .args([
+            "-s",
+            "20",
+            "-m",
+            "500",
+            "-f",
+            "src@test.example",
+            "-t",
+            "volume@localhost",
+            "-l",
+            "2048",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = env.wait_maildir(&env.mailbox("volume"), 500);
     assert_eq!(got.len(), 500);
     // Each message once: smtp-source numbers nothing, so count distinct queue ids.
     let mut ids: Vec<String> = got
         .iter()
-        .map(|m| String::from_utf8_lossy(m).lines().find_map(|l| l.trim().strip_prefix("id ").map(String::from)).unwrap())
+        .map(|m| {
+            String::from_utf8_lossy(m)
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("id ").map(String::from))
+                .unwrap()
+        })
         .collect();
     ids.sort();
     ids.dedup();
@@ -354,7 +449,13 @@ fn smtpd_and_its_writer_run_under_their_own_users() {
         return;
     }
     let (env, _port) = setup();
-    let uid = |n: &str| nix::unistd::User::from_name(n).unwrap().unwrap().uid.as_raw();
+    let uid = |n: &str| {
+        nix::unistd::User::from_name(n)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw()
+    };
     for (prog, user) in [("smtpd", "ferryd"), ("qwriter", "ferryq")] {
         let ps = procs::named(&env.root, prog);
         assert_eq!(ps.len(), 1, "{prog}");
@@ -371,7 +472,12 @@ fn sendmail_bs_speaks_smtp_on_stdin() {
         b"EHLO local\r\nMAIL FROM:<me@test.example>\r\nRCPT TO:<bs@localhost>\r\nDATA\r\nSubject: via -bs\r\n\r\nhi\r\n.\r\nQUIT\r\n",
     );
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.starts_with("220 ") && said.contains("250 2.0.0 Ok: queued\r\n") && said.ends_with("221 2.0.0 Bye\r\n"), "{said}");
+    assert!(
+        said.starts_with("220 ")
+            && said.contains("250 2.0.0 Ok: queued\r\n")
+            && said.ends_with("221 2.0.0 Bye\r\n"),
+        "{said}"
+    );
     let got = env.wait_maildir(&env.mailbox("bs"), 1);
     assert!(String::from_utf8_lossy(&got[0]).contains("Subject: via -bs\n\nhi\n"));
 }

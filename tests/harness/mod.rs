@@ -11,11 +11,12 @@ pub mod procs;
 pub mod rcpt;
 pub mod remote;
 pub mod smtp;
+pub mod supervision;
 pub mod users;
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -27,8 +28,16 @@ pub fn bin_dir() -> PathBuf {
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
-    target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
 }
 
 pub fn is_root() -> bool {
@@ -53,7 +62,10 @@ impl Env {
     /// A fresh root with `me` = test.example, `localhost` a catch-all mailbox domain and
     /// `virt.example` a mailbox domain without catch-all. No service is started.
     pub fn new() -> Env {
-        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = dir.path().join("root");
         let bin = root.join("bin");
@@ -68,9 +80,18 @@ impl Env {
                 std::fs::copy(&src, bin.join(p)).unwrap();
             }
         }
-        let env = Env { root, _dir: dir, children: Vec::new(), users: Vec::new() };
+        let env = Env {
+            root,
+            _dir: dir,
+            children: Vec::new(),
+            users: Vec::new(),
+        };
         let out = env.ferryctl(&["init"]);
-        assert!(out.status.success(), "ferryctl init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ferryctl init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         env.control("me", "test.example");
         env.control("locals", "test.example");
         env.control("virtualdomains", "localhost:mail/*\nvirt.example:mail/\n");
@@ -86,7 +107,10 @@ impl Env {
     }
 
     pub fn ferryctl(&self, args: &[&str]) -> Output {
-        Command::new(self.root.join("bin/ferryctl")).args(args).output().unwrap()
+        Command::new(self.root.join("bin/ferryctl"))
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Starts the send service as s6 does: `s6-supervise service/send`, which runs its `run`
@@ -102,7 +126,9 @@ impl Env {
             .spawn()
             .expect("s6-supervise (package s6) must be installed");
         self.children.push(child);
-        self.wait_for("send to start", Duration::from_secs(20), || self.log("send.log").contains("send: started"));
+        self.wait_for("send to start", Duration::from_secs(20), || {
+            self.log("send.log").contains("send: started")
+        });
     }
 
     /// Starts smtpd (s6-supervise service/smtpd) on a free loopback port; output in
@@ -120,7 +146,9 @@ impl Env {
             .spawn()
             .expect("s6-supervise (package s6) must be installed");
         self.children.push(child);
-        self.wait_for("smtpd to listen", Duration::from_secs(20), || self.log("smtpd.log").contains("listening on"));
+        self.wait_for("smtpd to listen", Duration::from_secs(20), || {
+            self.log("smtpd.log").contains("listening on")
+        });
         port
     }
 
@@ -133,9 +161,17 @@ impl Env {
         self.sendmail_as(None, args, message)
     }
 
-    pub fn sendmail_as(&self, user: Option<&users::TestUser>, args: &[&str], message: &[u8]) -> Output {
+    pub fn sendmail_as(
+        &self,
+        user: Option<&users::TestUser>,
+        args: &[&str],
+        message: &[u8],
+    ) -> Output {
         let mut cmd = Command::new(self.root.join("bin/sendmail"));
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(u) = user {
             cmd.uid(u.uid).gid(u.gid);
         }
@@ -149,7 +185,10 @@ impl Env {
         let start = Instant::now();
         while !cond() {
             if start.elapsed() > limit {
-                panic!("timed out waiting for {what}\n--- send.log ---\n{}", self.log("send.log"));
+                panic!(
+                    "timed out waiting for {what}\n--- send.log ---\n{}",
+                    self.log("send.log")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -166,10 +205,15 @@ impl Env {
 
     /// Waits for `n` messages in `maildir`/new and returns their contents.
     pub fn wait_maildir(&self, maildir: &Path, n: usize) -> Vec<Vec<u8>> {
-        self.wait_for(&format!("{n} messages in {}", maildir.display()), Duration::from_secs(30), || {
-            self.maildir_new(maildir).len() >= n
-        });
-        self.maildir_new(maildir).iter().map(|p| std::fs::read(p).unwrap()).collect()
+        self.wait_for(
+            &format!("{n} messages in {}", maildir.display()),
+            Duration::from_secs(30),
+            || self.maildir_new(maildir).len() >= n,
+        );
+        self.maildir_new(maildir)
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
     }
 
     pub fn mailbox(&self, name: &str) -> PathBuf {
@@ -181,26 +225,40 @@ impl Env {
         let q = self.root.join("queue");
         let mut out = Vec::new();
         for top in ["tmp", "todo", "mess", "info"] {
-            walk(&q.join(top), &mut |p| out.push(p.strip_prefix(&q).unwrap().display().to_string()));
+            walk(&q.join(top), &mut |p| {
+                out.push(p.strip_prefix(&q).unwrap().display().to_string())
+            });
         }
         out
     }
 
     pub fn wait_queue_empty(&self) {
-        self.wait_for("the queue to be empty", Duration::from_secs(60), || self.queue_files().is_empty());
+        self.wait_for("the queue to be empty", Duration::from_secs(60), || {
+            self.queue_files().is_empty()
+        });
     }
 
     /// Sends SIGALRM to send: retry everything now.
     pub fn flush(&self) {
         let out = self.ferryctl(&["flush"]);
-        assert!(out.status.success(), "ferryctl flush: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ferryctl flush: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn stop(&mut self) {
         for name in ["service/smtpd", "service/send"] {
             let svc = self.root.join(name);
             if svc.join("supervise/control").exists() {
-                let _ = Command::new("s6-svc").arg("-wD").arg("-T").arg("15000").arg("-d").arg(&svc).output();
+                let _ = Command::new("s6-svc")
+                    .arg("-wD")
+                    .arg("-T")
+                    .arg("15000")
+                    .arg("-d")
+                    .arg(&svc)
+                    .output();
                 let _ = Command::new("s6-svc").arg("-x").arg(&svc).output();
             }
         }
@@ -212,7 +270,10 @@ impl Env {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = c.wait();
         }
         self.children.clear();
@@ -244,7 +305,11 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A message with a unique Subject, LF line ends.
@@ -256,9 +321,15 @@ pub fn message(subject: &str, body: &str) -> Vec<u8> {
 pub fn strip_trace(delivered: &[u8]) -> Vec<u8> {
     let mut rest = delivered;
     loop {
-        let line_end = rest.iter().position(|b| *b == b'\n').map(|i| i + 1).unwrap_or(rest.len());
+        let line_end = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(rest.len());
         let line = &rest[..line_end];
-        let is_trace = line.starts_with(b"Return-Path:") || line.starts_with(b"Delivered-To:") || line.starts_with(b"Received:");
+        let is_trace = line.starts_with(b"Return-Path:")
+            || line.starts_with(b"Delivered-To:")
+            || line.starts_with(b"Received:");
         let is_cont = line.starts_with(b"\t") || line.starts_with(b" ");
         if is_trace || is_cont {
             rest = &rest[line_end..];

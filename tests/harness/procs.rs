@@ -14,8 +14,16 @@ pub struct Proc {
 
 fn ids(status: &str, key: &str) -> [u32; 3] {
     let line = status.lines().find(|l| l.starts_with(key)).unwrap_or("");
-    let v: Vec<u32> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    [v.first().copied().unwrap_or(u32::MAX), v.get(1).copied().unwrap_or(u32::MAX), v.get(2).copied().unwrap_or(u32::MAX)]
+    let v: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    [
+        v.first().copied().unwrap_or(u32::MAX),
+        v.get(1).copied().unwrap_or(u32::MAX),
+        v.get(2).copied().unwrap_or(u32::MAX),
+    ]
 }
 
 /// Every running process whose executable is in `root`/bin.
@@ -23,8 +31,12 @@ pub fn under(root: &Path) -> Vec<Proc> {
     let bin = root.join("bin");
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(exe) = std::fs::read_link(e.path().join("exe")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(exe) = std::fs::read_link(e.path().join("exe")) else {
+            continue;
+        };
         if !exe.starts_with(&bin) {
             continue;
         }
@@ -32,18 +44,29 @@ pub fn under(root: &Path) -> Vec<Proc> {
         if status.contains("State:\tZ") {
             continue;
         }
-        out.push(Proc { pid, exe, uids: ids(&status, "Uid:"), gids: ids(&status, "Gid:") });
+        out.push(Proc {
+            pid,
+            exe,
+            uids: ids(&status, "Uid:"),
+            gids: ids(&status, "Gid:"),
+        });
     }
     out
 }
 
 /// The processes of one program of `root`.
 pub fn named(root: &Path, program: &str) -> Vec<Proc> {
-    under(root).into_iter().filter(|p| p.exe.file_name().is_some_and(|n| n == program)).collect()
+    under(root)
+        .into_iter()
+        .filter(|p| p.exe.file_name().is_some_and(|n| n == program))
+        .collect()
 }
 
 pub fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 pub fn kill_all_under(root: &Path) {

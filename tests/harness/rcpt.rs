@@ -43,7 +43,12 @@ impl Rcpt {
     }
     fn own(&self, p: &std::path::Path) {
         if crate::is_root() {
-            nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(self.uid)), Some(nix::unistd::Gid::from_raw(self.gid))).unwrap();
+            nix::unistd::chown(
+                p,
+                Some(nix::unistd::Uid::from_raw(self.uid)),
+                Some(nix::unistd::Gid::from_raw(self.gid)),
+            )
+            .unwrap();
         }
     }
     pub fn label(&self) -> &'static str {
@@ -60,9 +65,19 @@ impl Env {
             let u = nix::unistd::User::from_name("ferrym").unwrap().unwrap();
             (u.uid.as_raw(), u.gid.as_raw())
         } else {
-            (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )
         };
-        let r = Rcpt { local: name.to_string(), domain: "virt.example".into(), home, uid, gid, is_user: false };
+        let r = Rcpt {
+            local: name.to_string(),
+            domain: "virt.example".into(),
+            home,
+            uid,
+            gid,
+            is_user: false,
+        };
         r.own(&r.home.clone());
         r
     }
@@ -70,7 +85,14 @@ impl Env {
     /// A new passwd user in test.example (root only).
     pub fn user_rcpt(&mut self) -> Rcpt {
         let u = TestUser::create(&self.root);
-        let r = Rcpt { local: u.name.clone(), domain: "test.example".into(), home: u.home.clone(), uid: u.uid, gid: u.gid, is_user: true };
+        let r = Rcpt {
+            local: u.name.clone(),
+            domain: "test.example".into(),
+            home: u.home.clone(),
+            uid: u.uid,
+            gid: u.gid,
+            is_user: true,
+        };
         self.users.push(u);
         r
     }

@@ -18,7 +18,13 @@ impl Dns {
     pub fn start(args: &[String]) -> Dns {
         let port = crate::free_port();
         let child = Command::new("dnsmasq")
-            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1"])
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+            ])
             .arg(format!("--port={port}"))
             .arg("--pid-file=")
             .arg("--local=/test/")
@@ -30,7 +36,10 @@ impl Dns {
             .expect("dnsmasq (package dnsmasq-base) must be installed");
         // Wait until it answers.
         let start = Instant::now();
-        while std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.connect(("127.0.0.1", port))).is_err() {
+        while std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.connect(("127.0.0.1", port)))
+            .is_err()
+        {
             if start.elapsed() > Duration::from_secs(5) {
                 break;
             }
@@ -61,7 +70,11 @@ impl Scripted {
         let cfgpath = dir.join("config.json");
         let portfile = dir.join("port");
         let _ = std::fs::remove_file(&portfile);
-        let mut v = config.trim().strip_suffix('}').unwrap_or(config.trim()).to_string();
+        let mut v = config
+            .trim()
+            .strip_suffix('}')
+            .unwrap_or(config.trim())
+            .to_string();
         if !v.trim_end().ends_with('{') {
             v.push(',');
         }
@@ -71,15 +84,29 @@ impl Scripted {
             dir.join("mail").display()
         );
         std::fs::write(&cfgpath, &full).unwrap();
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/scripted_smtp.py");
-        let child = Command::new("python3").arg(script).arg(&cfgpath).stdout(Stdio::null()).spawn().unwrap();
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/scripted_smtp.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(&cfgpath)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let start = Instant::now();
         while !portfile.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "scripted receiver did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "scripted receiver did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let port = std::fs::read_to_string(&portfile).unwrap().parse().unwrap();
-        Scripted { child, config: cfgpath, dir, port }
+        Scripted {
+            child,
+            config: cfgpath,
+            dir,
+            port,
+        }
     }
 
     /// Replaces one "key": value in the config (value as JSON text).
@@ -94,7 +121,11 @@ impl Scripted {
             .arg(value)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         obj.push(String::from_utf8(out.stdout).unwrap());
         std::fs::write(&self.config, obj.join("")).unwrap();
     }

@@ -16,7 +16,9 @@ impl Smtp {
     /// Connects and reads the greeting.
     pub fn connect(port: u16) -> Smtp {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut s = Smtp { stream, reader };
         let (code, text) = s.reply();

@@ -15,8 +15,15 @@ pub struct TestUser {
 }
 
 fn lock() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/etc/.ferry-users.lock").unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/etc/.ferry-users.lock")
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
 }
 
 impl TestUser {
@@ -32,25 +39,45 @@ impl TestUser {
         {
             let _held = lock();
             let out = Command::new("useradd")
-                .args(["--no-create-home", "--user-group", "--shell", "/bin/sh", "--home-dir"])
+                .args([
+                    "--no-create-home",
+                    "--user-group",
+                    "--shell",
+                    "/bin/sh",
+                    "--home-dir",
+                ])
                 .arg(&home)
                 .arg(&name)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "useradd: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "useradd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let u = nix::unistd::User::from_name(&name).unwrap().unwrap();
         std::fs::create_dir(&home).unwrap();
         nix::unistd::chown(&home, Some(u.uid), Some(u.gid)).unwrap();
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TestUser { name, uid: u.uid.as_raw(), gid: u.gid.as_raw(), home }
+        TestUser {
+            name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home,
+        }
     }
 
     /// Writes a file in the home directory owned by the user (mode 0644).
     pub fn write(&self, rel: &str, contents: &str) {
         let p = self.home.join(rel);
         std::fs::write(&p, contents).unwrap();
-        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(self.uid)), Some(nix::unistd::Gid::from_raw(self.gid))).unwrap();
+        nix::unistd::chown(
+            &p,
+            Some(nix::unistd::Uid::from_raw(self.uid)),
+            Some(nix::unistd::Gid::from_raw(self.gid)),
+        )
+        .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
 

@@ -1,5 +1,6 @@
 //! Asking send to act on the queue, over queue/ctl/send (see crates/send/src/ctl.rs).
 
+use crate::problem;
 use anyhow::{Context, Result, bail};
 use ferry_common::queue::Queue;
 use ferry_common::record::{self, Record};
@@ -8,13 +9,18 @@ use std::time::Duration;
 
 pub fn request(q: &Queue, req: Record) -> Result<String> {
     let path = q.ctl_socket();
-    let mut s = UnixStream::connect(&path)
-        .with_context(|| format!("send is not running (cannot connect to {}); start it with ferryctl start", path.display()))?;
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "send is not running (cannot connect to {}); start it with ferryctl start",
+            path.display()
+        )
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     record::write_blocking(&mut s, &req)?;
     match record::read_blocking(&mut s)? {
         Some(r) if r.kind == b'K' => Ok(r.str(0)?.to_string()),
-        Some(r) => bail!("{}", r.str(0).unwrap_or("refused")),
+        // send refused: the command ran and found a problem (exit 1).
+        Some(r) => Err(problem(r.str(0).unwrap_or("refused"))),
         None => bail!("send closed the connection without an answer"),
     }
 }

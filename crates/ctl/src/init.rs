@@ -1,7 +1,7 @@
 //! `ferryctl init`: makes the root a complete install: the ferry users (as root), every
 //! directory of the manifest with its owner and mode, the s6 service directories, and (with
-//! `--demo PORT`) the embedded demo configuration. Existing control files and service scripts
-//! are never overwritten.
+//! `--demo PORT`) the embedded demo configuration and a self-signed certificate. Existing
+//! control files and service scripts are never overwritten.
 
 use crate::users;
 use anyhow::{Context, Result};
@@ -13,14 +13,46 @@ use std::path::Path;
 
 /// The service directories, embedded from the repository's supervise/ at build time.
 pub const SERVICES: &[(&str, &str, u32)] = &[
-    ("send/run", include_str!("../../../supervise/send/run"), 0o755),
-    ("send/notification-fd", include_str!("../../../supervise/send/notification-fd"), 0o644),
-    ("send/timeout-kill", include_str!("../../../supervise/send/timeout-kill"), 0o644),
-    ("send/log/run", include_str!("../../../supervise/send/log/run"), 0o755),
-    ("smtpd/run", include_str!("../../../supervise/smtpd/run"), 0o755),
-    ("smtpd/notification-fd", include_str!("../../../supervise/smtpd/notification-fd"), 0o644),
-    ("smtpd/timeout-kill", include_str!("../../../supervise/smtpd/timeout-kill"), 0o644),
-    ("smtpd/log/run", include_str!("../../../supervise/smtpd/log/run"), 0o755),
+    (
+        "send/run",
+        include_str!("../../../supervise/send/run"),
+        0o755,
+    ),
+    (
+        "send/notification-fd",
+        include_str!("../../../supervise/send/notification-fd"),
+        0o644,
+    ),
+    (
+        "send/timeout-kill",
+        include_str!("../../../supervise/send/timeout-kill"),
+        0o644,
+    ),
+    (
+        "send/log/run",
+        include_str!("../../../supervise/send/log/run"),
+        0o755,
+    ),
+    (
+        "smtpd/run",
+        include_str!("../../../supervise/smtpd/run"),
+        0o755,
+    ),
+    (
+        "smtpd/notification-fd",
+        include_str!("../../../supervise/smtpd/notification-fd"),
+        0o644,
+    ),
+    (
+        "smtpd/timeout-kill",
+        include_str!("../../../supervise/smtpd/timeout-kill"),
+        0o644,
+    ),
+    (
+        "smtpd/log/run",
+        include_str!("../../../supervise/smtpd/log/run"),
+        0o755,
+    ),
 ];
 
 /// The configuration `make run` starts with: a catch-all demo domain `localhost`, loopback
@@ -28,7 +60,10 @@ pub const SERVICES: &[(&str, &str, u32)] = &[
 pub fn demo_control(port: u16) -> Vec<(&'static str, String)> {
     vec![
         ("me", "localhost".into()),
-        ("locals", "# none: in the demo every address is a mailbox under mail/\n".into()),
+        (
+            "locals",
+            "# none: in the demo every address is a mailbox under mail/\n".into(),
+        ),
         ("virtualdomains", "localhost:mail/*\n".into()),
         ("smtplisten", format!("127.0.0.1:{port}\n")),
         ("relayclients", "# nobody may relay in the demo\n".into()),
@@ -54,7 +89,8 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
     if mode == Mode::Separated {
         done.extend(users::ensure(root)?);
     }
-    std::fs::create_dir_all(root.path()).with_context(|| format!("cannot create {}", root.path().display()))?;
+    std::fs::create_dir_all(root.path())
+        .with_context(|| format!("cannot create {}", root.path().display()))?;
     done.extend(layout::apply(root, mode).context("laying out the root")?);
     for (path, text, m) in SERVICES {
         if write_new(&root.service().join(path), text, *m)? {
@@ -66,6 +102,12 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
             if write_new(&root.control_file(name), &value, 0o644)? {
                 done.push(format!("wrote control/{name}"));
             }
+        }
+        // STARTTLS out of the box: a self-signed certificate for the demo's name.
+        if crate::tls::ensure(root, "localhost", false)? == crate::tls::Outcome::Written {
+            done.push(
+                "wrote control/tlscert and control/tlskey (self-signed for localhost)".into(),
+            );
         }
     }
     let readme = root.control_file("README");

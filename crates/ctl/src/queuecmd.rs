@@ -1,7 +1,7 @@
 //! `ferryctl queue`: the queue as mailq/qmail-qread show it, read straight from the queue
 //! directory (changing nothing), and the actions that send carries out.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_common::id::{self, MsgId};
 use ferry_common::info::{self, Channel, State};
 use ferry_common::queue::{Queue, QueueFile};
@@ -25,22 +25,46 @@ pub fn scan(q: &Queue) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for split in id::splits() {
         let dir = q.dir().join("info").join(&split);
-        let rd = std::fs::read_dir(&dir).with_context(|| format!("cannot read {} (run as root?)", dir.display()))?;
+        let rd = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {} (run as root?)", dir.display()))?;
         for e in rd.flatten() {
-            let Some(mid) = e.file_name().to_str().and_then(MsgId::parse) else { continue };
-            let Ok(i) = info::read_only(&e.path()) else { continue };
-            let size = QueueFile::open(&q.mess(&mid)).map(|f| f.message_len).unwrap_or(0);
-            out.push(Entry { id: mid, age: now.saturating_sub(i.birth), size, sender: i.sender.clone(), info: Some(i), new_rcpts: 0 });
+            let Some(mid) = e.file_name().to_str().and_then(MsgId::parse) else {
+                continue;
+            };
+            let Ok(i) = info::read_only(&e.path()) else {
+                continue;
+            };
+            let size = QueueFile::open(&q.mess(&mid))
+                .map(|f| f.message_len)
+                .unwrap_or(0);
+            out.push(Entry {
+                id: mid,
+                age: now.saturating_sub(i.birth),
+                size,
+                sender: i.sender.clone(),
+                info: Some(i),
+                new_rcpts: 0,
+            });
         }
     }
     for e in std::fs::read_dir(q.todo_dir())?.flatten() {
-        let Some(mid) = e.file_name().to_str().and_then(MsgId::parse) else { continue };
+        let Some(mid) = e.file_name().to_str().and_then(MsgId::parse) else {
+            continue;
+        };
         if out.iter().any(|x| x.id == mid) {
             continue;
         }
-        let Ok(qf) = QueueFile::open(&e.path()) else { continue };
+        let Ok(qf) = QueueFile::open(&e.path()) else {
+            continue;
+        };
         let Ok(env) = qf.envelope() else { continue };
-        let birth = qf.file.metadata().ok().and_then(|m| m.modified().ok()).map(secs).unwrap_or(now);
+        let birth = qf
+            .file
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .map(secs)
+            .unwrap_or(now);
         out.push(Entry {
             id: mid,
             age: now.saturating_sub(birth),
@@ -50,19 +74,27 @@ pub fn scan(q: &Queue) -> Result<Vec<Entry>> {
             new_rcpts: env.recipients.len(),
         });
     }
-    out.sort_by(|a, b| b.age.cmp(&a.age));
+    out.sort_by_key(|e| std::cmp::Reverse(e.age));
     Ok(out)
 }
 
 fn secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn state_word(e: &Entry) -> &'static str {
     match &e.info {
         None => "new",
         Some(i) if i.hold => "held",
-        Some(i) if i.rcpts.iter().any(|r| r.attempts > 0 && r.state == State::Pending) => "deferred",
+        Some(i)
+            if i.rcpts
+                .iter()
+                .any(|r| r.attempts > 0 && r.state == State::Pending) =>
+        {
+            "deferred"
+        }
         Some(_) => "active",
     }
 }
@@ -79,8 +111,16 @@ pub fn list(q: &Queue) -> Result<String> {
     let entries = scan(q)?;
     let mut s = String::new();
     for e in &entries {
-        let rcpts = e.info.as_ref().map(|i| i.rcpts.len()).unwrap_or(e.new_rcpts);
-        let sender = if e.sender.is_empty() { "<>".to_string() } else { format!("<{}>", log::quote(&e.sender, 80)) };
+        let rcpts = e
+            .info
+            .as_ref()
+            .map(|i| i.rcpts.len())
+            .unwrap_or(e.new_rcpts);
+        let sender = if e.sender.is_empty() {
+            "<>".to_string()
+        } else {
+            format!("<{}>", log::quote(&e.sender, 80))
+        };
         let _ = writeln!(
             s,
             "{}  {:>4}  {:>5}  {}  {} rcpt{}  {}",
@@ -98,9 +138,17 @@ pub fn list(q: &Queue) -> Result<String> {
                     State::Delivered => "delivered".to_string(),
                     State::Failed => "failed, bounce pending".to_string(),
                     State::Pending if r.attempts == 0 => "waiting".to_string(),
-                    State::Pending => format!("deferred ({} attempt{})", r.attempts, if r.attempts == 1 { "" } else { "s" }),
+                    State::Pending => format!(
+                        "deferred ({} attempt{})",
+                        r.attempts,
+                        if r.attempts == 1 { "" } else { "s" }
+                    ),
                 };
-                let chan = if r.channel == Channel::Local { "local" } else { "remote" };
+                let chan = if r.channel == Channel::Local {
+                    "local"
+                } else {
+                    "remote"
+                };
                 let _ = writeln!(s, "    {} [{chan}] {st}", log::quote(&r.addr, 200));
                 if r.state == State::Pending
                     && let Some((_, err)) = &r.last_error
@@ -110,21 +158,44 @@ pub fn list(q: &Queue) -> Result<String> {
             }
         }
     }
-    let _ = writeln!(s, "-- {} message{} in the queue", entries.len(), if entries.len() == 1 { "" } else { "s" });
+    let _ = writeln!(
+        s,
+        "-- {} message{} in the queue",
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" }
+    );
     Ok(s)
 }
 
 pub fn show(q: &Queue, id: &str) -> Result<String> {
     let mid = parse_id(id)?;
-    let path = if q.mess(&mid).exists() { q.mess(&mid) } else { q.todo(&mid) };
-    let qf = QueueFile::open(&path).with_context(|| format!("{mid} is not in the queue"))?;
+    let path = if q.mess(&mid).exists() {
+        q.mess(&mid)
+    } else {
+        q.todo(&mid)
+    };
+    let qf =
+        QueueFile::open(&path).map_err(|_| crate::problem(format!("{mid} is not in the queue")))?;
     let env = qf.envelope()?;
     let mut s = String::new();
-    let _ = writeln!(s, "id: {mid}\nsize: {} bytes\nsender: <{}>", qf.message_len, env.sender);
+    let _ = writeln!(
+        s,
+        "id: {mid}\nsize: {} bytes\nsender: <{}>",
+        qf.message_len, env.sender
+    );
     if let Ok(i) = info::read_only(&q.info(&mid)) {
-        let _ = writeln!(s, "queued: {}{}", date::iso(i.birth), if i.hold { " (held)" } else { "" });
+        let _ = writeln!(
+            s,
+            "queued: {}{}",
+            date::iso(i.birth),
+            if i.hold { " (held)" } else { "" }
+        );
         for r in &i.rcpts {
-            let _ = writeln!(s, "recipient: {} {:?} {:?} attempts {}", r.addr, r.channel, r.state, r.attempts);
+            let _ = writeln!(
+                s,
+                "recipient: {} {:?} {:?} attempts {}",
+                r.addr, r.channel, r.state, r.attempts
+            );
             if let Some((t, e)) = &r.last_error {
                 let _ = writeln!(s, "  last error {}: {}", date::iso(*t), log::quote(e, 500));
             }
@@ -137,14 +208,20 @@ pub fn show(q: &Queue, id: &str) -> Result<String> {
             let _ = writeln!(s, "recipient: {r} (new)");
         }
     }
-    let _ = writeln!(s, "\n{}", String::from_utf8_lossy(&qf.read_head(64 * 1024)?));
+    let _ = writeln!(
+        s,
+        "\n{}",
+        String::from_utf8_lossy(&qf.read_head(64 * 1024)?)
+    );
     Ok(s)
 }
 
 pub fn parse_id(id: &str) -> Result<MsgId> {
     match MsgId::parse(id) {
         Some(m) => Ok(m),
-        None => bail!("{id:?} is not a message id (32 hex digits, as ferryctl queue lists them)"),
+        None => Err(crate::usage(format!(
+            "{id:?} is not a message id (32 hex digits, as ferryctl queue lists them)"
+        ))),
     }
 }
 
