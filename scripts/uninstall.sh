@@ -4,12 +4,15 @@
 # control files, the logs or the ferry users: they hold mail and settings.
 set -e
 root="$1$2"
-if [ -f "$root/service/.s6-svscan/control" ]; then
+bindir=${BINDIR:-/usr/local/bin}
+sbindir=${SBINDIR:-/usr/local/sbin}
+unitdir=${UNITDIR:-/etc/systemd/system}
+if [ -e "$root/service/.s6-svscan/control" ]; then
   s6-svscanctl -t "$root/service" 2>/dev/null || true
 fi
-systemctl disable --now ferry 2>/dev/null || true
-rm -f /etc/systemd/system/ferry.service
-for l in /usr/local/bin/ferryctl /usr/local/sbin/sendmail /usr/local/bin/mailq /usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq; do
+[ -n "${UNITDIR:-}" ] || systemctl disable --now ferry 2>/dev/null || true
+rm -f "$unitdir/ferry.service"
+for l in "$bindir/ferryctl" "$sbindir/sendmail" "$bindir/mailq" /usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq; do
   if [ -L "$l" ] && [ "$(readlink "$l")" = "$root/bin/$(basename "$l" | sed 's/mailq/sendmail/')" ]; then
     rm -f "$l"
     [ -e "$l.pre-ferry" ] && mv "$l.pre-ferry" "$l"

@@ -205,6 +205,19 @@ fn full_disk_loses_nothing() {
         "{:?}",
         env.queue_files()
     );
+    // The same over SMTP: 452 4.3.1 (insufficient storage), nothing kept, the session goes on.
+    let port = env.start_smtpd();
+    let mut c = ferry_e2e::smtp::Smtp::connect(port);
+    assert_eq!(c.cmd("EHLO full.test").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<s@test.example>").0, 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{}>", r.addr())).0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(format!("Subject: full\r\n\r\n{}\r\n", "y".repeat(200_000)).as_bytes());
+    let (code, text) = c.cmd(".");
+    assert_eq!(code, 452, "{text}");
+    assert!(text.contains("4.3.1"), "{text}");
+    assert_eq!(c.cmd("NOOP").0, 250);
+    assert!(env.queue_files().is_empty(), "{:?}", env.queue_files());
     std::fs::remove_file(&filler).unwrap();
 
     // Mailbox full: the delivery is deferred, no half-written file; after space is freed it

@@ -289,7 +289,7 @@ impl Scheduler {
             State::Pending => {
                 rc.attempts += 1;
                 rc.last_error = Some((now, text.to_string()));
-                let next = state::next_retry(m.birth, now, rc.channel);
+                let next = state::next_retry(now, rc.attempts, rc.channel);
                 // One last attempt at the end of the lifetime, then bounce.
                 let next = next.min(m.birth + lifetime).max(now + 1);
                 if !m.hold && !m.deleting {

@@ -121,7 +121,7 @@ impl Scheduler {
             let r = &m.rcpts[idx];
             if r.state == State::Pending && !r.busy && !r.ready {
                 let when = due.unwrap_or_else(|| match &r.last_error {
-                    Some((t, _)) => crate::state::next_retry(m.birth, *t, r.channel).max(now),
+                    Some((t, _)) => crate::state::next_retry(*t, r.attempts, r.channel).max(now),
                     None => now,
                 });
                 self.schedule.add(m, idx, when);

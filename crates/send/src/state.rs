@@ -167,26 +167,22 @@ impl Msg {
     }
 }
 
-/// Retry base in seconds per channel: attempts at birth + base·k² (k = 1, 2, 3, ...), so the
-/// interval grows with the age of the message (qmail's schedule): local 10 s, 40 s, 90 s, ...;
-/// remote 60 s, 4 min, 9 min, ..., about every 75 minutes after a day.
-pub fn base(channel: Channel) -> u64 {
-    match channel {
-        Channel::Local => 10,
-        Channel::Remote => 60,
-    }
+/// Exponential backoff per recipient: the wait after the n-th temporary failure is
+/// base·2^(n-1), at most `cap` (local: 10 s, 20 s, 40 s, ... up to 30 minutes; remote: 1, 2, 4,
+/// 8, ... minutes up to an hour, like Postfix's backoff between 300 and 4000 seconds but
+/// starting sooner). The attempt count survives a restart (one note per failure in info/).
+pub fn backoff(channel: Channel, attempts: u32) -> u64 {
+    let (base, cap) = match channel {
+        Channel::Local => (10u64, 1800u64),
+        Channel::Remote => (60, 3600),
+    };
+    let n = attempts.max(1) - 1;
+    base.saturating_mul(1u64 << n.min(20)).min(cap)
 }
 
-/// The next attempt after a failure at `now` for a message born at `birth`.
-pub fn next_retry(birth: u64, now: u64, channel: Channel) -> u64 {
-    let b = base(channel);
-    let age = now.saturating_sub(birth);
-    let k = (age / b).isqrt() + 1;
-    let mut t = birth + b * k * k;
-    if t <= now {
-        t = now + 1;
-    }
-    t
+/// When to try again after the `attempts`-th failure, which happened at `failed_at`.
+pub fn next_retry(failed_at: u64, attempts: u32, channel: Channel) -> u64 {
+    failed_at + backoff(channel, attempts)
 }
 
 /// The retry schedule: (due, message, recipient index), earliest first.
@@ -238,13 +234,11 @@ mod tests {
 
     #[test]
     fn retry_grows() {
-        let b = 1_000_000;
-        assert_eq!(next_retry(b, b, Channel::Local), b + 10);
-        assert_eq!(next_retry(b, b + 10, Channel::Local), b + 40);
-        assert_eq!(next_retry(b, b + 45, Channel::Local), b + 90);
-        // After a day, attempts are about 75 minutes apart (60 s · (2k+1), k = 38).
-        let slot = b + 60 * 38 * 38;
-        let gap = next_retry(b, slot, Channel::Remote) - slot;
-        assert_eq!(gap, 60 * 77);
+        let t = 1_000_000;
+        assert_eq!(next_retry(t, 1, Channel::Local), t + 10);
+        assert_eq!(next_retry(t, 2, Channel::Local), t + 20);
+        assert_eq!(next_retry(t, 3, Channel::Remote), t + 240);
+        assert_eq!(next_retry(t, 40, Channel::Remote), t + 3600);
+        assert_eq!(next_retry(t, 40, Channel::Local), t + 1800);
     }
 }

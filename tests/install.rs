@@ -1,0 +1,143 @@
+//! `make install` and `make uninstall` (scripts/install.sh, scripts/uninstall.sh) into a
+//! temporary PREFIX, with the PATH links and the systemd unit redirected into the test's
+//! directory (BINDIR, SBINDIR, UNITDIR), so that the machine's own files are never touched.
+
+#![allow(clippy::unwrap_used)]
+
+use ferry_common::layout;
+use ferry_common::root::Root;
+use ferry_common::users::Mode;
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn script(name: &str, args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(repo().join("scripts").join(name))
+        .args(args)
+        .current_dir(repo())
+        .env("FERRY_BIN_DIR", ferry_e2e::bin_dir())
+        .env("BINDIR", dir.join("bin"))
+        .env("SBINDIR", dir.join("sbin"))
+        .env("UNITDIR", dir.join("systemd"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn destdir_install_stages_the_programs_only() {
+    let t = tempfile::tempdir().unwrap();
+    let stage = t.path().join("stage");
+    let out = script(
+        "install.sh",
+        &[stage.to_str().unwrap(), "/var/ferry", "no"],
+        t.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in layout::PROGRAMS {
+        assert!(stage.join("var/ferry/bin").join(p).is_file(), "{p}");
+    }
+    assert!(
+        !stage.join("var/ferry/queue").exists(),
+        "a staged install lays out nothing else"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ferryctl init"));
+}
+
+#[test]
+fn install_then_uninstall_keeps_mail_and_settings() {
+    if !ferry_e2e::is_root() {
+        eprintln!("a real install needs root (users, owners); only the staged install is tested");
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("ferry-install-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let prefix = t.path().join("ferry");
+    let out = script(
+        "install.sh",
+        &["", prefix.to_str().unwrap(), "no"],
+        t.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The manifest holds: owners, modes, the setuid queue.
+    let problems = layout::verify(&Root::at(&prefix), Mode::Separated);
+    assert!(problems.is_empty(), "{problems:?}");
+    for f in [
+        "service/send/run",
+        "service/send/log/run",
+        "service/smtpd/run",
+        "service/smtpd/notification-fd",
+        "control/me",
+    ] {
+        assert!(prefix.join(f).exists(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_link(t.path().join("bin/ferryctl")).unwrap(),
+        prefix.join("bin/ferryctl")
+    );
+    assert_eq!(
+        std::fs::read_link(t.path().join("sbin/sendmail")).unwrap(),
+        prefix.join("bin/sendmail")
+    );
+    let unit = std::fs::read_to_string(t.path().join("systemd/ferry.service")).unwrap();
+    assert!(unit.contains(&format!(
+        "ExecStart=/usr/bin/s6-svscan {}/service",
+        prefix.display()
+    )));
+    // The installed tree works: ferryctl check finds no FAIL in the configuration and manifest.
+    let check = Command::new(prefix.join("bin/ferryctl"))
+        .args(["check", "--no-dns"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.starts_with("FAIL") && !l.contains("smtpd")),
+        "{said}"
+    );
+    // A second install keeps the control files; uninstall keeps queue, mail, control, log.
+    std::fs::write(prefix.join("control/me"), "kept.example\n").unwrap();
+    std::fs::create_dir_all(prefix.join("mail/someone")).unwrap();
+    let out = script(
+        "install.sh",
+        &["", prefix.to_str().unwrap(), "no"],
+        t.path(),
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(prefix.join("control/me")).unwrap(),
+        "kept.example\n"
+    );
+    let out = script("uninstall.sh", &["", prefix.to_str().unwrap()], t.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!prefix.join("bin").exists() && !prefix.join("service").exists());
+    for kept in ["queue/todo", "mail/someone", "control/me", "log"] {
+        assert!(prefix.join(kept).exists(), "{kept} must be kept");
+    }
+    assert!(
+        !t.path().join("bin/ferryctl").exists() && !t.path().join("systemd/ferry.service").exists()
+    );
+}
