@@ -362,3 +362,32 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
     let _ = sink.kill();
     let _ = sink.wait();
 }
+
+#[test]
+fn reload_makes_new_routes_count() {
+    let port = free_port();
+    let dns = Dns::start(&[]);
+    // First the route points at an address where nothing listens: the mail waits.
+    let env = sender_with(&dns, port, &[("smtproutes", "moved.test:[127.0.0.3]")]);
+    let rx = scripted(&env, "rx", "127.0.0.2", port, "{}");
+    send(&env, "s@test.example", &["x@moved.test"], "rerouted");
+    env.wait_for("the deferral", Duration::from_secs(30), || {
+        env.log("send.log").contains("<x@moved.test> deferred")
+    });
+    // The route changes; HUP (ferryctl reload) makes send and the remote workers read it.
+    env.control("smtproutes", &format!("moved.test:[127.0.0.2]:{port}"));
+    let out = std::process::Command::new("s6-svc")
+        .arg("-h")
+        .arg(env.path("service/send"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    env.wait_for("the reload", Duration::from_secs(10), || {
+        env.log("send.log").contains("workers restarted")
+    });
+    env.flush();
+    env.wait_for("the delivery", Duration::from_secs(30), || {
+        !rx.received().is_empty()
+    });
+    env.wait_queue_empty();
+}

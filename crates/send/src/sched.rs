@@ -323,6 +323,8 @@ impl Scheduler {
         match Config::load(&self.root) {
             Ok(c) => {
                 self.cfg = c;
+                // rspawn starts new remote-deliver workers, which read them too.
+                self.rspawn.send(&Record::new(b'H'));
                 log!("control files reloaded");
             }
             Err(e) => log!("reload refused: {e}"),

@@ -2,6 +2,8 @@
 //!
 //! - fd 0, from send: `D job msgid where sender domain rcpt...` (where: `t` todo/, `m` mess/)
 //! - fd 1, to send: `R job status text [status text]...`, one status/text pair per recipient.
+//! - `H` from send (it got HUP): the workers finish what they are doing and new ones, which
+//!   read the control files again, take the next jobs.
 //!
 //! Keeps a few long-lived `remote-deliver` workers (one per CPU, at most 4), each serving many
 //! deliveries at once, and hands each job to a worker chosen by the job's domain, so that a
@@ -12,7 +14,7 @@
 use ferry_common::log;
 use ferry_common::record::{self, Record};
 use ferry_common::root::Root;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufReader, BufWriter, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -20,7 +22,8 @@ use std::sync::{Arc, Mutex};
 
 struct Slot {
     stdin: Option<ChildStdin>,
-    jobs: HashSet<u64>,
+    /// Jobs handed out and not yet reported, with the generation of the worker that has them.
+    jobs: HashMap<u64, u64>,
     generation: u64,
 }
 
@@ -102,13 +105,27 @@ fn listen(
     }
     let status = child.wait();
     let (orphans, closing) = match shared.slots.lock() {
-        Ok(mut slots) if slots[i].generation == generation => {
-            let closing = slots[i].stdin.is_none();
-            (std::mem::take(&mut slots[i].jobs), closing)
+        Ok(mut slots) => {
+            let slot = &mut slots[i];
+            let mine: HashSet<u64> = slot
+                .jobs
+                .iter()
+                .filter(|(_, g)| **g == generation)
+                .map(|(j, _)| *j)
+                .collect();
+            slot.jobs.retain(|_, g| *g != generation);
+            // Replaced (reload) or shutting down: nobody to start again.
+            let closing = slot.generation != generation || slot.stdin.is_none();
+            (mine, closing)
         }
-        _ => return,
+        Err(_) => return,
     };
     if closing {
+        fail_all(
+            &shared,
+            orphans,
+            "remote-deliver exited during the delivery",
+        );
         return;
     }
     log!(
@@ -126,6 +143,25 @@ fn listen(
     }
 }
 
+/// New workers for new jobs; the old ones end when they have reported theirs.
+fn reload(shared: &Arc<Shared>, workers: usize) {
+    for i in 0..workers {
+        let generation = match shared.slots.lock() {
+            Ok(mut slots) => {
+                // Closing its stdin tells the old worker to finish and exit; its listener
+                // still relays its results (the jobs stay in the slot's set until then).
+                slots[i].stdin = None;
+                slots[i].generation + 1
+            }
+            Err(_) => return,
+        };
+        if let Err(e) = start(shared, i, generation) {
+            log!("{e}");
+        }
+    }
+    log!("remote-deliver workers restarted to read the control files again");
+}
+
 fn run() -> std::io::Result<()> {
     let root = Root::from_exe()?;
     let workers = std::thread::available_parallelism()
@@ -138,7 +174,7 @@ fn run() -> std::io::Result<()> {
             (0..workers)
                 .map(|_| Slot {
                     stdin: None,
-                    jobs: HashSet::new(),
+                    jobs: HashMap::new(),
                     generation: 0,
                 })
                 .collect(),
@@ -150,6 +186,10 @@ fn run() -> std::io::Result<()> {
     }
     let mut input = BufReader::new(std::io::stdin().lock());
     while let Some(rec) = record::read_blocking(&mut input)? {
+        if rec.kind == b'H' {
+            reload(&shared, workers);
+            continue;
+        }
         let job = rec.u64(0).unwrap_or(0);
         let mut h = DefaultHasher::new();
         rec.bytes(4).unwrap_or(b"").hash(&mut h);
@@ -162,7 +202,7 @@ fn run() -> std::io::Result<()> {
                     .as_mut()
                     .is_some_and(|s| s.write_all(&rec.encode()).and_then(|_| s.flush()).is_ok());
                 if ok {
-                    slot.jobs.insert(job);
+                    slot.jobs.insert(job, slot.generation);
                 }
                 ok
             }
