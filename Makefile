@@ -1,7 +1,8 @@
 # ferry — build, test, run, install, bench.
 #   make            release build of every program
 #   make test       every test (unit, end to end, a bounded fuzz run); installs test tools as root
-#   make run        a complete root in run/, supervised by s6 in the foreground (PORT, ROOT)
+#   make run        a complete root in run/, supervised by s6 in the foreground (PORT, ROOT,
+#                   FERRY_BIN_DIR to use programs built elsewhere)
 #   make install    into $(DESTDIR)$(PREFIX) (default /var/ferry); SENDMAIL=yes links /usr/sbin/sendmail
 #   make bench      sendmail -> Maildir throughput (see scripts/bench-sendmail.sh)
 
@@ -18,6 +19,7 @@ CARGO   ?= cargo
 all: build
 
 build:
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "make: cargo not found: install Rust 1.95 (rustup), or use programs built elsewhere: make run FERRY_BIN_DIR=/path/to/target/release" >&2; exit 1; }
 	$(CARGO) build --release --workspace --bins
 
 deps-run:
@@ -30,8 +32,9 @@ test: deps-test build
 	$(CARGO) test --release --workspace
 	fuzz/run-all.sh $(FUZZ_SECONDS)
 
-run: deps-run build
-	@scripts/run.sh "$(ROOT)" "$(PORT)"
+# FERRY_BIN_DIR=DIR: use programs built elsewhere (no cargo needed).
+run: deps-run $(if $(FERRY_BIN_DIR),,build)
+	@$(if $(FERRY_BIN_DIR),FERRY_BIN_DIR="$(FERRY_BIN_DIR)") scripts/run.sh "$(ROOT)" "$(PORT)"
 
 install: build
 	@scripts/install.sh "$(DESTDIR)" "$(PREFIX)" "$(SENDMAIL)"

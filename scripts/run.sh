@@ -5,7 +5,8 @@
 set -e
 root=$1
 port=$2
-case "$root" in /*) ;; *) root="$PWD/$root" ;; esac
+# Paths are printed as given: relative to here for the default run/, absolute for ROOT=/...
+case "$root" in /*) given=absolute ;; *) given=relative; root="$PWD/$root" ;; esac
 if [ "$(id -u)" = 0 ]; then
   mode="privilege separation: each program runs under its own ferry user"
   mkdir -p "$root"
@@ -27,9 +28,15 @@ if [ -p "$root/service/.s6-svscan/control" ] && s6-svscanctl -a "$root/service" 
   echo "stop it first with: $root/bin/ferryctl stop --all" >&2
   exit 1
 fi
+# A port someone else holds would leave smtpd failing to bind in a loop: say it now.
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1', $port)) == 0 else 1)" 2>/dev/null; then
+  echo "make run: port $port on 127.0.0.1 is in use by another program; choose another: make run PORT=2600" >&2
+  exit 1
+fi
 scripts/layout-root.sh "$root" --demo "$port" >/dev/null
 echo "127.0.0.1:$port" > "$root/control/smtplisten"
-rel=$(realpath --relative-to="$PWD" "$root" 2>/dev/null || echo "$root")
+rel=$root
+[ "$given" = relative ] && rel=$(realpath --relative-to="$PWD" "$root" 2>/dev/null || echo "$root")
 cat <<INFO
 ferry is starting ($mode)
   SMTP       127.0.0.1:$port (loopback only; relaying elsewhere is refused)
@@ -39,7 +46,9 @@ ferry is starting ($mode)
   status     $rel/bin/ferryctl stat     queue: $rel/bin/ferryctl queue     checks: $rel/bin/ferryctl check
   try        swaks --server 127.0.0.1:$port --to you@localhost
              printf 'Subject: hi\n\nhello\n' | $rel/bin/sendmail you@localhost
-Ctrl-C stops everything (the queue is kept for the next make run).
+Ctrl-C stops everything (the queue is kept for the next make run); when make run runs in
+the background, stop it with $rel/bin/ferryctl stop --all (or SIGTERM to this script).
+Mail for other domains sent with $rel/bin/sendmail goes out to the Internet like any MTA's.
 INFO
 # s6-svscan gets its own session: Ctrl-C reaches this script, which tears the tree down
 # cleanly (services get TERM, loggers drain) instead of killing it.
@@ -47,15 +56,15 @@ setsid s6-svscan "$root/service" </dev/null &
 scan=$!
 trap 's6-svscanctl -t "$root/service" 2>/dev/null || kill $scan 2>/dev/null' INT TERM
 # Readiness: both services up and ready (ferryctl stat exits 0), 30 s at most.
-i=0
+start=$(date +%s)
 while kill -0 $scan 2>/dev/null; do
   if "$root/bin/ferryctl" stat >/dev/null 2>&1; then
     echo "ferry is ready: smtpd and send are up ($rel/bin/ferryctl stat shows them)"
     break
   fi
-  i=$((i + 1))
-  if [ $i -ge 150 ]; then
-    echo "ferry is not ready after 30 s: see $rel/bin/ferryctl stat and the logs" >&2
+  if [ $(($(date +%s) - start)) -ge 30 ]; then
+    echo "ferry is not ready after 30 s: see $rel/bin/ferryctl stat and the logs; last smtpd log line:" >&2
+    tail -n 1 "$root/log/smtpd/current" >&2 2>/dev/null || true
     break
   fi
   sleep 0.2 || true

@@ -124,6 +124,17 @@ fn tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Item {
             "put the PEM certificate chain (leaf first) into control/tlscert",
         );
     }
+    if let Err(e) = std::fs::File::open(key)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return warn(
+            format!(
+                "control/tlskey not checked: uid {} may not read it (it is for root and ferryd)",
+                ferry_sys::uids().0
+            ),
+            "run ferryctl check as root",
+        );
+    }
     let k = head(key);
     if !k.contains("PRIVATE KEY-----") {
         return fail(
@@ -145,6 +156,18 @@ fn tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Item {
 
 fn manifest(root: &Root) -> Vec<Item> {
     let mode = Mode::of_root(root);
+    // A normal user cannot look into a privilege-separated queue: say so once.
+    if let Err(e) = std::fs::read_dir(root.queue().join("tmp"))
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return vec![warn(
+            format!(
+                "install: not checked: uid {} may not look into queue/",
+                ferry_sys::uids().0
+            ),
+            "run ferryctl check as root",
+        )];
+    }
     let problems = layout::verify(root, mode);
     if problems.is_empty() {
         return vec![ok(format!(
@@ -199,8 +222,24 @@ pub fn greeting(addr: SocketAddr) -> std::io::Result<String> {
         .to_string())
 }
 
-fn listening(cfg: &Config) -> Vec<Item> {
+fn listening(root: &Root, cfg: &Config) -> Vec<Item> {
     let fix = "ferryctl start; ferryctl log smtpd says why it does not listen";
+    // Another ferry on the same port would answer for ours: first ask s6 about ours.
+    let dir = crate::s6::service_dir(root, "smtpd");
+    if let Ok(Some(st)) = crate::s6::status(&dir)
+        && !st.up
+    {
+        let last = crate::s6::log_tail(root, "smtpd", 1)
+            .pop()
+            .unwrap_or_default();
+        return vec![fail(
+            format!(
+                "smtpd is down (last log line: {})",
+                ferry_common::log::quote(last.trim(), 200)
+            ),
+            "fix what the log says (a port in use: another mail server or another ferry), then ferryctl restart",
+        )];
+    }
     cfg.smtplisten
         .iter()
         .map(|a| {
@@ -244,7 +283,7 @@ pub fn items(root: &Root, with_dns: bool) -> Vec<Item> {
     items.extend(manifest(root));
     match &cfg {
         Some(cfg) => {
-            items.extend(listening(cfg));
+            items.extend(listening(root, cfg));
             if with_dns {
                 items.extend(dnscheck::check(cfg));
             }

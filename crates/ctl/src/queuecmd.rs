@@ -17,6 +17,8 @@ pub struct Entry {
     /// None: still in todo/, not yet taken by send.
     pub info: Option<info::Info>,
     pub new_rcpts: usize,
+    /// The recipients of a message not yet taken by send (from its envelope).
+    pub new_list: Vec<String>,
 }
 
 /// Every message in the queue, oldest first.
@@ -44,6 +46,7 @@ pub fn scan(q: &Queue) -> Result<Vec<Entry>> {
                 sender: i.sender.clone(),
                 info: Some(i),
                 new_rcpts: 0,
+                new_list: Vec::new(),
             });
         }
     }
@@ -72,6 +75,7 @@ pub fn scan(q: &Queue) -> Result<Vec<Entry>> {
             sender: env.sender,
             info: None,
             new_rcpts: env.recipients.len(),
+            new_list: env.recipients.clone(),
         });
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.age));
@@ -132,6 +136,11 @@ pub fn list(q: &Queue) -> Result<String> {
             if rcpts == 1 { "" } else { "s" },
             state_word(e)
         );
+        if e.info.is_none() {
+            for r in &e.new_list {
+                let _ = writeln!(s, "    {} (not yet sorted by send)", log::quote(r, 200));
+            }
+        }
         if let Some(i) = &e.info {
             for r in &i.rcpts {
                 let st = match r.state {

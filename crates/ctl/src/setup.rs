@@ -116,6 +116,11 @@ fn set_value(
     match old_value(root, name) {
         Some(old) if old == shown => out.push(format!("control/{name}: {shown} (unchanged)")),
         Some(old) => {
+            let old = if old.is_empty() {
+                "(empty)".to_string()
+            } else {
+                old
+            };
             out.push(format!(
                 "control/{name}: {old} → {shown} ({})",
                 if dry { "would replace" } else { "replaced" }
@@ -238,7 +243,7 @@ fn dns_records(domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
         let note = if is_public(*ip) {
             ""
         } else {
-            "   (a private address: publish your public one, or give --ip)"
+            "   (not a public address: publish your public one, or give --ip)"
         };
         out.push(format!("  {me}.  IN {t}    {ip}{note}"));
     }

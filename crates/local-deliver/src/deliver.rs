@@ -25,7 +25,8 @@ pub struct Job {
 
 /// How a delivery ended (before the Maildir commit).
 pub enum Outcome {
-    Done,
+    /// Delivered: what was done ("Maildir ./Maildir/", "program", ...).
+    Done(String),
     Permanent(String),
     Temporary(String),
 }
@@ -57,8 +58,15 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
     let prefix = format!("{rpline}{dtline}");
     let mut forwards: Vec<String> = Vec::new();
     let mut mine: Vec<maildir::Prepared> = Vec::new();
-    let mut outcome = Outcome::Done;
+    let mut outcome = Outcome::Done(String::new());
+    let mut done: Vec<String> = Vec::new();
     for ins in &instructions {
+        done.push(match ins {
+            Instruction::Maildir(p) => format!("Maildir {p}"),
+            Instruction::Mbox(p) => format!("mbox {p}"),
+            Instruction::Forward(a) => format!("forward to <{a}>"),
+            Instruction::Program(_) => "program".to_string(),
+        });
         let step = match ins {
             Instruction::Maildir(path) => {
                 let dir = resolve(cx.home, path);
@@ -135,10 +143,11 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
             break;
         }
     }
-    if matches!(outcome, Outcome::Done) && !forwards.is_empty() {
+    if matches!(outcome, Outcome::Done(_)) && !forwards.is_empty() {
         outcome = forward(cx.root, job, &dtline, forwards);
     }
-    if matches!(outcome, Outcome::Done) {
+    if matches!(outcome, Outcome::Done(_)) {
+        outcome = Outcome::Done(done.join(", "));
         pending.extend(mine);
     } else {
         for p in mine {
@@ -300,7 +309,7 @@ fn forward(root: &Root, job: &Job, dtline: &str, targets: Vec<String>) -> Outcom
     };
     let mut msg = dtline.as_bytes().chain(job.msg.reader());
     match inject::run_queue(root, &mut msg, &env) {
-        Ok(r) if r.code == 0 => Outcome::Done,
+        Ok(r) if r.code == 0 => Outcome::Done(String::new()),
         Ok(r) if status::queue_exit_is_permanent(r.code) => {
             Outcome::Permanent(format!("forward refused: {}", r.reason()))
         }

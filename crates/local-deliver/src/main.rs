@@ -172,7 +172,7 @@ fn batch(cx: &mut Context<'_>, jobs: &[Job]) -> Vec<(i32, String)> {
     for (i, j) in jobs.iter().enumerate() {
         let before = pending.len();
         let r = match deliver::deliver(cx, j, &mut pending) {
-            Outcome::Done => (0, "delivered".to_string()),
+            Outcome::Done(what) => (0, what),
             Outcome::Permanent(t) => (100, t),
             Outcome::Temporary(t) => (111, t),
         };

@@ -79,11 +79,21 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     let fields = rfc5322::fields(&head.bytes);
     let has = |name: &str| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
 
-    let mut recipients: Vec<String> = a
-        .recipients
-        .iter()
-        .flat_map(|r| rfc5322::addresses(r))
-        .collect();
+    // Command-line recipients: addresses, several per argument when separated by commas.
+    let mut recipients: Vec<String> = Vec::new();
+    for arg in &a.recipients {
+        if arg.contains(['<', '(', '"']) {
+            // "Joe <joe@example.org>": parsed as an address list.
+            recipients.extend(rfc5322::addresses(arg));
+        } else {
+            recipients.extend(
+                arg.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(String::from),
+            );
+        }
+    }
     if a.extract {
         for (n, v) in &fields {
             if ["to", "cc", "bcc"].contains(&n.to_ascii_lowercase().as_str()) {
@@ -91,21 +101,23 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
             }
         }
     }
-    let recipients: Vec<String> = recipients
-        .iter()
-        .map(|r| addr::normalize(&addr::qualify(r, &cfg.defaultdomain)))
-        .collect();
     if recipients.is_empty() {
         fail(
             EX_USAGE,
             "no recipients: name them on the command line, or use -t with To/Cc/Bcc headers",
         );
     }
-    for r in &recipients {
-        if let Err(e) = envelope::check_address(r.as_bytes()) {
-            fail(EX_DATAERR, format!("recipient {r:?}: {e}"));
-        }
-    }
+    let recipients: Vec<String> = recipients
+        .iter()
+        .map(|r| {
+            check_recipient(r, &cfg.defaultdomain).unwrap_or_else(|why| {
+                fail(
+                    EX_DATAERR,
+                    format!("recipient {r:?}: {why}; nothing was sent"),
+                )
+            })
+        })
+        .collect();
     let sender = match a
         .sender
         .as_deref()
@@ -180,6 +192,30 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
         }
         Err(e) => fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")),
     }
+}
+
+/// A recipient as it goes into the envelope (bare names get `defaultdomain`), or why not.
+fn check_recipient(raw: &str, defaultdomain: &str) -> Result<String, String> {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("white space or control characters in an address".into());
+    }
+    let full = addr::normalize(&addr::qualify(raw, defaultdomain));
+    let (local, domain) = addr::split(&full);
+    if local.is_empty() {
+        return Err("no local part before the @".into());
+    }
+    if domain.is_empty() {
+        return Err("no domain after the @".into());
+    }
+    if local.contains('@') && !local.starts_with('"') {
+        return Err("more than one @".into());
+    }
+    let literal = domain.starts_with('[') && domain.ends_with(']');
+    if !literal && ferry_common::config::parse_domain(domain).is_err() {
+        return Err(format!("{domain:?} is not a domain name"));
+    }
+    envelope::check_address(full.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(full)
 }
 
 struct Head {
@@ -347,6 +383,29 @@ mod tests {
         let mut s = String::new();
         body.read_to_string(&mut s).unwrap();
         assert_eq!(s, "line\n");
+    }
+
+    #[test]
+    fn recipients_are_checked() {
+        assert_eq!(
+            check_recipient("joe", "h.example").unwrap(),
+            "joe@h.example"
+        );
+        assert_eq!(
+            check_recipient("Joe@Example.ORG", "h").unwrap(),
+            "Joe@example.org"
+        );
+        for bad in [
+            "joe@",
+            "@x.example",
+            "x@@localhost",
+            "a b@localhost",
+            "x@bad..domain",
+            "x@-bad.example",
+        ] {
+            assert!(check_recipient(bad, "h.example").is_err(), "{bad}");
+        }
+        assert!(check_recipient("x@[127.0.0.1]", "h").is_ok());
     }
 
     #[test]
