@@ -391,3 +391,38 @@ fn reload_makes_new_routes_count() {
     });
     env.wait_queue_empty();
 }
+
+#[test]
+fn kept_connections_to_a_restarted_server_are_replaced() {
+    let port = free_port();
+    let dns = Dns::start(&[
+        "--mx-host=k.test,rx.k.test,10".into(),
+        "--host-record=rx.k.test,127.0.0.2".into(),
+    ]);
+    let env = sender(&dns, port);
+    let rx = scripted(&env, "rx1", "127.0.0.2", port, "{}");
+    // Several at once, so that several connections are kept.
+    for i in 0..6 {
+        send(
+            &env,
+            "s@test.example",
+            &[&format!("a{i}@k.test")],
+            &format!("before-{i}"),
+        );
+    }
+    env.wait_for("six deliveries", Duration::from_secs(30), || {
+        rx.received().len() >= 6
+    });
+    // The server restarts: every kept connection is now dead.
+    drop(rx);
+    let rx = scripted(&env, "rx2", "127.0.0.2", port, "{}");
+    send(&env, "s@test.example", &["after@k.test"], "after-restart");
+    env.wait_for("the delivery", Duration::from_secs(20), || {
+        !rx.received().is_empty()
+    });
+    assert!(
+        !env.log("send.log").contains("<after@k.test> deferred"),
+        "{}",
+        env.log("send.log")
+    );
+}

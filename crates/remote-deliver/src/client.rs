@@ -179,8 +179,13 @@ impl Client {
         Ok(c)
     }
 
+    /// "mx.example.org[192.0.2.1]:25" ("[192.0.2.1]:25" for an address route).
     pub fn relay(&self) -> String {
-        format!("{}[{}]:{}", self.host, self.ip, self.port)
+        if self.host.starts_with('[') {
+            format!("{}:{}", self.host, self.port)
+        } else {
+            format!("{}[{}]:{}", self.host, self.ip, self.port)
+        }
     }
 
     /// Reads one reply (all its lines).

@@ -213,9 +213,10 @@ async fn connect(
     host: &Host,
     ip: IpAddr,
     required: bool,
+    use_pool: bool,
 ) -> Result<(Client, bool), String> {
     let key = (ip, host.port, required);
-    if let Some((c, _)) = ctx.pool.borrow_mut().get_mut(&key).and_then(|l| l.pop()) {
+    if use_pool && let Some((c, _)) = ctx.pool.borrow_mut().get_mut(&key).and_then(|l| l.pop()) {
         return Ok((c, true));
     }
     let (ct, t) = ctx.timeouts();
@@ -277,9 +278,10 @@ async fn attempt(
     ip: IpAddr,
     required: bool,
 ) -> Attempt {
-    // A reused connection may have been closed by the server meanwhile: then once more, fresh.
-    for _ in 0..2 {
-        let (mut c, reused) = match connect(ctx, host, ip, required).await {
+    // A kept connection may have been closed by the server meanwhile: then the other kept
+    // ones to it are likely dead too; they go, and a fresh connection takes the job.
+    for round in 0..2 {
+        let (mut c, reused) = match connect(ctx, host, ip, required, round == 0).await {
             Ok(c) => c,
             Err(e) => return Attempt::Next(e),
         };
@@ -310,6 +312,7 @@ async fn attempt(
                     job.domain,
                     c.relay()
                 );
+                ctx.pool.borrow_mut().remove(&(ip, host.port, required));
             }
             Tx::Next(why) => {
                 c.quit().await;
