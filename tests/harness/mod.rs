@@ -113,12 +113,12 @@ impl Env {
             .unwrap()
     }
 
-    /// Starts the send service as s6 does: `s6-supervise service/send`, which runs its `run`
-    /// script and restarts it when it exits. Its output goes to ROOT/send.log.
-    pub fn start_send(&mut self) {
-        let log = std::fs::File::create(self.root.join("send.log")).unwrap();
+    /// Runs `s6-supervise service/NAME` (which runs the service's `run` script and restarts it
+    /// when it exits, as in production), its output in ROOT/LOG.
+    fn supervise(&mut self, service: &str, log: &str) {
+        let log = std::fs::File::create(self.root.join(log)).unwrap();
         let child = Command::new("s6-supervise")
-            .arg(self.root.join("service/send"))
+            .arg(self.root.join("service").join(service))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -126,26 +126,21 @@ impl Env {
             .spawn()
             .expect("s6-supervise (package s6) must be installed");
         self.children.push(child);
+    }
+
+    /// Starts the send service; its output goes to ROOT/send.log.
+    pub fn start_send(&mut self) {
+        self.supervise("send", "send.log");
         self.wait_for("send to start", Duration::from_secs(20), || {
             self.log("send.log").contains("send: started")
         });
     }
 
-    /// Starts smtpd (s6-supervise service/smtpd) on a free loopback port; output in
-    /// ROOT/smtpd.log. Returns the port.
+    /// Starts smtpd on a free loopback port; output in ROOT/smtpd.log. Returns the port.
     pub fn start_smtpd(&mut self) -> u16 {
         let port = free_port();
         self.control("smtplisten", &format!("127.0.0.1:{port}"));
-        let log = std::fs::File::create(self.root.join("smtpd.log")).unwrap();
-        let child = Command::new("s6-supervise")
-            .arg(self.root.join("service/smtpd"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("s6-supervise (package s6) must be installed");
-        self.children.push(child);
+        self.supervise("smtpd", "smtpd.log");
         self.wait_for("smtpd to listen", Duration::from_secs(20), || {
             self.log("smtpd.log").contains("listening on")
         });

@@ -8,8 +8,6 @@
 use crate::spf;
 use ferry_common::config::Config;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -54,34 +52,7 @@ fn plain(n: &Name) -> String {
 
 impl Dns {
     pub fn new(cfg: &Config) -> Result<Dns, String> {
-        let mut b = if cfg.resolvconf.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
-        } else {
-            let servers = cfg
-                .resolvconf
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let o = b.options_mut();
-        o.ndots = 0;
-        o.timeout = Duration::from_secs(3);
-        o.attempts = 2;
-        o.use_hosts_file = ResolveHosts::Never;
-        b.build()
-            .map(|r| Dns { r })
-            .map_err(|e| format!("cannot set up the resolver: {e}"))
+        ferry_dns::resolver(&cfg.resolvconf, Duration::from_secs(3)).map(|r| Dns { r })
     }
 
     async fn query<T>(

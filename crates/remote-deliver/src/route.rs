@@ -6,8 +6,6 @@
 
 use ferry_common::config::Config;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -30,33 +28,7 @@ pub enum RouteError {
 pub const DNS_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn resolver(cfg: &Config) -> Result<TokioResolver, String> {
-    let mut builder = if cfg.resolvconf.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
-    } else {
-        let servers = cfg
-            .resolvconf
-            .iter()
-            .map(|a| {
-                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                for c in &mut ns.connections {
-                    c.port = a.port();
-                }
-                ns
-            })
-            .collect();
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
-        )
-    };
-    let o = builder.options_mut();
-    o.ndots = 0;
-    o.timeout = Duration::from_secs(5);
-    o.attempts = 2;
-    o.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the DNS resolver: {e}"))
+    ferry_dns::resolver(&cfg.resolvconf, Duration::from_secs(5))
 }
 
 fn shuffle<T>(v: &mut [T]) {
