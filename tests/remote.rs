@@ -264,16 +264,6 @@ fn pipelining_and_extensions_offered_or_not() {
     assert!(env.log("send.log").contains("5.6.3"));
 }
 
-fn tls_files(dir: &std::path::Path) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["mx.t.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(dir.join("control/tlscert"), cert.pem()).unwrap();
-    std::fs::write(dir.join("control/tlskey"), key.serialize_pem()).unwrap();
-}
-
 #[test]
 fn starttls_opportunistic_broken_and_required() {
     let mut receiver = Env::new();
@@ -281,7 +271,7 @@ fn starttls_opportunistic_broken_and_required() {
         "virtualdomains",
         "localhost:mail/*\nt.test:mail/*\nreq.test:mail/*\n",
     );
-    tls_files(&receiver.root);
+    ferry_e2e::write_test_certificate(&receiver.root, "mx.t.test");
     receiver.start_send();
     let port = receiver.start_smtpd();
     let dns = Dns::start(&[

@@ -27,14 +27,6 @@ fn swaks(port: u16, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn tls_files(env: &Env) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["test.example".to_string()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(env.path("control/tlscert"), cert.pem()).unwrap();
-    std::fs::write(env.path("control/tlskey"), key.serialize_pem()).unwrap();
-}
-
 #[test]
 fn swaks_message_arrives_byte_exact() {
     let (env, port) = setup();
@@ -85,7 +77,7 @@ fn swaks_message_arrives_byte_exact() {
 #[test]
 fn smtplib_starttls_and_received_line() {
     let mut env = Env::new();
-    tls_files(&env);
+    ferry_e2e::write_test_certificate(&env.root, "test.example");
     env.start_send();
     let port = env.start_smtpd();
     let script = format!(
@@ -132,7 +124,7 @@ s.quit()
 #[test]
 fn starttls_with_plaintext_behind_it_is_refused() {
     let mut env = Env::new();
-    tls_files(&env);
+    ferry_e2e::write_test_certificate(&env.root, "test.example");
     env.start_send();
     let port = env.start_smtpd();
     let mut s = Smtp::connect(port);

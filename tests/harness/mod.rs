@@ -298,6 +298,17 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
     }
 }
 
+/// Writes a fresh self-signed certificate for `name` into ROOT/control/tlscert and tlskey.
+pub fn write_test_certificate(root: &Path, name: &str) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(root.join("control/tlscert"), cert.pem()).unwrap();
+    std::fs::write(root.join("control/tlskey"), key.serialize_pem()).unwrap();
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

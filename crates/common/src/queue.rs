@@ -395,6 +395,18 @@ impl QueueFile {
         })
     }
 
+    /// When the message was queued: the file's modification time (it is never written after
+    /// the commit), or now if that cannot be read.
+    pub fn birth(&self) -> u64 {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or_else(crate::date::now_secs)
+    }
+
     pub fn envelope(&self) -> io::Result<Envelope> {
         let len = self.total_len - TRAILER_LEN - self.message_len;
         if len > crate::envelope::MAX_ENVELOPE as u64 {

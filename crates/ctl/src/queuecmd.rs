@@ -61,13 +61,7 @@ pub fn scan(q: &Queue) -> Result<Vec<Entry>> {
             continue;
         };
         let Ok(env) = qf.envelope() else { continue };
-        let birth = qf
-            .file
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .map(secs)
-            .unwrap_or(now);
+        let birth = qf.birth();
         out.push(Entry {
             id: mid,
             age: now.saturating_sub(birth),
@@ -80,12 +74,6 @@ pub fn scan(q: &Queue) -> Result<Vec<Entry>> {
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.age));
     Ok(out)
-}
-
-fn secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn state_word(e: &Entry) -> &'static str {

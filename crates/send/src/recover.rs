@@ -91,13 +91,7 @@ impl Scheduler {
                 };
                 let qf = QueueFile::open(&qpath)?;
                 let env = qf.envelope()?;
-                let birth = qf
-                    .file
-                    .metadata()?
-                    .modified()
-                    .ok()
-                    .map(secs)
-                    .unwrap_or_else(date::now_secs);
+                let birth = qf.birth();
                 let rcpts = self.classify(&env.recipients);
                 let f = info::create(path, &info::encode(birth, &env.sender, &rcpts))?;
                 f.sync_all()?;
@@ -128,10 +122,4 @@ impl Scheduler {
             }
         }
     }
-}
-
-pub fn secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

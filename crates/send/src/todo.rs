@@ -7,7 +7,6 @@
 //! hold is persisted: its state goes into info/XX/ID (written as ID.tmp, synced, renamed,
 //! synced: always whole), then clean moves the message to mess/XX/ID.
 
-use crate::recover::secs;
 use crate::sched::{MAX_ACTIVE, Scheduler, TODO_BATCH};
 use crate::state::{Loc, Msg};
 use ferry_common::id::MsgId;
@@ -104,13 +103,7 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let env = qf.envelope()?;
-        let birth = qf
-            .file
-            .metadata()?
-            .modified()
-            .ok()
-            .map(secs)
-            .unwrap_or_else(date::now_secs);
+        let birth = qf.birth();
         Ok(Some(Msg::new(
             id,
             birth,
