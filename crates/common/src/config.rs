@@ -107,6 +107,7 @@ pub struct Config {
     pub badrcptto: Vec<String>,
     pub databytes: u64,
     pub maxrcpt: u64,
+    pub maxhops: u64,
     pub smtplisten: Vec<SocketAddr>,
     pub smtpgreeting: String,
     pub timeoutsmtpd: u64,
@@ -118,6 +119,7 @@ pub struct Config {
     pub concurrencylocal: u64,
     pub concurrencyremote: u64,
     pub concurrencydomain: u64,
+    pub concurrencyuser: u64,
     pub queuelifetime: u64,
     pub bouncefrom: String,
     pub doublebounceto: String,
@@ -405,6 +407,7 @@ impl Config {
             badrcptto: l.list("badrcptto", parse_entry).unwrap_or_default(),
             databytes: l.number("databytes", 26_214_400),
             maxrcpt: l.number("maxrcpt", 1000).max(1),
+            maxhops: l.number("maxhops", 100).max(1),
             smtplisten: l.list("smtplisten", parse_listen).unwrap_or_else(|| {
                 ["0.0.0.0:25", "[::]:25"]
                     .iter()
@@ -420,6 +423,7 @@ impl Config {
             concurrencylocal: l.number("concurrencylocal", 10).clamp(1, 1000),
             concurrencyremote: l.number("concurrencyremote", 40).clamp(1, 10000),
             concurrencydomain: l.number("concurrencydomain", 20).max(1),
+            concurrencyuser: l.number("concurrencyuser", 3).max(1),
             queuelifetime: l.number("queuelifetime", 604_800),
             bouncefrom: l
                 .text("bouncefrom")

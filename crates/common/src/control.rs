@@ -126,6 +126,13 @@ pub const FILES: &[ControlFile] = &[
         "smtpd",
     ),
     cf(
+        "maxhops",
+        Kind::Number,
+        "100",
+        "a message with more Received lines than this is refused as a mail loop (554 5.4.6)",
+        "smtpd, queue",
+    ),
+    cf(
         "smtplisten",
         Kind::Listen,
         "0.0.0.0:25 and [::]:25",
@@ -193,6 +200,13 @@ pub const FILES: &[ControlFile] = &[
         Kind::Number,
         "20",
         "most simultaneous remote deliveries to one domain",
+        "send",
+    ),
+    cf(
+        "concurrencyuser",
+        Kind::Number,
+        "3",
+        "most simultaneous local deliveries to one user",
         "send",
     ),
     cf(

@@ -1,5 +1,6 @@
 //! The envelope in the qmail-queue format: `F<sender>\0`, then `T<recipient>\0` for each
-//! recipient, then a final `\0`. `queue` reads it on fd 1; the queue file keeps it after the
+//! recipient, then a final `\0`. One extension: a `U\0` record right after the sender marks a
+//! transaction that was received with SMTPUTF8 (RFC 6531), which relaying must keep. `queue` reads it on fd 1; the queue file keeps it after the
 //! message (see [`crate::queue`]).
 
 use std::fmt;
@@ -17,6 +18,8 @@ pub const DOUBLE_BOUNCE_SENDER: &str = "#@[]";
 pub struct Envelope {
     pub sender: String,
     pub recipients: Vec<String>,
+    /// The message was received with the SMTPUTF8 parameter (recorded as `U\0`).
+    pub smtputf8: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +90,10 @@ impl Envelope {
         }
         let (rec, mut pos) = record(0).ok_or(EnvelopeError::Truncated)?;
         let sender = check_address(&rec[1..])?.to_string();
+        let smtputf8 = buf.get(pos..pos + 2) == Some(b"U\0");
+        if smtputf8 {
+            pos += 2;
+        }
         let mut recipients = Vec::new();
         loop {
             match buf.get(pos) {
@@ -111,7 +118,11 @@ impl Envelope {
         if recipients.is_empty() {
             return Err(EnvelopeError::NoRecipients);
         }
-        Ok(Envelope { sender, recipients })
+        Ok(Envelope {
+            sender,
+            recipients,
+            smtputf8,
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -121,6 +132,9 @@ impl Envelope {
         v.push(b'F');
         v.extend_from_slice(self.sender.as_bytes());
         v.push(0);
+        if self.smtputf8 {
+            v.extend_from_slice(b"U\0");
+        }
         for r in &self.recipients {
             v.push(b'T');
             v.extend_from_slice(r.as_bytes());
@@ -140,12 +154,20 @@ mod tests {
         let e = Envelope {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into(), "e@f".into()],
+            smtputf8: false,
         };
         assert_eq!(e.encode(), b"Fa@b.example\0Tc@d.example\0Te@f\0\0");
         assert_eq!(Envelope::parse(&e.encode()).unwrap(), e);
+        let u = Envelope {
+            smtputf8: true,
+            ..e.clone()
+        };
+        assert_eq!(u.encode(), b"Fa@b.example\0U\0Tc@d.example\0Te@f\0\0");
+        assert_eq!(Envelope::parse(&u.encode()).unwrap(), u);
         let null = Envelope {
             sender: String::new(),
             recipients: vec!["x@y".into()],
+            smtputf8: false,
         };
         assert_eq!(Envelope::parse(&null.encode()).unwrap(), null);
     }

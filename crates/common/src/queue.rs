@@ -474,6 +474,7 @@ mod tests {
         Envelope {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
+            smtputf8: false,
         }
     }
 

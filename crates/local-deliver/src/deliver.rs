@@ -306,6 +306,7 @@ fn forward(root: &Root, job: &Job, dtline: &str, targets: Vec<String>) -> Outcom
     let env = Envelope {
         sender: job.sender.clone(),
         recipients: targets,
+        smtputf8: false,
     };
     let mut msg = dtline.as_bytes().chain(job.msg.reader());
     match inject::run_queue(root, &mut msg, &env) {

@@ -132,6 +132,7 @@ mod tests {
             Envelope {
                 sender: "a@b".into(),
                 recipients: vec!["c@d".into()],
+                smtputf8: false,
             }
             .encode(),
         );

@@ -138,6 +138,7 @@ pub fn build(
         envelope: Envelope {
             sender: env_sender,
             recipients: vec![to],
+            smtputf8: false,
         },
         message,
     })

@@ -166,7 +166,11 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     if let Some(first) = &head.first_body_line {
         header.extend_from_slice(first);
     }
-    let env = Envelope { sender, recipients };
+    let env = Envelope {
+        sender,
+        recipients,
+        smtputf8: false,
+    };
     let mut body = Body {
         input,
         dots: !a.ignore_dots,

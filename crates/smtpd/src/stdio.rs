@@ -42,6 +42,7 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                         env = Some(Envelope {
                             sender,
                             recipients: rcpts,
+                            smtputf8: false,
                         });
                         message.clear();
                     }

@@ -139,6 +139,7 @@ impl Writer {
                 let env = Envelope {
                     sender,
                     recipients: rcpts,
+                    smtputf8: false,
                 };
                 // The envelope is checked now, so that a bad one never gets as far as a file.
                 if let Err(e) = Envelope::parse(&env.encode()) {

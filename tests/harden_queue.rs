@@ -1,0 +1,1 @@
+//! Hardening tests (issue 17): see the items named in each test.
