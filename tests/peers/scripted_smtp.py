@@ -8,13 +8,14 @@ CONFIG: {"listen": "127.0.0.1", "port": 0, "portfile": "...", "maildir": "...",
          "starttls": false, "tls_garbage": false, "helo": "250 hi",
          "mail": "250 2.1.0 ok", "rcpt": {"*": "250 2.1.5 ok", "bad@x.test": "550 5.1.1 no such user"},
          "data": "354 go ahead", "end": "250 2.0.0 queued", "drop_after_data_bytes": -1,
-         "ehlo_reply": null}
+         "ehlo_reply": null, "end_delay": 0}
 The config file is re-read for every connection and every MAIL, so a test can change the behaviour between
 attempts. Each accepted message is written to MAILDIR/<n>.eml (raw wire bytes of DATA after
 un-dot-stuffing) with a first line "X-Envelope: MAIL RCPT..." for the test to check.
+"end_delay" waits that many seconds before the reply to the final dot (a slow content scanner).
 The port actually bound is written to PORTFILE.
 """
-import json, os, socket, sys, threading
+import json, os, socket, sys, threading, time
 
 def load(path):
     with open(path) as f:
@@ -84,6 +85,7 @@ def serve(conn, path):
                     l = l[1:]
                 body.append(l)
             end = cfg.get("end", "250 2.0.0 queued")
+            time.sleep(cfg.get("end_delay", 0))
             if end.startswith("2") and cfg.get("maildir"):
                 count += 1
                 name = os.path.join(cfg["maildir"], f"{os.getpid()}-{threading.get_ident()}-{count}.eml")

@@ -214,6 +214,14 @@ impl Client {
         }
     }
 
+    /// Reads one reply, waiting up to `limit` instead of the usual timeout.
+    pub async fn reply_within(&mut self, limit: Duration) -> Result<ParsedReply, Failure> {
+        let usual = std::mem::replace(&mut self.timeout, limit);
+        let r = self.reply().await;
+        self.timeout = usual;
+        r
+    }
+
     pub async fn send(&mut self, data: &[u8]) -> Result<(), Failure> {
         match tokio::time::timeout(self.timeout, self.stream.write_all(data)).await {
             Ok(Ok(())) => Ok(()),

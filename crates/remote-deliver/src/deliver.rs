@@ -15,6 +15,7 @@
 
 use crate::client::{Client, Failure, TlsPolicy, reply_text};
 use crate::message::Message;
+use crate::myself::Myself;
 use crate::route::{self, Host, RouteError};
 use crate::tls::TlsConfigs;
 use ferry_common::config::Config;
@@ -60,6 +61,8 @@ impl Res {
 
 /// Idle connections are closed after this long.
 pub const IDLE: Duration = Duration::from_secs(10);
+/// The shortest wait for the reply after the final dot (RFC 5321 §4.5.3.2.6).
+pub const FINAL_DOT_WAIT: Duration = Duration::from_secs(600);
 /// How often one connection is used before it is closed anyway.
 const MAX_USES: u32 = 100;
 
@@ -70,6 +73,7 @@ pub struct Ctx {
     pub cfg: Config,
     pub dns: TokioResolver,
     pub tls: TlsConfigs,
+    pub myself: Myself,
     pub pool: RefCell<HashMap<PoolKey, Vec<(Client, Instant)>>>,
     /// Addresses that timed out: skip until then (if there is another address).
     pub tcpto: RefCell<HashMap<IpAddr, (u32, Instant)>>,
@@ -133,7 +137,7 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         Ok(m) => m,
         Err(e) => return all(Res::Temporary(format!("cannot read the message: {e}"))),
     };
-    let hosts = match route::route(&ctx.cfg, &ctx.dns, &job.domain).await {
+    let hosts = match route::route(&ctx.cfg, &ctx.dns, &ctx.myself, &job.domain).await {
         Ok(h) => h,
         Err(RouteError::Permanent(t)) => return log_all(job, "-", all(Res::Permanent(t))),
         Err(RouteError::Temporary(t)) => return log_all(job, "-", all(Res::Temporary(t))),
@@ -364,16 +368,24 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
             n
         ]);
     }
-    let utf8 = !is_ascii_envelope(job);
-    if utf8 && !c.ext.smtputf8 {
+    // RFC 6531 §3.2: a message that needs SMTPUTF8 (an internationalised address, or UTF-8
+    // headers in a message received with SMTPUTF8) is not sent to a server without it.
+    let needs_utf8 = !is_ascii_envelope(job) || msg.needs_smtputf8();
+    if needs_utf8 && !c.ext.smtputf8 {
+        let what = if is_ascii_envelope(job) {
+            "UTF-8 headers"
+        } else {
+            "internationalised address"
+        };
         return Tx::Done(vec![
             Res::Permanent(format!(
-                "5.6.7 internationalised address, and {} does not offer SMTPUTF8 (RFC 6531)",
+                "5.6.7 {what}, and {} does not offer SMTPUTF8 (RFC 6531)",
                 c.host
             ));
             n
         ]);
     }
+    let utf8 = needs_utf8 || (msg.smtputf8 && c.ext.smtputf8);
     let sender = if job.sender == DOUBLE_BOUNCE_SENDER {
         ""
     } else {
@@ -521,8 +533,10 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
             }
         }
     }
+    // RFC 5321 §4.5.3.2.6: wait 10 minutes for the reply to the final dot (the server may be
+    // scanning the message); giving up earlier makes duplicates.
     let end = match c.flush().await {
-        Ok(()) => c.reply().await,
+        Ok(()) => c.reply_within(c.timeout.max(FINAL_DOT_WAIT)).await,
         Err(f) => Err(f),
     };
     match end {

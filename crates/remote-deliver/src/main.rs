@@ -12,14 +12,18 @@
 //! Routing (route.rs): smtproutes, else MX with hickory-resolver (resolvconf or
 //! /etc/resolv.conf), implicit MX, null MX, remoteport. SMTP (client.rs, deliver.rs): EHLO or
 //! HELO, STARTTLS (opportunistic; verified for tlsdestinations), PIPELINING, SIZE, 8BITMIME,
-//! SMTPUTF8, all recipients of the job in one transaction, the next MX on a server failure,
-//! connections kept for the next job to the same server. Timeouts: timeoutconnect,
-//! timeoutremote. One log line per recipient and attempt on stderr. Exits when fd 0 closes
+//! SMTPUTF8 (kept from the envelope's `U` record; a message that needs it is not sent to a
+//! server without it, 5.6.7), all recipients of the job in one transaction, the next MX on a
+//! server failure, connections kept for the next job to the same server. A server that is this
+//! host (myself.rs: `me`, or our address and smtplisten port) is a mail loop: 5.4.6. Every line
+//! end goes out as CR LF (message.rs). Timeouts: timeoutconnect, timeoutremote, and at least
+//! 10 minutes for the reply to the final dot. One log line per recipient and attempt on stderr. Exits when fd 0 closes
 //! (after the running deliveries end, at most a minute).
 
 mod client;
 mod deliver;
 mod message;
+mod myself;
 mod route;
 mod tls;
 
@@ -65,10 +69,12 @@ async fn run() -> Result<(), String> {
     let dns = route::resolver(&cfg)?;
     let tls = tls::configs()?;
     let queue = Queue::new(&root);
+    let myself = myself::Myself::new(&cfg.me, &cfg.smtplisten);
     let ctx = Rc::new(Ctx {
         cfg,
         dns,
         tls,
+        myself,
         pool: RefCell::new(HashMap::new()),
         tcpto: RefCell::new(HashMap::new()),
     });

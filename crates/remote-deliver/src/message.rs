@@ -1,5 +1,7 @@
-//! The message as it goes on the wire: read from the queue file by position, LF turned into
-//! CR LF, every line that starts with "." dot-stuffed, ended with CR LF "." CR LF.
+//! The message as it goes on the wire: read from the queue file by position, every line end
+//! sent as CR LF (LF, CR LF, and a bare CR alike: a bare CR or LF never reaches the wire, so no
+//! lax receiver can be smuggled into with "\r.\r"), every line that starts with "." dot-stuffed,
+//! ended with CR LF "." CR LF.
 
 use ferry_common::queue::QueueFile;
 use std::fs::File;
@@ -12,6 +14,10 @@ pub struct Message {
     pub len: u64,
     /// The message has bytes above 127 (needs 8BITMIME).
     pub eightbit: bool,
+    /// Its header section has bytes above 127 (UTF-8 headers, RFC 6532).
+    pub utf8_head: bool,
+    /// It was received with SMTPUTF8 (the envelope's `U` record).
+    pub smtputf8: bool,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -19,22 +25,43 @@ const CHUNK: usize = 64 * 1024;
 impl Message {
     pub fn open(path: &Path) -> io::Result<Message> {
         let qf = QueueFile::open(path)?;
+        let smtputf8 = smtputf8_flag(&qf)?;
         let mut m = Message {
             file: qf.file,
             len: qf.message_len,
             eightbit: false,
+            utf8_head: false,
+            smtputf8,
         };
         let mut buf = vec![0u8; CHUNK];
         let mut pos = 0u64;
-        while pos < m.len {
+        let (mut head, mut line_start) = (true, true);
+        while pos < m.len && (head || !m.eightbit) {
             let n = m.read(&mut buf, pos)?;
-            if buf[..n].iter().any(|b| *b >= 0x80) {
-                m.eightbit = true;
-                break;
+            for &b in &buf[..n] {
+                if b >= 0x80 {
+                    m.eightbit = true;
+                    m.utf8_head |= head;
+                }
+                if head {
+                    match b {
+                        b'\n' if line_start => head = false,
+                        b'\n' => line_start = true,
+                        b'\r' => {}
+                        _ => line_start = false,
+                    }
+                }
             }
             pos += n as u64;
         }
         Ok(m)
+    }
+
+    /// The message needs SMTPUTF8 from the next server (RFC 6531 §3.2): it was received with
+    /// SMTPUTF8 and has UTF-8 in its header section (an address in the envelope is checked
+    /// by the caller).
+    pub fn needs_smtputf8(&self) -> bool {
+        self.smtputf8 && self.utf8_head
     }
 
     fn read(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
@@ -61,6 +88,17 @@ impl Message {
     }
 }
 
+/// Whether the envelope after the message starts `F<sender>\0U\0` (received with SMTPUTF8).
+fn smtputf8_flag(qf: &QueueFile) -> io::Result<bool> {
+    let room = qf.total_len - qf.message_len;
+    let mut buf = vec![0u8; (room as usize).min(ferry_common::envelope::MAX_ADDRESS + 4)];
+    qf.file.read_exact_at(&mut buf, qf.message_len)?;
+    Ok(buf
+        .iter()
+        .position(|b| *b == 0)
+        .is_some_and(|n| buf.get(n + 1..n + 3) == Some(b"U\0")))
+}
+
 pub struct Wire<'a> {
     msg: &'a Message,
     pos: u64,
@@ -84,8 +122,9 @@ impl Wire<'_> {
                 if self.pending_cr {
                     self.pending_cr = false;
                     if b != b'\n' {
-                        out.push(b'\r');
-                        self.line_start = false;
+                        // A bare CR ends its line.
+                        out.extend_from_slice(b"\r\n");
+                        self.line_start = true;
                     }
                 }
                 match b {
@@ -107,8 +146,8 @@ impl Wire<'_> {
             return Ok(Some(out));
         }
         if self.pending_cr {
-            out.push(b'\r');
-            self.line_start = false;
+            out.extend_from_slice(b"\r\n");
+            self.line_start = true;
         }
         if !self.line_start {
             out.extend_from_slice(b"\r\n");
@@ -123,6 +162,42 @@ impl Wire<'_> {
 mod tests {
     use super::*;
     use ferry_common::envelope::Envelope;
+
+    fn open_with(body: &[u8], smtputf8: bool) -> (std::path::PathBuf, Option<Message>) {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-msg-{}-{}-{smtputf8}",
+            std::process::id(),
+            body.len()
+        ));
+        let mut v = body.to_vec();
+        v.extend(
+            Envelope {
+                sender: "a@b".into(),
+                recipients: vec!["c@d".into()],
+                smtputf8,
+            }
+            .encode(),
+        );
+        v.extend_from_slice(ferry_common::queue::TRAILER_MAGIC);
+        v.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        std::fs::write(&dir, &v).unwrap_or(());
+        let m = Message::open(&dir).ok();
+        let _ = std::fs::remove_file(&dir);
+        (dir, m)
+    }
+
+    #[test]
+    fn utf8_headers_and_the_flag() {
+        let (_, m) = open_with("Subject: caf\u{e9}\n\nbody\n".as_bytes(), true);
+        let m = m.unwrap_or_else(|| panic!("open"));
+        assert!(m.eightbit && m.utf8_head && m.smtputf8 && m.needs_smtputf8());
+        let (_, m) = open_with("Subject: x\n\ncaf\u{e9}\n".as_bytes(), true);
+        let m = m.unwrap_or_else(|| panic!("open"));
+        assert!(m.eightbit && !m.utf8_head && !m.needs_smtputf8());
+        let (_, m) = open_with("Subject: caf\u{e9}\r\n\r\nb\n".as_bytes(), false);
+        let m = m.unwrap_or_else(|| panic!("open"));
+        assert!(m.utf8_head && !m.smtputf8 && !m.needs_smtputf8());
+    }
 
     fn wire_of(body: &[u8]) -> Vec<u8> {
         let dir =
@@ -157,5 +232,25 @@ mod tests {
         assert_eq!(wire_of(b""), b".\r\n");
         assert_eq!(wire_of(b"x\r\ny\n"), b"x\r\ny\r\n.\r\n");
         assert_eq!(wire_of(b".\n"), b"..\r\n.\r\n");
+    }
+
+    #[test]
+    fn no_bare_cr_or_lf_on_the_wire() {
+        assert_eq!(wire_of(b"a\rb\n"), b"a\r\nb\r\n.\r\n");
+        assert_eq!(wire_of(b"x\r.\ry"), b"x\r\n..\r\ny\r\n.\r\n");
+        assert_eq!(wire_of(b"x\r"), b"x\r\n.\r\n");
+        assert_eq!(wire_of(b"x\r\r\n"), b"x\r\n\r\n.\r\n");
+        // Whatever the input, every CR on the wire is followed by LF and every LF preceded by CR.
+        for input in [&b"\r\r\n\n.\r.\n\r"[..], b"\n\r\n\r\r..\r", b"a\rb\nc\r\nd"] {
+            let w = wire_of(input);
+            for (i, b) in w.iter().enumerate() {
+                if *b == b'\r' {
+                    assert_eq!(w.get(i + 1), Some(&b'\n'), "{w:?}");
+                }
+                if *b == b'\n' {
+                    assert!(i > 0 && w[i - 1] == b'\r', "{w:?}");
+                }
+            }
+        }
     }
 }

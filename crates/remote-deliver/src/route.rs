@@ -2,8 +2,10 @@
 //! `:host`), else the domain's MX records in preference order (equal preferences shuffled,
 //! RFC 5321 §5.1), else its own A/AAAA (implicit MX). A null MX (RFC 7505) and a domain that
 //! does not exist are permanent failures; a DNS server failure or timeout is temporary.
-//! Every lookup of one job runs under one overall time limit.
+//! Every lookup of one job runs under one overall time limit. A server that is this host is
+//! never used (myself.rs): mail for a domain whose best MX is us loops back (5.4.6).
 
+use crate::myself::Myself;
 use ferry_common::config::Config;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
@@ -53,9 +55,10 @@ fn literal(domain: &str) -> Option<IpAddr> {
 pub async fn route(
     cfg: &Config,
     dns: &TokioResolver,
+    me: &Myself,
     domain: &str,
 ) -> Result<Vec<Host>, RouteError> {
-    match tokio::time::timeout(DNS_LIMIT, route_inner(cfg, dns, domain)).await {
+    match tokio::time::timeout(DNS_LIMIT, route_inner(cfg, dns, me, domain)).await {
         Ok(r) => r,
         Err(_) => Err(RouteError::Temporary(format!(
             "DNS lookups for {domain} took longer than {}s",
@@ -64,9 +67,16 @@ pub async fn route(
     }
 }
 
+fn loops(domain: &str) -> RouteError {
+    RouteError::Permanent(format!(
+        "5.4.6 mail for {domain} loops back to myself (its best mail server is this host)"
+    ))
+}
+
 async fn route_inner(
     cfg: &Config,
     dns: &TokioResolver,
+    me: &Myself,
     domain: &str,
 ) -> Result<Vec<Host>, RouteError> {
     if let Some(r) = cfg.route_for(domain) {
@@ -86,6 +96,9 @@ async fn route_inner(
         }]);
     }
     if let Some(ip) = literal(domain) {
+        if me.is_me(domain, ip, cfg.remoteport) {
+            return Err(loops(domain));
+        }
         return Ok(vec![Host {
             name: domain.to_string(),
             addrs: vec![ip],
@@ -120,6 +133,9 @@ async fn route_inner(
     if mx.is_empty() {
         // No MX: the domain itself is the mail server (RFC 5321 §5.1).
         let addrs = addresses(dns, domain).await?;
+        if addrs.iter().any(|ip| me.is_me(domain, *ip, cfg.remoteport)) {
+            return Err(loops(domain));
+        }
         return Ok(vec![Host {
             name: domain.to_string(),
             addrs,
@@ -136,16 +152,30 @@ async fn route_inner(
     mx.sort_by_key(|m| m.0);
     let mut hosts = Vec::new();
     let mut last_err = None;
-    for (_, name) in mx {
+    for (pref, name) in mx {
         match addresses(dns, &name).await {
-            Ok(addrs) => hosts.push(Host {
-                name,
-                addrs,
-                port: cfg.remoteport,
-            }),
+            Ok(addrs) => {
+                if addrs.iter().any(|ip| me.is_me(&name, *ip, cfg.remoteport)) {
+                    // We are an MX of this domain: only better ones may take the mail.
+                    hosts.retain(|(p, _)| *p < pref);
+                    if hosts.is_empty() && last_err.is_none() {
+                        return Err(loops(domain));
+                    }
+                    break;
+                }
+                hosts.push((
+                    pref,
+                    Host {
+                        name,
+                        addrs,
+                        port: cfg.remoteport,
+                    },
+                ))
+            }
             Err(e) => last_err = Some(e),
         }
     }
+    let hosts: Vec<Host> = hosts.into_iter().map(|(_, h)| h).collect();
     if hosts.is_empty() {
         return Err(match last_err {
             Some(RouteError::Permanent(t)) => {
