@@ -15,8 +15,18 @@ fn repo() -> &'static Path {
 }
 
 fn script(name: &str, args: &[&str], dir: &Path) -> std::process::Output {
+    script_with(name, args, dir, &[])
+}
+
+fn script_with(
+    name: &str,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     Command::new(repo().join("scripts").join(name))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(repo())
         .env("FERRY_BIN_DIR", ferry_e2e::bin_dir())
         .env("BINDIR", dir.join("bin"))
@@ -66,10 +76,11 @@ fn install_then_uninstall_keeps_mail_and_settings() {
     )
     .unwrap();
     let prefix = t.path().join("ferry");
-    let out = script(
+    let out = script_with(
         "install.sh",
         &["", prefix.to_str().unwrap(), "no"],
         t.path(),
+        &[("LINKS", "yes")],
     );
     assert!(
         out.status.success(),
@@ -93,10 +104,8 @@ fn install_then_uninstall_keeps_mail_and_settings() {
         std::fs::read_link(t.path().join("bin/ferryctl")).unwrap(),
         prefix.join("bin/ferryctl")
     );
-    assert_eq!(
-        std::fs::read_link(t.path().join("sbin/sendmail")).unwrap(),
-        prefix.join("bin/sendmail")
-    );
+    // sendmail goes on PATH only with SENDMAIL=yes (it would shadow the system's).
+    assert!(!t.path().join("sbin/sendmail").exists() && !t.path().join("bin/mailq").exists());
     let unit = std::fs::read_to_string(t.path().join("systemd/ferry.service")).unwrap();
     assert!(unit.contains(&format!(
         "ExecStart=/usr/bin/s6-svscan {}/service",
@@ -140,4 +149,83 @@ fn install_then_uninstall_keeps_mail_and_settings() {
     assert!(
         !t.path().join("bin/ferryctl").exists() && !t.path().join("systemd/ferry.service").exists()
     );
+}
+
+/// Issue 8, items 12-14: a non-default prefix is private (no link, no unit outside it), the
+/// programs are stripped, the output is a summary with the next steps, and uninstall says
+/// what it kept, or with PURGE=yes removes the root.
+#[test]
+fn private_prefix_stripped_programs_short_output_and_purge() {
+    if !ferry_e2e::is_root() {
+        eprintln!("a real install needs root (users, owners); only the staged install is tested");
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("ferry-install-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let prefix = t.path().join("opt-ferry");
+    let out = script(
+        "install.sh",
+        &["", prefix.to_str().unwrap(), "no"],
+        t.path(),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for outside in [
+        "bin/ferryctl",
+        "sbin/sendmail",
+        "bin/mailq",
+        "systemd/ferry.service",
+    ] {
+        assert!(!t.path().join(outside).exists(), "{outside} was written");
+    }
+    assert!(said.lines().count() < 40, "{said}");
+    assert!(
+        said.contains("Next:") && said.contains("setup YOUR.DOMAIN"),
+        "{said}"
+    );
+    for p in layout::PROGRAMS {
+        let sections = Command::new("readelf")
+            .args(["-S", "-W"])
+            .arg(prefix.join("bin").join(p))
+            .output()
+            .unwrap();
+        let sections = String::from_utf8_lossy(&sections.stdout);
+        assert!(sections.contains(".text"), "{p}: {sections}");
+        assert!(!sections.contains(".debug_info"), "{p} has debug info");
+    }
+    let out = script("uninstall.sh", &["", prefix.to_str().unwrap()], t.path());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("kept:") && said.contains("TLS key"),
+        "{said}"
+    );
+    assert!(prefix.join("queue").exists());
+    // The users are shared with every other test root on this machine: keep them.
+    let out = script_with(
+        "uninstall.sh",
+        &["", prefix.to_str().unwrap()],
+        t.path(),
+        &[("PURGE", "yes"), ("KEEP_USERS", "yes")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!prefix.exists());
+    let ferryq = nix::unistd::User::from_name(ferry_common::users::QUEUE)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ferryq.dir, Path::new("/nonexistent"));
 }

@@ -292,10 +292,17 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
         ip.parse::<IpAddr>()
             .map_err(|_| format!("bad address literal {ip:?}"))?;
         (format!("[{ip}]"), after.strip_prefix(':'))
+    } else if let Ok(ip) = s.parse::<IpAddr>() {
+        // A bare address (qmail's syntax; IPv6 only without a port, else use [ip]:port).
+        (format!("[{ip}]"), None)
     } else {
-        match s.split_once(':') {
-            Some((h, p)) => (parse_domain(h)?, Some(p)),
-            None => (parse_domain(s)?, None),
+        let (h, p) = match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        match h.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => (format!("[{ip}]"), p),
+            Err(_) => (parse_domain(h)?, p),
         }
     };
     let port = match port {
@@ -534,7 +541,7 @@ mod tests {
             ),
             (
                 "smtproutes",
-                "relay.test:[127.0.0.1]:2599\n:smarthost.example:587\n",
+                "relay.test:[127.0.0.1]:2599\nbare.test:127.0.0.1:2610\nv6.test:2001:db8::1\nplain.test:192.0.2.1\n:smarthost.example:587\n",
             ),
         ]);
         let c = Config::load(&r).unwrap();
@@ -548,6 +555,13 @@ mod tests {
         let rt = c.route_for("relay.test").unwrap();
         assert_eq!((rt.host.as_str(), rt.port), ("[127.0.0.1]", Some(2599)));
         assert_eq!(c.route_for("other.org").unwrap().host, "smarthost.example");
+        // qmail's bare addresses are addresses, not host names to look up.
+        let rt = c.route_for("bare.test").unwrap();
+        assert_eq!((rt.host.as_str(), rt.port), ("[127.0.0.1]", Some(2610)));
+        let rt = c.route_for("v6.test").unwrap();
+        assert_eq!((rt.host.as_str(), rt.port), ("[2001:db8::1]", None));
+        let rt = c.route_for("plain.test").unwrap();
+        assert_eq!((rt.host.as_str(), rt.port), ("[192.0.2.1]", None));
     }
 
     #[test]

@@ -241,7 +241,7 @@ pub const FILES: &[ControlFile] = &[
         "smtproutes",
         Kind::Routes,
         "none: MX lookup",
-        "domain:host[:port] per line; :host[:port] routes every other domain (smarthost)",
+        "domain:host[:port] per line (host: a name, a bare IPv4 address, or [ip]); :host[:port] routes every other domain (smarthost)",
         "remote-deliver",
     ),
     cf(

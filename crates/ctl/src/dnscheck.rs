@@ -259,13 +259,49 @@ async fn check_all(dns: &Dns, cfg: &Config, out: &mut Vec<Item>) {
     check_ptr(dns, me, &mine, out).await;
 }
 
+/// Every host named in smtproutes must resolve, or every delivery routed to it is deferred.
+async fn check_routes(dns: &Dns, cfg: &Config, out: &mut Vec<Item>) {
+    for r in cfg.smtproutes.iter().filter(|r| !r.host.starts_with('[')) {
+        let what = if r.domain.is_empty() {
+            "every other domain".to_string()
+        } else {
+            r.domain.clone()
+        };
+        match dns.ips(&r.host).await {
+            Answer::Found(v) => out.push(ok(format!(
+                "DNS: smtproutes host {} (for {what}) has address {}",
+                r.host,
+                ip_list(&v)
+            ))),
+            Answer::NoData | Answer::NxDomain => out.push(fail(
+                format!(
+                    "DNS: smtproutes host {} (for {what}) has no A or AAAA record: its mail is deferred",
+                    r.host
+                ),
+                "correct control/smtproutes (an address may be given bare, domain:192.0.2.1:25, or as [2001:db8::1]:25)",
+            )),
+            Answer::Error(e) => out.push(warn(
+                format!(
+                    "DNS: smtproutes host {} (for {what}) not checked: {e}",
+                    r.host
+                ),
+                resolver_fix(),
+            )),
+        }
+    }
+}
+
 /// Every DNS verdict for this configuration.
 pub fn check(cfg: &Config) -> Vec<Item> {
-    if !cfg.me.contains('.') {
-        return vec![warn(
+    let demo = !cfg.me.contains('.');
+    let demo_item = || {
+        warn(
             format!("DNS: not checked: me is {:?} (a demo or test root)", cfg.me),
             "ferryctl setup DOMAIN gives this host a real name",
-        )];
+        )
+    };
+    if demo && cfg.smtproutes.is_empty() {
+        return vec![demo_item()];
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -285,10 +321,16 @@ pub fn check(cfg: &Config) -> Vec<Item> {
             Err(e) => return vec![warn(format!("DNS: not checked: {e}"), resolver_fix())],
         };
         let mut out = Vec::new();
-        if tokio::time::timeout(OVERALL, check_all(&dns, cfg, &mut out))
-            .await
-            .is_err()
-        {
+        if demo {
+            out.push(demo_item());
+        }
+        let all = async {
+            check_routes(&dns, cfg, &mut out).await;
+            if !demo {
+                check_all(&dns, cfg, &mut out).await;
+            }
+        };
+        if tokio::time::timeout(OVERALL, all).await.is_err() {
             out.push(warn(
                 format!(
                     "DNS: the checks did not finish within {} s",

@@ -83,15 +83,43 @@ pub fn write_new(path: &Path, contents: &str, mode: u32) -> Result<bool> {
     Ok(true)
 }
 
+/// The layout's changes with the 256 hashed subdirectories of a queue directory (`mess/00`
+/// ... `mess/ff`) folded into one line each: "created queue/mess/00..ff (256 directories)".
+pub fn summarise(lines: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut folded: Vec<(String, usize)> = Vec::new();
+    for line in lines {
+        let key = line.split(' ').find_map(|word| {
+            let (parent, last) = word.rsplit_once('/')?;
+            (last.len() == 2 && last.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| line.replacen(word, &format!("{parent}/00..ff"), 1))
+        });
+        match key {
+            Some(k) => match folded.iter_mut().find(|(f, _)| *f == k) {
+                Some(f) => f.1 += 1,
+                None => folded.push((k, 1)),
+            },
+            None => out.push(line),
+        }
+    }
+    for (key, n) in folded {
+        let what = if n == 1 { "directory" } else { "directories" };
+        out.push(format!("{key} ({n} {what})"));
+    }
+    out
+}
+
 pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
     let mode = Mode::current();
     let mut done = Vec::new();
     if mode == Mode::Separated {
-        done.extend(users::ensure(root)?);
+        done.extend(users::ensure()?);
     }
     std::fs::create_dir_all(root.path())
         .with_context(|| format!("cannot create {}", root.path().display()))?;
-    done.extend(layout::apply(root, mode).context("laying out the root")?);
+    done.extend(summarise(
+        layout::apply(root, mode).context("laying out the root")?,
+    ));
     for (path, text, m) in SERVICES {
         if write_new(&root.service().join(path), text, *m)? {
             done.push(format!("wrote service/{path}"));
@@ -113,4 +141,32 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
     let readme = root.control_file("README");
     std::fs::write(&readme, include_str!("../../../etc/control/README")).ok();
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_directories_are_folded() {
+        let mut lines = vec![
+            "created queue".to_string(),
+            "created queue/mess".to_string(),
+        ];
+        for i in 0..256 {
+            lines.push(format!("created queue/mess/{i:02x}"));
+            lines.push(format!("mode of queue/info/{i:02x} set to 700"));
+        }
+        lines.push("created queue/tmp".into());
+        assert_eq!(
+            summarise(lines),
+            [
+                "created queue",
+                "created queue/mess",
+                "created queue/tmp",
+                "created queue/mess/00..ff (256 directories)",
+                "mode of queue/info/00..ff set to 700 (256 directories)",
+            ]
+        );
+    }
 }

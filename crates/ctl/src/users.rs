@@ -1,11 +1,14 @@
-//! Creating the ferry users and groups (root only), with nologin shells and no home
-//! directories of their own. Serialised by a lock file, so that parallel `ferryctl init`
+//! Creating the ferry users and groups (root only), with nologin shells and the fixed home
+//! `/nonexistent` (Debian's convention for system users: never a path of whichever root
+//! created them first, which may be a deleted test root; an existing user is corrected). Serialised by a lock file, so that parallel `ferryctl init`
 //! runs (the tests) do not trip over each other's useradd.
 
 use anyhow::{Context, Result, bail};
-use ferry_common::root::Root;
 use ferry_common::users;
 use std::process::Command;
+
+/// The home directory of every ferry user: none (nothing of theirs lives in a home).
+pub const HOME: &str = "/nonexistent";
 
 fn nologin() -> &'static str {
     ["/usr/sbin/nologin", "/sbin/nologin", "/bin/false"]
@@ -34,7 +37,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Creates what is missing. Returns one line per user or group created.
-pub fn ensure(root: &Root) -> Result<Vec<String>> {
+pub fn ensure() -> Result<Vec<String>> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -51,14 +54,30 @@ pub fn ensure(root: &Root) -> Result<Vec<String>> {
         }
     }
     for (name, _) in users::ALL {
-        if nix::unistd::User::from_name(name)?.is_some() {
+        if let Some(u) = nix::unistd::User::from_name(name)? {
+            if u.dir != std::path::Path::new(HOME) {
+                // usermod refuses (exit 8) while a process runs as the user: then it is
+                // corrected by a later init; nothing depends on the home.
+                let done = Command::new("usermod")
+                    .args(["--home", HOME])
+                    .arg(name)
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                made.push(if done {
+                    format!("set the home of user {name} to {HOME}")
+                } else {
+                    format!(
+                        "could not set the home of user {name} to {HOME} (in use); ferryctl init again later does"
+                    )
+                });
+            }
             continue;
         }
-        let (group, home) = match *name {
-            users::QUEUE | users::SEND | users::REMOTE => (users::GROUP, root.path().to_path_buf()),
-            users::MAILBOX => (users::MAILBOX, root.mail()),
-            other => (other, root.path().to_path_buf()),
+        let group = match *name {
+            users::QUEUE | users::SEND | users::REMOTE => users::GROUP,
+            other => other,
         };
+        let home = std::path::PathBuf::from(HOME);
         run(Command::new("useradd")
             .args([
                 "--system",

@@ -118,14 +118,15 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
             })
         })
         .collect();
-    let sender = match a
-        .sender
-        .as_deref()
-        .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
-    {
-        Some("") => String::new(),
-        Some(s) => addr::normalize(&addr::qualify(s, &cfg.defaultdomain)),
-        None => format!("{}@{}", me.name, cfg.defaultdomain),
+    let user_address = format!("{}@{}", me.name, cfg.defaultdomain);
+    let sender = match a.sender.as_deref() {
+        None => user_address.clone(),
+        Some(raw) => check_sender(raw, &cfg.defaultdomain).unwrap_or_else(|why| {
+            fail(
+                EX_DATAERR,
+                format!("sender {raw:?} (-f): {why}; nothing was sent"),
+            )
+        }),
     };
     if let Err(e) = envelope::check_address(sender.as_bytes()) {
         fail(EX_DATAERR, format!("sender {sender:?}: {e}"));
@@ -154,7 +155,12 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
             .clone()
             .or_else(|| gecos(&me))
             .unwrap_or_default();
-        let from = format!("{}@{}", me.name, cfg.defaultdomain);
+        // From the envelope sender, as Postfix does; the caller's address for a null sender.
+        let from = if sender.is_empty() {
+            user_address.clone()
+        } else {
+            sender.clone()
+        };
         let line = if name.is_empty() {
             format!("From: {from}\n")
         } else {
@@ -198,12 +204,31 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     }
 }
 
+/// The envelope sender of `-f`: `''` or `<>` is the null sender; anything else must be an
+/// address (bare names get `defaultdomain`), checked as a recipient is.
+fn check_sender(raw: &str, defaultdomain: &str) -> Result<String, String> {
+    let s = raw.trim();
+    let s = match s.strip_prefix('<') {
+        Some(inner) => inner.strip_suffix('>').ok_or("unbalanced angle brackets")?,
+        None => s,
+    };
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    check_recipient(s, defaultdomain)
+}
+
 /// A recipient as it goes into the envelope (bare names get `defaultdomain`), or why not.
+/// The checks are smtpd's (ferry-smtp's RFC 5321 mailbox parser), so that sendmail never
+/// queues an address that SMTP would refuse.
 fn check_recipient(raw: &str, defaultdomain: &str) -> Result<String, String> {
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("white space or control characters in an address".into());
     }
     let full = addr::normalize(&addr::qualify(raw, defaultdomain));
+    if let Err(e) = ferry_smtp::parse_mailbox(full.as_bytes(), true) {
+        return Err(e.describe().to_string());
+    }
     let (local, domain) = addr::split(&full);
     if local.is_empty() {
         return Err("no local part before the @".into());
@@ -410,6 +435,26 @@ mod tests {
             assert!(check_recipient(bad, "h.example").is_err(), "{bad}");
         }
         assert!(check_recipient("x@[127.0.0.1]", "h").is_ok());
+        // What smtpd refuses with 501 5.1.3, sendmail refuses too.
+        for bad in [
+            "bad/../x@localhost",
+            ".x@localhost",
+            "x.@localhost",
+            "x@a_b.example",
+        ] {
+            assert!(check_recipient(bad, "h.example").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn senders_are_checked() {
+        assert_eq!(check_sender("", "h").unwrap(), "");
+        assert_eq!(check_sender("<>", "h").unwrap(), "");
+        assert_eq!(check_sender("<a@b.example>", "h").unwrap(), "a@b.example");
+        assert_eq!(check_sender("fn", "h.example").unwrap(), "fn@h.example");
+        for bad in ["@", "x y@", "x@", "<a@b", "a@@b", "@b.example"] {
+            assert!(check_sender(bad, "h.example").is_err(), "{bad}");
+        }
     }
 
     #[test]
