@@ -3,7 +3,10 @@
 #   make test       every test (unit, end to end, a bounded fuzz run); installs test tools as root
 #   make run        a complete root in run/, supervised by s6 in the foreground (PORT, ROOT,
 #                   FERRY_BIN_DIR to use programs built elsewhere)
-#   make install    into $(DESTDIR)$(PREFIX) (default /var/ferry); SENDMAIL=yes links /usr/sbin/sendmail
+#   make install    into $(DESTDIR)$(PREFIX) (default /var/ferry), stripped (STRIP=no keeps debug
+#                   info); SENDMAIL=yes links /usr/sbin/sendmail; LINKS=yes (the default only for
+#                   /var/ferry) links ferryctl into BINDIR and writes the systemd unit into UNITDIR
+#   make uninstall  keeps queue, mail, control, logs and users; PURGE=yes removes them too
 #   make bench      sendmail -> Maildir throughput (see scripts/bench-sendmail.sh)
 
 PREFIX  ?= /var/ferry
