@@ -250,6 +250,12 @@ fn queue_held_deferred_delete_flush_and_stop_keeps_it() {
         show.contains("(held)") && show.contains("Subject: to-held"),
         "{show}"
     );
+    // The same words as the listing (issue 8, item 18), not Debug names.
+    assert!(
+        show.contains("recipient: held@virt.example [local] deferred (")
+            && !show.contains("Pending"),
+        "{show}"
+    );
     let stat = tree.expect(&["stat"], 0);
     assert!(stat.contains("queue      2 messages: 1 held, 1 deferred, 0 new; recipients pending: 2 local, 0 remote"), "{stat}");
 

@@ -131,22 +131,7 @@ pub fn list(q: &Queue) -> Result<String> {
         }
         if let Some(i) = &e.info {
             for r in &i.rcpts {
-                let st = match r.state {
-                    State::Delivered => "delivered".to_string(),
-                    State::Failed => "failed, bounce pending".to_string(),
-                    State::Pending if r.attempts == 0 => "waiting".to_string(),
-                    State::Pending => format!(
-                        "deferred ({} attempt{})",
-                        r.attempts,
-                        if r.attempts == 1 { "" } else { "s" }
-                    ),
-                };
-                let chan = if r.channel == Channel::Local {
-                    "local"
-                } else {
-                    "remote"
-                };
-                let _ = writeln!(s, "    {} [{chan}] {st}", log::quote(&r.addr, 200));
+                let _ = writeln!(s, "    {}", rcpt_line(r));
                 if r.state == State::Pending
                     && let Some((_, err)) = &r.last_error
                 {
@@ -162,6 +147,26 @@ pub fn list(q: &Queue) -> Result<String> {
         if entries.len() == 1 { "" } else { "s" }
     );
     Ok(s)
+}
+
+/// "joe@example.org [remote] deferred (2 attempts)": the same words in `queue` and `queue show`.
+fn rcpt_line(r: &info::Rcpt) -> String {
+    let st = match r.state {
+        State::Delivered => "delivered".to_string(),
+        State::Failed => "failed, bounce pending".to_string(),
+        State::Pending if r.attempts == 0 => "waiting".to_string(),
+        State::Pending => format!(
+            "deferred ({} attempt{})",
+            r.attempts,
+            if r.attempts == 1 { "" } else { "s" }
+        ),
+    };
+    let chan = if r.channel == Channel::Local {
+        "local"
+    } else {
+        "remote"
+    };
+    format!("{} [{chan}] {st}", log::quote(&r.addr, 200))
 }
 
 pub fn show(q: &Queue, id: &str) -> Result<String> {
@@ -188,11 +193,7 @@ pub fn show(q: &Queue, id: &str) -> Result<String> {
             if i.hold { " (held)" } else { "" }
         );
         for r in &i.rcpts {
-            let _ = writeln!(
-                s,
-                "recipient: {} {:?} {:?} attempts {}",
-                r.addr, r.channel, r.state, r.attempts
-            );
+            let _ = writeln!(s, "recipient: {}", rcpt_line(r));
             if let Some((t, e)) = &r.last_error {
                 let _ = writeln!(s, "  last error {}: {}", date::iso(*t), log::quote(e, 500));
             }

@@ -242,6 +242,8 @@ fn dns_records(domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
         let t = if ip.is_ipv4() { "A   " } else { "AAAA" };
         let note = if is_public(*ip) {
             ""
+        } else if opts.ip.is_some() {
+            "   (not a public address: other servers cannot reach it)"
         } else {
             "   (not a public address: publish your public one, or give --ip)"
         };
