@@ -9,7 +9,9 @@
 //!
 //! Requests that arrive together are done as a batch; moves are made durable with one sync
 //! before any of them is confirmed (send starts deliveries only after the confirmation).
-//! At start, clean removes tmp/ files whose writer died (no lock held; docs/INTERNALS.md).
+//! At start, and then every 10 seconds while it runs, clean removes tmp/ files whose writer
+//! died: no lock held on them and not changed for a few seconds (docs/INTERNALS.md). So a
+//! `queue` killed again and again in the middle of big messages cannot fill the disk.
 //! Exits 0 when send closes fd 0; 111 on a broken pipe or record.
 
 use ferry_common::id::MsgId;
@@ -18,6 +20,31 @@ use ferry_common::record::{self, Record};
 use ferry_common::root::Root;
 use ferry_common::{durable, log};
 use std::io::{BufReader, BufWriter};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// How often tmp/ is swept for files whose writer died.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// A tmp/ file younger than this is left alone even when unlocked: its writer may be
+/// between creating it and taking the lock.
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(3);
+
+fn sweep(q: &Queue, min_age: Duration) {
+    match queue::recover_tmp_older(q, min_age) {
+        Ok(names) => {
+            for name in names {
+                log!("removed tmp/{name}: its writer died before the commit");
+            }
+        }
+        Err(e) => log!("cannot sweep tmp/: {e}"),
+    }
+}
+
+/// Waits until fd 0 has data or `until` passes; true if there is data (or an end).
+fn readable_before(until: Instant) -> std::io::Result<bool> {
+    let left = until.saturating_duration_since(Instant::now());
+    ferry_sys::wait_readable(&std::io::stdin().as_fd(), left)
+}
 
 fn main() {
     log::init("clean");
@@ -39,7 +66,15 @@ fn run() -> std::io::Result<()> {
     }
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(std::io::stdout().lock());
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
     loop {
+        if Instant::now() >= next_sweep {
+            sweep(&q, SWEEP_MIN_AGE);
+            next_sweep = Instant::now() + SWEEP_EVERY;
+        }
+        if input.buffer().is_empty() && !readable_before(next_sweep)? {
+            continue;
+        }
         let Some(first) = record::read_blocking(&mut input)? else {
             return Ok(());
         };

@@ -74,7 +74,8 @@ pub fn manifest() -> Vec<Entry> {
         e("log/send", Kind::Dir, LOG, LOG, 0o750),
         e("mail", Kind::Dir, MAILBOX, MAILBOX, 0o755),
         e("queue", Kind::Dir, QUEUE, GROUP, 0o750),
-        e("queue/tmp", Kind::Dir, QUEUE, GROUP, 0o700),
+        // Set-group-id: queue files get the group ferry, whoever runs the setuid queue.
+        e("queue/tmp", Kind::Dir, QUEUE, GROUP, 0o2700),
         e("queue/todo", Kind::Dir, QUEUE, GROUP, 0o750),
         e("queue/mess", Kind::Dir, QUEUE, GROUP, 0o750),
         e("queue/info", Kind::Dir, SEND, GROUP, 0o700),

@@ -31,10 +31,11 @@ use std::path::{Path, PathBuf};
 
 pub const TRAILER_MAGIC: &[u8; 8] = b"ferryq1\n";
 pub const TRAILER_LEN: u64 = 16;
-/// Mode of queue files. Their directories (ferryq:ferry, 0750) keep out everyone but the
-/// owner and the group (send, remote delivery); the file's own group is whatever the caller of
-/// the setuid `queue` had, so the file must be readable by "others" (as in qmail).
-pub const FILE_MODE: u32 = 0o644;
+/// Mode of queue files: the owner (ferryq) and the group ferry (send, remote delivery) read
+/// them, nobody else. tmp/ is set-group-id (ferryq:ferry 2700), so a file gets the group
+/// ferry even when the setuid `queue` runs with the caller's group. Local deliveries never
+/// get a queue file: lspawn gives them a sealed copy of the message bytes only.
+pub const FILE_MODE: u32 = 0o640;
 
 #[derive(Clone, Debug)]
 pub struct Queue {
@@ -440,14 +441,31 @@ impl QueueFile {
 
 /// Removes tmp/ files whose writer died (no lock held on them). Returns the names removed.
 /// A live writer holds its lock from creation to commit, so its file is never touched.
+/// Used at clean's start; a writer caught between its create and its flock would only see
+/// its message refused (its link into todo/ fails), never lost.
 pub fn recover_tmp(queue: &Queue) -> io::Result<Vec<String>> {
+    recover_tmp_older(queue, std::time::Duration::ZERO)
+}
+
+/// [`recover_tmp`] for files not changed for `min_age`: the periodic sweep, which must not
+/// take a file in the instant between its writer's create and its flock.
+pub fn recover_tmp_older(queue: &Queue, min_age: std::time::Duration) -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
+    let now = std::time::SystemTime::now();
     for entry in std::fs::read_dir(queue.tmp_dir())? {
         let entry = entry?;
         let path = entry.path();
         let Ok(f) = OpenOptions::new().read(true).open(&path) else {
             continue;
         };
+        let young = f
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| now.duration_since(t).unwrap_or_default() < min_age)
+            .unwrap_or(true);
+        if young && !min_age.is_zero() {
+            continue;
+        }
         if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock)
             && std::fs::remove_file(&path).is_ok()
         {
@@ -524,6 +542,27 @@ mod tests {
         std::fs::write(q.tmp_dir().join("deadbeef"), b"partial").unwrap();
         let removed = recover_tmp(&q).unwrap();
         assert_eq!(removed, vec!["deadbeef".to_string()]);
+        assert!(q.tmp(&live.id()).exists());
+        live.abort();
+    }
+
+    #[test]
+    fn periodic_sweep_spares_young_and_locked_files() {
+        let (_d, q) = make_queue();
+        let live = q.begin(0).unwrap();
+        std::fs::write(q.tmp_dir().join("young"), b"partial").unwrap();
+        let old = q.tmp_dir().join("old");
+        std::fs::write(&old, b"partial").unwrap();
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        let removed = recover_tmp_older(&q, std::time::Duration::from_secs(3)).unwrap();
+        assert_eq!(removed, vec!["old".to_string()]);
+        assert!(q.tmp_dir().join("young").exists());
         assert!(q.tmp(&live.id()).exists());
         live.abort();
     }

@@ -2,13 +2,16 @@
 //!
 //! Usage: `local-deliver HOME create|existing`, started by lspawn as the recipient user (never
 //! as root: it refuses), with cwd /, a clean environment (HOME, USER, LOGNAME, SHELL, PATH)
-//! and fd 0 a Unix stream socket to lspawn. `create`: HOME is a virtual mailbox directory,
-//! created (0700) if missing.
+//! fd 0 a Unix stream socket to lspawn, fd 1 /dev/null, fd 2 a second socket to lspawn for
+//! log lines (lspawn logs them with this worker's user), and no other descriptor.
+//! `create`: HOME is a virtual mailbox directory, created (0700) if missing.
 //!
 //! Protocol on fd 0 (records, crates/common/src/record.rs):
-//! - in: `J job sender recipient local domain ext length`, with the message file attached
-//!   (SCM_RIGHTS); the message is its first `length` bytes.
-//! - out: `R job status text`, status 0 delivered, 100 permanent failure, 111 temporary.
+//! - in: `J job sender recipient local domain ext length`, with a read-only descriptor of a
+//!   sealed memfd attached (SCM_RIGHTS) holding the message, `length` bytes (never the queue
+//!   file: its envelope names every recipient).
+//! - out: `R job status text`, status 0 delivered, 100 permanent failure, 111 temporary;
+//!   lspawn ends a worker that sends anything else, or a result for a job it was not given.
 //!
 //! Jobs that arrive together are delivered as a batch: Maildir files are written, then made
 //! durable together (crate::maildir), and only then reported. The delivery rules (.ferry

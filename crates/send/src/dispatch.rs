@@ -35,6 +35,7 @@ impl Scheduler {
                 Channel::Remote => self.ready_remote.push_back((id, idx)),
             }
         }
+        self.unblock_users();
         while self.local_busy < self.cfg.concurrencylocal as usize {
             let Some((id, idx)) = self.ready_local.pop_front() else {
                 break;
@@ -58,6 +59,15 @@ impl Scheduler {
 
     /// Takes a ready entry if it is still to be delivered now. A message being moved into
     /// mess/ waits: its entry is scheduled again for the next second.
+    /// Would [`claim`](Self::claim) take it? (It changes nothing.)
+    fn claimable(&self, id: MsgId, idx: usize) -> bool {
+        self.msgs.get(&id).is_some_and(|m| {
+            m.rcpts.get(idx).is_some_and(|r| {
+                r.ready && r.state == State::Pending && !r.busy && !m.hold && !m.deleting
+            })
+        })
+    }
+
     fn claim(&mut self, id: MsgId, idx: usize) -> bool {
         let Some(m) = self.msgs.get_mut(&id) else {
             return false;
@@ -75,7 +85,7 @@ impl Scheduler {
     }
 
     fn start_local(&mut self, id: MsgId, idx: usize) {
-        if !self.claim(id, idx) {
+        if !self.claimable(id, idx) {
             return;
         }
         let Some(m) = self.msgs.get(&id) else { return };
@@ -96,6 +106,9 @@ impl Scheduler {
                 return;
             }
             Resolved::Deliver(Dest::Alias(_)) => {
+                if !self.claim(id, idx) {
+                    return;
+                }
                 self.record_result(
                     id,
                     idx,
@@ -105,15 +118,34 @@ impl Scheduler {
                 return;
             }
             Resolved::Unknown(why) => {
+                if !self.claim(id, idx) {
+                    return;
+                }
                 self.record_result(id, idx, 100, &format!("5.1.1 <{rcpt}>: {why}"));
                 return;
             }
         };
+        // One user (or mailbox) gets at most concurrencyuser deliveries at once; the rest of
+        // theirs waits, so that a program that hangs cannot take every local slot.
+        let user = format!("{kind} {name}");
+        let busy = self.local_by_user.get(&user).copied().unwrap_or(0);
+        if busy >= self.cfg.concurrencyuser as usize {
+            self.blocked_local
+                .entry(user)
+                .or_default()
+                .push_back((id, idx));
+            return;
+        }
+        if !self.claim(id, idx) {
+            return;
+        }
+        *self.local_by_user.entry(user.clone()).or_insert(0) += 1;
         let job = self.new_job(Job {
             msg: id,
             rcpts: vec![idx],
             channel: Channel::Local,
             domain: domain.clone(),
+            user: Some(user),
         });
         let rec = Record::new(b'D')
             .with_u64(job)
@@ -177,6 +209,7 @@ impl Scheduler {
             rcpts: idxs,
             channel: Channel::Remote,
             domain: domain.clone(),
+            user: None,
         });
         rec.fields[0] = job.to_string().into_bytes();
         self.rspawn.send(&rec);
@@ -205,7 +238,12 @@ impl Scheduler {
             return;
         };
         match job.channel {
-            Channel::Local => self.local_busy = self.local_busy.saturating_sub(1),
+            Channel::Local => {
+                self.local_busy = self.local_busy.saturating_sub(1);
+                if let Some(u) = &job.user {
+                    self.user_done(u);
+                }
+            }
             Channel::Remote => {
                 self.remote_busy = self.remote_busy.saturating_sub(1);
                 if let Some(c) = self.remote_by_domain.get_mut(&job.domain) {
@@ -232,6 +270,41 @@ impl Scheduler {
                 rc.busy = false;
             }
             self.record_result(job.msg, *idx, code, &text);
+        }
+    }
+
+    /// A local job of `user` ended: one of their waiting recipients may go now.
+    fn user_done(&mut self, user: &str) {
+        if let Some(c) = self.local_by_user.get_mut(user) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.local_by_user.remove(user);
+            }
+        }
+    }
+
+    /// Recipients waiting for their user's slots go back to the ready list, as many as that
+    /// user has free slots.
+    fn unblock_users(&mut self) {
+        let limit = self.cfg.concurrencyuser as usize;
+        let free: Vec<(String, usize)> = self
+            .blocked_local
+            .keys()
+            .filter_map(|u| {
+                let busy = self.local_by_user.get(u).copied().unwrap_or(0);
+                (busy < limit).then(|| (u.clone(), limit - busy))
+            })
+            .collect();
+        for (u, n) in free {
+            if let Some(q) = self.blocked_local.get_mut(&u) {
+                let take = n.min(q.len());
+                for e in q.drain(..take).rev() {
+                    self.ready_local.push_front(e);
+                }
+                if q.is_empty() {
+                    self.blocked_local.remove(&u);
+                }
+            }
         }
     }
 
@@ -366,6 +439,7 @@ impl Scheduler {
             let _ = std::fs::remove_file(self.queue.info(&id));
         }
         self.clean.send(&Record::new(b'D').with(id.to_string()));
+        self.finishing.insert(id);
         self.msgs.remove(&id);
         log!("{id}: done");
     }

@@ -61,6 +61,7 @@ impl Scheduler {
                 {
                     log!("{mid}: removing a message whose delivery had finished");
                     self.clean.send(&Record::new(b'D').with(mid.to_string()));
+                    self.finishing.insert(mid);
                 }
             }
         }

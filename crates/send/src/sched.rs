@@ -76,6 +76,9 @@ pub struct Job {
     pub rcpts: Vec<usize>,
     pub channel: Channel,
     pub domain: String,
+    /// Local jobs: the user or mailbox delivered to (`U name` / `M name`), for
+    /// `concurrencyuser`.
+    pub user: Option<String>,
 }
 
 pub struct Scheduler {
@@ -93,12 +96,19 @@ pub struct Scheduler {
     pub new_set: HashSet<MsgId>,
     /// todo/ entries that could not be read (logged once).
     pub broken: HashSet<MsgId>,
+    /// Finished messages whose removal clean has not confirmed yet: todo/ID may still be
+    /// there, and a scan must not take it again.
+    pub finishing: HashSet<MsgId>,
     pub schedule: Schedule,
     pub jobs: HashMap<u64, Job>,
     pub next_job: u64,
     pub local_busy: usize,
     pub remote_busy: usize,
     pub remote_by_domain: HashMap<String, usize>,
+    /// Local deliveries running per user or mailbox, and the ready recipients waiting
+    /// because theirs is at `concurrencyuser` (in order; one moves on per finished job).
+    pub local_by_user: HashMap<String, usize>,
+    pub blocked_local: HashMap<String, VecDeque<(MsgId, usize)>>,
     /// Persisted messages whose info changed this turn: synced once at its end.
     pub dirty: HashSet<MsgId>,
     /// Messages whose state changed this turn: checked for completion or persistence.
@@ -141,12 +151,15 @@ impl Scheduler {
             new_ids: VecDeque::new(),
             new_set: HashSet::new(),
             broken: HashSet::new(),
+            finishing: HashSet::new(),
             schedule: Schedule::default(),
             jobs: HashMap::new(),
             next_job: 1,
             local_busy: 0,
             remote_busy: 0,
             remote_by_domain: HashMap::new(),
+            local_by_user: HashMap::new(),
+            blocked_local: HashMap::new(),
             dirty: HashSet::new(),
             touched: HashSet::new(),
             ready_local: VecDeque::new(),

@@ -48,7 +48,11 @@ impl Scheduler {
     }
 
     fn announce(&mut self, id: MsgId) {
-        if !self.msgs.contains_key(&id) && !self.broken.contains(&id) && self.new_set.insert(id) {
+        if !self.msgs.contains_key(&id)
+            && !self.broken.contains(&id)
+            && !self.finishing.contains(&id)
+            && self.new_set.insert(id)
+        {
             self.new_ids.push_back(id);
         }
     }
@@ -72,7 +76,7 @@ impl Scheduler {
                 break;
             };
             self.new_set.remove(&id);
-            if self.msgs.contains_key(&id) {
+            if self.msgs.contains_key(&id) || self.finishing.contains(&id) {
                 continue;
             }
             match self.take_one(id) {
@@ -211,10 +215,23 @@ impl Scheduler {
         let Some(id) = r.str(0).ok().and_then(MsgId::parse) else {
             return;
         };
+        let status = r.str(1).unwrap_or("?").to_string();
+        if r.kind == b'd' {
+            // Only a confirmed removal lets the id be taken again (it is new then). A failed
+            // one leaves the file for the next start of send (at-least-once), never for a
+            // scan of this one, which would deliver the finished message again.
+            if status == "ok" {
+                self.finishing.remove(&id);
+            } else {
+                log!(
+                    "{id}: clean could not remove it ({status}); it stays finished until send restarts"
+                );
+            }
+            return;
+        }
         if r.kind != b'm' {
             return;
         }
-        let status = r.str(1).unwrap_or("?").to_string();
         let mess = self.queue.mess(&id).exists();
         if let Some(m) = self.msgs.get_mut(&id) {
             m.moving = false;

@@ -8,9 +8,11 @@
 //! - `rspawn` as ferryr,
 //! - `clean` as ferryq,
 //!
-//! each with fd 0 = requests from send and fd 1 = replies to send, stderr shared (the log).
+//! each with fd 0 = requests from send and fd 1 = replies to send, stderr shared (the log),
+//! and no other descriptor (not READY-FD: only send reports readiness).
 //! Then it becomes `send` (exec, as ferrys) with the other ends at fixed numbers:
-//! fds 3/4 = to/from lspawn, 5/6 = to/from rspawn, 7/8 = to/from clean.
+//! fds 3/4 = to/from lspawn, 5/6 = to/from rspawn, 7/8 = to/from clean, READY-FD passed on
+//! as fd 9, and nothing else.
 //! If any helper dies, send sees its pipe close, stops cleanly and exits; s6 then restarts the
 //! whole service. Exit 111 if something cannot be set up.
 
@@ -48,6 +50,7 @@ fn spawn(root: &Root, program: &str, cred: Option<&ferry_sys::Cred>) -> std::io:
         .stdin(Stdio::from(req_r))
         .stdout(Stdio::from(rep_w))
         .stderr(Stdio::inherit());
+    ferry_sys::command_close_from(&mut cmd, 3);
     if let Some(c) = cred {
         ferry_sys::command_as(&mut cmd, c);
     }
@@ -83,6 +86,11 @@ fn run() -> std::io::Error {
         Ok(c) => c,
         Err(e) => return e,
     };
+    // READY-FD is taken (close-on-exec) so that no helper inherits it.
+    let ready = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse::<i32>().ok())
+        .and_then(ferry_sys::take_fd);
     let helpers = (|| -> std::io::Result<_> {
         Ok((
             spawn(&root, "lspawn", None)?,
@@ -95,21 +103,24 @@ fn run() -> std::io::Error {
         Err(e) => return e,
     };
     let mut cmd = Command::new(root.bin("send"));
-    cmd.args(std::env::args_os().skip(1).take(1))
-        .env_clear()
+    cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .current_dir(root.path());
-    ferry_sys::command_fds(
-        &mut cmd,
-        vec![
-            (l.to.as_raw_fd(), 3),
-            (l.from.as_raw_fd(), 4),
-            (r.to.as_raw_fd(), 5),
-            (r.from.as_raw_fd(), 6),
-            (c.to.as_raw_fd(), 7),
-            (c.from.as_raw_fd(), 8),
-        ],
-    );
+    let mut fds = vec![
+        (l.to.as_raw_fd(), 3),
+        (l.from.as_raw_fd(), 4),
+        (r.to.as_raw_fd(), 5),
+        (r.from.as_raw_fd(), 6),
+        (c.to.as_raw_fd(), 7),
+        (c.from.as_raw_fd(), 8),
+    ];
+    // s6's notification fd becomes fd 9 of send, whatever number s6 gave it.
+    if let Some(fd) = &ready {
+        fds.push((fd.as_raw_fd(), 9));
+        cmd.arg("9");
+    }
+    ferry_sys::command_fds(&mut cmd, fds);
+    ferry_sys::command_close_from(&mut cmd, 10);
     if let Some(s) = &send {
         ferry_sys::command_as(&mut cmd, s);
     }

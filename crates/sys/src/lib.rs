@@ -152,6 +152,86 @@ pub fn command_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
     }
 }
 
+/// Arranges for a child started by `cmd` to have no descriptor numbered `first` or above
+/// at exec, whatever the parent inherited without close-on-exec (s6's notification fd, a
+/// caller's leftovers): only the descriptors its protocol names reach it. Register this
+/// after [`command_fds`], whose targets must be below `first`.
+pub fn command_close_from(cmd: &mut Command, first: RawFd) {
+    // SAFETY: runs in the child between fork and exec; close_range and close are
+    // async-signal-safe system calls on plain numbers, and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                0,
+            );
+            if r != 0 {
+                // Kernels before 5.9: close them one by one.
+                let mut fd = first;
+                while fd < 65_536 {
+                    libc::close(fd);
+                    fd += 1;
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A sealed, in-memory copy of the first `len` bytes of `src` (memfd_create, then
+/// F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL): nobody can change it, and it
+/// holds nothing but those bytes. lspawn gives local deliveries such a copy of the message
+/// instead of the queue file, which also holds the envelope (every recipient).
+pub fn sealed_copy(src: &std::fs::File, len: u64) -> io::Result<std::fs::File> {
+    use std::io::Read;
+    let name = c"ferry-message";
+    // SAFETY: memfd_create takes a NUL-terminated name (a C string literal) and flags; it
+    // returns a new descriptor that we own, or -1.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by memfd_create and nothing else refers to it.
+    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut reader = src.try_clone()?;
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
+    let n = io::copy(&mut (&mut reader).take(len), &mut copy)?;
+    if n != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "message file shorter than recorded",
+        ));
+    }
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl(F_ADD_SEALS) on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(copy)
+}
+
+/// Waits at most `timeout` for `fd` to be readable (or at its end). True if it is.
+pub fn wait_readable(
+    fd: &impl std::os::fd::AsFd,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let ms =
+        PollTimeout::try_from(timeout.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::MAX);
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Makes the child the leader of a new session (so that a stray terminal signal does not hit it).
 pub fn command_setsid(cmd: &mut Command) {
     // SAFETY: setsid is async-signal-safe and touches no memory.

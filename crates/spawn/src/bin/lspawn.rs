@@ -8,26 +8,43 @@
 //!   `name`; kind `M`: the mailbox `mail/name/`, delivered as ferrym).
 //! - fd 1, to send: `R job status text` with status 0, 100 or 111.
 //!
-//! For each job it opens the message file (only root and ferryq can) and hands the job, with
-//! the open file attached (SCM_RIGHTS), to a `local-deliver` worker running as the recipient
-//! user. There is one worker per user or mailbox while it has work; it handles many
-//! deliveries, and exits when lspawn closes its socket after a few idle seconds. A worker
-//! that dies fails its jobs temporarily. lspawn never runs a delivery as root: uid 0 is refused.
+//! Every record from send is checked before anything runs: the fields and their count, the
+//! message id, a user name that passwd knows, whose uid is not 0 and who owns their home
+//! directory (the rule of route.rs), a valid mailbox name, an extension without `/`, and no
+//! control characters anywhere. A bad record fails its job (111; 100 for an impossible
+//! extension) and starts nothing.
+//!
+//! For each job it opens the message file (only root and the ferry group can) and copies the
+//! message bytes — not the envelope after them — into a sealed memfd (one copy per message,
+//! shared by that message's deliveries while they run). It hands the job, with a read-only
+//! descriptor of that copy attached (SCM_RIGHTS), to a `local-deliver` worker running as the
+//! recipient user: a worker and its `|programs` can read the message and nothing else of the
+//! queue. There is one worker per user or mailbox while it has work; it handles many
+//! deliveries, and exits when lspawn closes its socket after a few idle seconds. A worker gets
+//! fd 0 (its socket) and fd 2 (a second socket to lspawn, which logs each line it writes
+//! prefixed with the worker's user; a socket cannot be reopened through /proc, so a program
+//! cannot write into the log through it) and no other descriptor. A result for a job that was
+//! not given to that worker ends the worker (its own jobs fail temporarily): a user who took
+//! over their worker cannot mark other users' deliveries done or failed. A worker that dies
+//! fails its jobs temporarily. lspawn never runs a delivery as root: uid 0 is refused.
 //! Exits when send closes fd 0.
 
 use ferry_common::id::MsgId;
+use ferry_common::log;
 use ferry_common::queue::{Queue, QueueFile};
 use ferry_common::record::{Reader, Record};
 use ferry_common::root::Root;
+use ferry_common::route;
 use ferry_common::users::{self, Mode};
-use ferry_common::{log, status};
 use ferry_spawn::{SendLink, result};
 use ferry_sys::Cred;
 use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,6 +60,9 @@ struct Worker {
     key: Key,
     pid: u32,
     sock: UnixStream,
+    /// The worker's stderr (a socket): lines to log, and the token it is registered with.
+    err: Option<(UnixStream, usize)>,
+    err_buf: Vec<u8>,
     reader: Reader,
     /// Records not yet fully written, with the descriptor to attach to their first byte.
     out: VecDeque<(Vec<u8>, usize, Option<OwnedFd>)>,
@@ -90,7 +110,18 @@ struct Lspawn {
     workers: HashMap<usize, Worker>,
     by_key: HashMap<Key, usize>,
     next_token: usize,
+    /// Stderr tokens → worker tokens.
+    err_tokens: HashMap<usize, usize>,
+    /// Sealed copies of the messages being delivered, with how many jobs use each.
+    copies: HashMap<MsgId, (File, u64, usize)>,
+    /// The message of each job handed to a worker.
+    job_msg: HashMap<u64, MsgId>,
 }
+
+/// Longest log line relayed from a worker; the rest of a longer one is cut.
+const MAX_LOG_LINE: usize = 2000;
+/// Longest envelope field accepted from send (addresses are at most 1000 bytes or so).
+const MAX_FIELD: usize = 4096;
 
 fn main() {
     log::init("lspawn");
@@ -114,6 +145,9 @@ fn run() -> io::Result<()> {
         workers: HashMap::new(),
         by_key: HashMap::new(),
         next_token: FIRST_WORKER,
+        err_tokens: HashMap::new(),
+        copies: HashMap::new(),
+        job_msg: HashMap::new(),
     };
     let mut signals = signal_hook_mio::v1_0::Signals::new([
         signal_hook::consts::SIGCHLD,
@@ -155,12 +189,44 @@ fn run() -> io::Result<()> {
                     }
                     reap();
                 }
-                Token(t) => ls.worker_event(t),
+                Token(t) => match ls.err_tokens.get(&t) {
+                    Some(w) => ls.worker_log(*w),
+                    None => ls.worker_event(t),
+                },
             }
         }
         ls.retire_idle();
         ls.send.flush()?;
     }
+}
+
+/// A user or passwd name as lspawn accepts it from send: letters, digits, `.`, `_`, `-`,
+/// not starting with `-`, at most 64 bytes (what useradd allows, and no path or option).
+fn is_user_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Logs one line a worker wrote: `local-deliver[KIND:NAME]: text`, its control characters
+/// made visible, so that what a worker writes is always known to come from that worker.
+fn relay_line(key: &Key, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.strip_prefix("local-deliver: ").unwrap_or(&text);
+    let mut out = format!("local-deliver[{}:{}]: ", key.0 as char, key.1);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && c != '\t' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    let _ = io::stderr().lock().write_all(out.as_bytes());
 }
 
 /// Collects exited workers (their jobs were failed when their sockets closed).
@@ -186,51 +252,116 @@ impl Lspawn {
     }
 
     fn start_job(&mut self, rec: &Record) -> Result<(), (i32, String)> {
-        let bad = |e: io::Error| {
-            (
-                status::Outcome::Temporary.code(),
-                format!("bad job record: {e}"),
-            )
-        };
+        let bad = |e: io::Error| (111, format!("bad job record: {e}"));
         if rec.kind != b'D' {
             return Err((111, format!("unknown record {:?}", rec.kind as char)));
         }
+        if rec.fields.len() != 10 {
+            return Err((111, format!("bad job record: {} fields", rec.fields.len())));
+        }
+        for (i, f) in rec.fields.iter().enumerate() {
+            if f.len() > MAX_FIELD || f.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+                return Err((
+                    111,
+                    format!("bad job record: field {i} is too long or has control characters"),
+                ));
+            }
+        }
         let job = rec.u64(0).map_err(bad)?;
+        if self.job_msg.contains_key(&job) {
+            return Err((111, format!("bad job record: job {job} is already running")));
+        }
         let id =
             MsgId::parse(rec.str(1).map_err(bad)?).ok_or((111, "bad message id".to_string()))?;
         let path = match rec.bytes(2).map_err(bad)? {
             b"t" => self.queue.todo(&id),
-            _ => self.queue.mess(&id),
+            b"m" => self.queue.mess(&id),
+            _ => return Err((111, "bad job record: where is neither t nor m".into())),
         };
-        let kind = *rec
-            .bytes(3)
-            .map_err(bad)?
-            .first()
-            .ok_or((111, "empty kind".to_string()))?;
+        let kind = match rec.bytes(3).map_err(bad)? {
+            b"U" => b'U',
+            b"M" => b'M',
+            _ => return Err((111, "bad job record: unknown delivery kind".into())),
+        };
         let name = rec.str(4).map_err(bad)?.to_string();
-        let qf =
-            QueueFile::open(&path).map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
+        let ext = rec.str(5).map_err(bad)?;
+        for i in 6..=9 {
+            rec.str(i).map_err(bad)?;
+        }
+        if ext.contains('/') {
+            return Err((100, format!("5.1.1 no such address: extension {ext:?}")));
+        }
+        match kind {
+            b'M' if !route::is_mailbox_name(&name) => {
+                return Err((111, format!("bad job record: {name:?} is no mailbox name")));
+            }
+            b'U' if !is_user_name(&name) => {
+                return Err((111, format!("bad job record: {name:?} is no user name")));
+            }
+            _ => {}
+        }
         let token = match self.by_key.get(&(kind, name.clone())) {
             Some(t) => *t,
             None => self.spawn(kind, &name)?,
         };
+        let copy = self.copy_of(&id, &path)?;
         let mut out = Record::new(b'J').with_u64(job);
         for i in 6..=9 {
             out.push(rec.bytes(i).map_err(bad)?);
         }
-        out.push(rec.bytes(5).map_err(bad)?);
-        out.push(qf.message_len.to_string());
+        out.push(ext);
+        out.push(copy.1.to_string());
         let w = self
             .workers
             .get_mut(&token)
             .ok_or((111, "worker vanished".to_string()))?;
         w.out
-            .push_back((out.encode(), 0, Some(OwnedFd::from(qf.file))));
+            .push_back((out.encode(), 0, Some(OwnedFd::from(copy.0))));
         w.jobs.insert(job);
+        self.job_msg.insert(job, id);
+        if let Some(c) = self.copies.get_mut(&id) {
+            c.2 += 1;
+        }
         if let Err(e) = w.flush() {
             return Err((111, format!("cannot hand the job to local-deliver: {e}")));
         }
         Ok(())
+    }
+
+    /// A read-only descriptor of the sealed copy of message `id` (made from `path` if no
+    /// delivery of it runs), and the message length.
+    fn copy_of(
+        &mut self,
+        id: &MsgId,
+        path: &std::path::Path,
+    ) -> Result<(File, u64), (i32, String)> {
+        if !self.copies.contains_key(id) {
+            let qf = QueueFile::open(path)
+                .map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
+            let mem = ferry_sys::sealed_copy(&qf.file, qf.message_len)
+                .map_err(|e| (111, format!("cannot copy message {id}: {e}")))?;
+            self.copies.insert(*id, (mem, qf.message_len, 0));
+        }
+        let (mem, len, _) = self
+            .copies
+            .get(id)
+            .ok_or((111, "copy vanished".to_string()))?;
+        // A descriptor of its own, opened read-only (the memfd itself is read-write, sealed).
+        let ro = File::open(format!("/proc/self/fd/{}", mem.as_raw_fd()))
+            .map_err(|e| (111, format!("cannot reopen the copy of {id}: {e}")))?;
+        Ok((ro, *len))
+    }
+
+    /// A job has its result: its message copy goes when no other job uses it.
+    fn release(&mut self, job: u64) {
+        if let Some(id) = self.job_msg.remove(&job)
+            && let Some(c) = self.copies.get_mut(&id)
+        {
+            c.2 = c.2.saturating_sub(1);
+            if c.2 == 0 {
+                self.copies.remove(&id);
+            }
+        }
     }
 
     /// Starts a local-deliver worker for a user (`U`) or a mailbox (`M`).
@@ -250,6 +381,17 @@ impl Lspawn {
                     ));
                 }
                 let home = cred.home.clone();
+                // The rule of route.rs: only users who own their home directory get mail.
+                match std::fs::metadata(&home) {
+                    Ok(m) if m.is_dir() && m.uid() == cred.uid => {}
+                    Ok(_) => {
+                        return Err((
+                            100,
+                            format!("{name} does not own the home directory {}", home.display()),
+                        ));
+                    }
+                    Err(e) => return Err((111, format!("home directory of {name}: {e}"))),
+                }
                 (cred, home, false)
             }
             b'M' => {
@@ -263,6 +405,8 @@ impl Lspawn {
         };
         let (mine, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| (111, e.to_string()))?;
+        let (err_mine, err_theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| (111, e.to_string()))?;
         let mut cmd = Command::new(self.root.bin("local-deliver"));
         cmd.arg(&home)
             .arg(if create { "create" } else { "existing" })
@@ -275,18 +419,24 @@ impl Lspawn {
             .current_dir("/")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::from(OwnedFd::from(err_theirs)));
+        ferry_sys::command_close_from(&mut cmd, 3);
         if self.mode == Mode::Separated {
             ferry_sys::command_as(&mut cmd, &cred);
         }
         let child = cmd
             .spawn()
             .map_err(|e| (111, format!("cannot start local-deliver: {e}")))?;
+        drop(cmd);
         mine.set_nonblocking(true)
             .map_err(|e| (111, e.to_string()))?;
+        err_mine
+            .set_nonblocking(true)
+            .map_err(|e| (111, e.to_string()))?;
         let mut sock = UnixStream::from_std(mine);
+        let mut err = UnixStream::from_std(err_mine);
         let token = self.next_token;
-        self.next_token += 1;
+        self.next_token += 2;
         self.poll
             .registry()
             .register(
@@ -295,6 +445,21 @@ impl Lspawn {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| (111, e.to_string()))?;
+        let err =
+            match self
+                .poll
+                .registry()
+                .register(&mut err, Token(token + 1), Interest::READABLE)
+            {
+                Ok(()) => {
+                    self.err_tokens.insert(token + 1, token);
+                    Some((err, token + 1))
+                }
+                Err(e) => {
+                    log!("cannot watch the log of worker {}: {e}", child.id());
+                    None
+                }
+            };
         let key = (kind, name.to_string());
         self.by_key.insert(key.clone(), token);
         self.workers.insert(
@@ -303,6 +468,8 @@ impl Lspawn {
                 key,
                 pid: child.id(),
                 sock,
+                err,
+                err_buf: Vec::new(),
                 reader: Reader::new(),
                 out: VecDeque::new(),
                 jobs: HashSet::new(),
@@ -333,18 +500,39 @@ impl Lspawn {
                 }
             }
         }
+        let mut done = Vec::new();
+        let mut why = "local-deliver exited in the middle of a delivery";
         loop {
             match w.reader.next_record() {
-                Ok(Some(r)) if r.kind == b'R' => {
-                    if let Ok(job) = r.u64(0) {
-                        w.jobs.remove(&job);
-                        self.send.outbox.push(&Record {
-                            kind: b'R',
-                            fields: r.fields,
-                        });
-                    }
+                // Only a result for a job this worker was given, once, in the form send
+                // expects: anything else means the worker is not ours any more.
+                Ok(Some(r))
+                    if r.kind == b'R'
+                        && r.fields.len() == 3
+                        && r.u64(0).is_ok_and(|j| w.jobs.contains(&j))
+                        && r.str(1).is_ok_and(|c| matches!(c, "0" | "100" | "111")) =>
+                {
+                    let job = r.u64(0).unwrap_or(0);
+                    w.jobs.remove(&job);
+                    done.push(job);
+                    self.send.outbox.push(&Record {
+                        kind: b'R',
+                        fields: r.fields,
+                    });
                 }
-                Ok(Some(_)) | Err(_) => {
+                Ok(Some(r)) => {
+                    log!(
+                        "worker {} ({}) sent a record that is not a result of one of its jobs (kind {:?}, job {:?}): stopping it",
+                        w.pid,
+                        w.key.1,
+                        r.kind as char,
+                        r.str(0).unwrap_or("?")
+                    );
+                    why = "local-deliver broke its protocol";
+                    alive = false;
+                    break;
+                }
+                Err(_) => {
                     alive = false;
                     break;
                 }
@@ -354,18 +542,73 @@ impl Lspawn {
         if w.jobs.is_empty() {
             w.idle_since = Instant::now();
         }
+        for job in done {
+            self.release(job);
+        }
         if !alive {
-            self.drop_worker(token, "local-deliver exited in the middle of a delivery");
+            self.drop_worker(token, why);
+        }
+    }
+
+    /// Lines the worker wrote on stderr: logged with its user, one line each.
+    fn worker_log(&mut self, token: usize) {
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        let Some((err, _)) = w.err.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        let mut closed = false;
+        loop {
+            match err.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    for &b in &buf[..n] {
+                        if b == b'\n' {
+                            relay_line(&w.key, &w.err_buf);
+                            w.err_buf.clear();
+                        } else if w.err_buf.len() < MAX_LOG_LINE {
+                            w.err_buf.push(b);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            if !w.err_buf.is_empty() {
+                relay_line(&w.key, &w.err_buf);
+                w.err_buf.clear();
+            }
+            if let Some((mut e, t)) = w.err.take() {
+                let _ = self.poll.registry().deregister(&mut e);
+                self.err_tokens.remove(&t);
+            }
         }
     }
 
     fn drop_worker(&mut self, token: usize, why: &str) {
         if let Some(mut w) = self.workers.remove(&token) {
             let _ = self.poll.registry().deregister(&mut w.sock);
+            if let Some((mut e, t)) = w.err.take() {
+                // What it writes after this is not logged (it has nothing left to do).
+                let _ = self.poll.registry().deregister(&mut e);
+                self.err_tokens.remove(&t);
+            }
             self.by_key.remove(&w.key);
             for job in w.jobs {
                 log!("job {job}: {why} (worker {})", w.pid);
                 self.send.reply(&result(job, 111, why));
+                self.release(job);
             }
         }
     }
