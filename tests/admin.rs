@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_e2e::remote::{Dns, Scripted};
-use ferry_e2e::{Env, free_port};
+use ferry_e2e::Env;
 use std::time::Duration;
 
 fn stderr(o: &std::process::Output) -> String {

@@ -56,7 +56,14 @@ fn to_a_second_ferry_byte_exact_by_mx() {
         "--host-record=mx.b.test,127.0.0.1".into(),
     ]);
     let env = sender(&dns, port);
-    send(&env, "ann@test.example", &["bob@b.test"], "across");
+    // Every header sendmail would add is there, so the message must arrive byte for byte.
+    let mut sent_bytes = message("across", "body of across\n.dot line\n");
+    sent_bytes.splice(
+        0..0,
+        b"Date: Tue, 1 Dec 2026 10:00:00 +0000\n".iter().copied(),
+    );
+    let out = env.sendmail(&["-f", "ann@test.example", "bob@b.test"], &sent_bytes);
+    assert!(out.status.success());
     let got = receiver.wait_maildir(&receiver.mailbox("bob"), 1);
     let t = String::from_utf8_lossy(&got[0]).into_owned();
     // The whole path: the original Received of queue, then the receiver's, the body intact.
@@ -67,10 +74,9 @@ fn to_a_second_ferry_byte_exact_by_mx() {
         "{t}"
     );
     assert!(t.ends_with("\n\nbody of across\n.dot line\n"), "{t}");
-    let sent = String::from_utf8(ferry_e2e::strip_trace(&got[0])).unwrap();
-    assert!(
-        sent.starts_with("From: Tester <tester@test.example>\n"),
-        "{sent}"
+    assert_eq!(
+        String::from_utf8_lossy(&ferry_e2e::strip_trace(&got[0])),
+        String::from_utf8_lossy(&sent_bytes)
     );
     env.wait_queue_empty();
     let log = env.log("send.log");
@@ -146,6 +152,17 @@ fn dns_failure_is_temporary() {
     });
     let q = String::from_utf8_lossy(&env.ferryctl(&["queue"]).stdout).into_owned();
     assert!(q.contains("x@slow.test [remote] deferred"), "{q}");
+    // Deferred because of DNS, not for some other reason.
+    let log = env.log("send.log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("to=<x@slow.test>") && l.contains("result=deferred"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("4.4.3 DNS lookup of MX for slow.test failed")
+            || line.contains("DNS lookups for slow.test took longer"),
+        "{line}"
+    );
     drop(silent);
 }
 
@@ -234,7 +251,7 @@ fn pipelining_and_extensions_offered_or_not() {
         "rx",
         "127.0.0.2",
         port,
-        r#"{"ehlo_reply": "502 5.5.1 no EHLO here"}"#,
+        r#"{"ehlo_reply": "502 5.5.1 no EHLO here", "close_after_end": true}"#,
     );
     send(
         &env,
@@ -249,6 +266,24 @@ fn pipelining_and_extensions_offered_or_not() {
         rx.received()[0].starts_with("X-Envelope: <s@test.example> a@p.test b@p.test"),
         "{:?}",
         rx.received()
+    );
+    // Without PIPELINING each command waited for its reply.
+    assert_eq!(rx.transactions(), ["MAIL pipelined=no"]);
+    // With PIPELINING, MAIL, RCPT and DATA go in one write.
+    rx.set("ehlo", r#"["PIPELINING", "8BITMIME"]"#);
+    rx.set("ehlo_reply", "null");
+    send(
+        &env,
+        "s@test.example",
+        &["d@p.test", "e@p.test"],
+        "pipelined",
+    );
+    env.wait_for("the pipelined delivery", Duration::from_secs(30), || {
+        rx.received().len() == 2
+    });
+    assert_eq!(
+        rx.transactions(),
+        ["MAIL pipelined=no", "MAIL pipelined=yes"]
     );
     // An 8-bit message to a server without 8BITMIME bounces (RFC 6152), not garbled.
     rx.set("ehlo", r#"["PIPELINING"]"#);
@@ -340,7 +375,7 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
         .arg("100")
         .spawn()
         .expect("smtp-sink (package postfix)");
-    std::thread::sleep(Duration::from_millis(300));
+    ferry_e2e::wait_for_greeting(port);
     let env = sender(&dns, port);
     for i in 0..200 {
         send(
@@ -353,6 +388,22 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
     env.wait_queue_empty();
     let log = env.log("send.log");
     assert_eq!(log.matches("> delivered: 250").count(), 400, "{log}");
+    // Connections were reused: most transactions ran on a kept connection (conn_use > 1),
+    // so far fewer connections than the 200 messages were opened.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("remote-deliver:") && l.contains("result=delivered"))
+        .collect();
+    let first_uses = lines.iter().filter(|l| l.contains(" conn_use=1 ")).count();
+    let reused = lines
+        .iter()
+        .filter(|l| !l.contains(" conn_use=1 ") && l.contains(" conn_use="))
+        .count();
+    assert_eq!(lines.len(), 400, "{log}");
+    assert!(
+        reused > first_uses,
+        "{first_uses} first uses, {reused} reused:\n{log}"
+    );
     let _ = sink.kill();
     let _ = sink.wait();
 }

@@ -310,6 +310,26 @@ pub fn write_test_certificate(root: &Path, name: &str) {
 }
 
 /// A loopback port that was free a moment ago.
+/// Waits (10 s at most) until a server on 127.0.0.1:`port` greets with 220.
+pub fn wait_for_greeting(port: u16) {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 3];
+            if s.read_exact(&mut b).is_ok() && &b == b"220" {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing greets on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -15,38 +15,65 @@ pub struct Dns {
 
 impl Dns {
     /// dnsmasq answering only from `args` (--mx-host=..., --host-record=..., ...) for `.test`.
+    /// Returns once it answers a query; a port taken meanwhile is retried on another.
     pub fn start(args: &[String]) -> Dns {
-        let port = crate::free_port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg("--pid-file=")
-            .arg("--local=/test/")
-            .arg("--user=root")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("dnsmasq (package dnsmasq-base) must be installed");
-        // Wait until it answers.
-        let start = Instant::now();
-        while std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.connect(("127.0.0.1", port)))
-            .is_err()
-        {
-            if start.elapsed() > Duration::from_secs(5) {
-                break;
+        for _ in 0..5 {
+            let port = crate::free_port();
+            let mut child = Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                ])
+                .arg(format!("--port={port}"))
+                .arg("--pid-file=")
+                .arg("--local=/test/")
+                .arg("--user=root")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dnsmasq (package dnsmasq-base) must be installed");
+            if answers(port, &mut child) {
+                return Dns { child, port };
             }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        std::thread::sleep(Duration::from_millis(300));
-        Dns { child, port }
+        panic!("dnsmasq did not start (five ports tried)");
     }
+}
+
+/// True once dnsmasq on `port` answers a query (any answer); false if it exited (a port clash)
+/// or stayed silent for 10 s.
+fn answers(port: u16, child: &mut Child) -> bool {
+    // A query for ready.test, type A, class IN, id 0x1234, recursion desired.
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["ready", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < Duration::from_secs(10) {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        let _ = sock.send_to(&q, ("127.0.0.1", port));
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && n >= 2
+            && buf[..2] == [0x12, 0x34]
+        {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for Dns {
@@ -127,7 +154,19 @@ impl Scripted {
             String::from_utf8_lossy(&out.stderr)
         );
         obj.push(String::from_utf8(out.stdout).unwrap());
-        std::fs::write(&self.config, obj.join("")).unwrap();
+        // Atomically: the receiver re-reads the file at every connection and MAIL.
+        let tmp = self.config.with_extension("json.tmp");
+        std::fs::write(&tmp, obj.join("")).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// One "MAIL pipelined=yes|no" line per transaction, in order.
+    pub fn transactions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("transactions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     /// The messages it accepted, as text.

@@ -11,19 +11,42 @@ CONFIG: {"listen": "127.0.0.1", "port": 0, "portfile": "...", "maildir": "...",
          "ehlo_reply": null, "end_delay": 0}
 The config file is re-read for every connection and every MAIL, so a test can change the behaviour between
 attempts. Each accepted message is written to MAILDIR/<n>.eml (raw wire bytes of DATA after
-un-dot-stuffing) with a first line "X-Envelope: MAIL RCPT..." for the test to check.
-"end_delay" waits that many seconds before the reply to the final dot (a slow content scanner).
+un-dot-stuffing) with a first line "X-Envelope: MAIL RCPT..." for the test to check, and
+MAILDIR/../transactions.log gets "MAIL pipelined=yes|no" per MAIL (RCPT already sent with it).
+"close_after_end" closes the connection after the reply to the final dot (the next message
+needs a new connection, which sees the config anew). "end_delay" waits that many seconds before the reply to the final dot (a slow content scanner).
 The port actually bound is written to PORTFILE.
 """
-import json, os, socket, sys, threading, time
+import itertools, json, os, socket, sys, threading, time
+
+MESSAGES = itertools.count(1)
 
 def load(path):
     with open(path) as f:
         return json.load(f)
 
+class Lines:
+    """Reads lines from the socket with its own buffer, so that it can tell whether the client
+    had already sent more (pipelining) when a command was read."""
+    def __init__(self, conn):
+        self.conn, self.buf = conn, b""
+    def readline(self, limit):
+        while b"\n" not in self.buf and len(self.buf) < limit:
+            got = self.conn.recv(65536)
+            if not got:
+                break
+            self.buf += got
+        n = self.buf.find(b"\n")
+        n = len(self.buf) if n < 0 else n + 1
+        n = min(n, limit)
+        line, self.buf = self.buf[:n], self.buf[n:]
+        return line
+    def pending(self):
+        return len(self.buf) > 0
+
 def serve(conn, path):
     cfg = load(path)
-    f = conn.makefile("rb")
+    f = Lines(conn)
     def send(line):
         conn.sendall((line + "\r\n").encode())
     def readline():
@@ -57,6 +80,10 @@ def serve(conn, path):
         elif verb == "MAIL":
             cfg = load(path)  # each transaction sees the test's latest settings
             env_from = line[10:].strip(); rcpts = []
+            if cfg.get("maildir"):
+                # One line per transaction: whether RCPT was already sent with MAIL.
+                with open(os.path.join(cfg["maildir"], "..", "transactions.log"), "a") as log:
+                    log.write(f"MAIL pipelined={'yes' if f.pending() else 'no'}\n")
             send(cfg.get("mail", "250 2.1.0 ok"))
         elif verb == "RCPT":
             addr = line[8:].strip().strip("<>").split(">")[0]
@@ -88,11 +115,14 @@ def serve(conn, path):
             time.sleep(cfg.get("end_delay", 0))
             if end.startswith("2") and cfg.get("maildir"):
                 count += 1
-                name = os.path.join(cfg["maildir"], f"{os.getpid()}-{threading.get_ident()}-{count}.eml")
+                # Unique across connections (thread idents are reused once a thread ends).
+                name = os.path.join(cfg["maildir"], f"{os.getpid()}-{next(MESSAGES)}.eml")
                 with open(name + ".tmp", "wb") as out:
                     out.write(f"X-Envelope: {env_from} {' '.join(rcpts)}\r\n".encode() + b"".join(body))
                 os.rename(name + ".tmp", name)
             send(end)
+            if cfg.get("close_after_end"):
+                conn.close(); return
         elif verb == "RSET":
             send("250 ok")
         elif verb == "QUIT":

@@ -183,11 +183,13 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
 }
 
 fn log_all(job: &Job, relay: &str, results: Vec<Res>) -> Vec<Res> {
-    log_results(job, relay, "-", &results);
+    log_results(job, relay, "-", 0, &results);
     results
 }
 
-fn log_results(job: &Job, relay: &str, tls: &str, results: &[Res]) {
+/// One line per recipient: relay, TLS, `conn_use` (this transaction's number on its
+/// connection, as Postfix logs it: above 1 means a kept connection was reused), the result.
+fn log_results(job: &Job, relay: &str, tls: &str, conn_use: u32, results: &[Res]) {
     for (r, res) in job.rcpts.iter().zip(results) {
         let word = match res {
             Res::Delivered(_) => "delivered",
@@ -195,7 +197,7 @@ fn log_results(job: &Job, relay: &str, tls: &str, results: &[Res]) {
             Res::Temporary(_) => "deferred",
         };
         log!(
-            "{} to=<{r}> relay={relay} tls={tls} result={word} reply={}",
+            "{} to=<{r}> relay={relay} tls={tls} conn_use={conn_use} result={word} reply={}",
             job.msgid,
             res.text()
         );
@@ -292,7 +294,7 @@ async fn attempt(
         match transaction(&mut c, job, msg).await {
             Tx::Done(results) => {
                 let relay = c.relay();
-                log_results(job, &relay, &tls_word(&c), &results);
+                log_results(job, &relay, &tls_word(&c), c.used + 1, &results);
                 c.used += 1;
                 if c.used < MAX_USES {
                     ctx.pool
@@ -306,7 +308,7 @@ async fn attempt(
                 return Attempt::Done(results);
             }
             Tx::Broken(results) => {
-                log_results(job, &c.relay(), &tls_word(&c), &results);
+                log_results(job, &c.relay(), &tls_word(&c), c.used + 1, &results);
                 return Attempt::Done(results);
             }
             Tx::Next(why) if reused => {
