@@ -14,6 +14,7 @@ pub mod control;
 pub mod date;
 pub mod durable;
 pub mod envelope;
+pub mod hops;
 pub mod id;
 pub mod info;
 pub mod inject;

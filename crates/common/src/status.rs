@@ -44,6 +44,8 @@ pub const QUEUE_OK: i32 = 0;
 pub const QUEUE_BAD_ADDRESS: i32 = 11;
 /// The message is larger than `databytes`.
 pub const QUEUE_TOO_BIG: i32 = 31;
+/// The message has more than `maxhops` Received lines: a mail loop.
+pub const QUEUE_TOO_MANY_HOPS: i32 = 32;
 /// Out of memory.
 pub const QUEUE_NO_MEMORY: i32 = 51;
 /// Timed out reading the message or envelope.
@@ -70,6 +72,12 @@ pub const QUEUE_EXITS: &[QueueExit] = &[
         "5.1.3",
     ),
     qe(QUEUE_TOO_BIG, "message larger than databytes", 552, "5.3.4"),
+    qe(
+        QUEUE_TOO_MANY_HOPS,
+        "too many hops (Received lines): mail loop",
+        554,
+        "5.4.6",
+    ),
     qe(QUEUE_NO_MEMORY, "out of memory", 451, "4.3.0"),
     qe(
         QUEUE_TIMEOUT,

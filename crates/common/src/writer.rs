@@ -2,9 +2,11 @@
 //! Unix stream socket carrying records of many sessions at once (crate::record framing):
 //!
 //! smtpd → qwriter:
-//! - `B txn helo ip protocol tls sender rcpt...` begin a message; `txn` is smtpd's number for
-//!   it; helo, ip, protocol (ESMTP, ESMTPS, ...) and tls (version and cipher, or empty) go into
-//!   the Received line.
+//! - `B txn helo ip protocol tls flags sender rcpt...` begin a message; `txn` is smtpd's number
+//!   for it; helo, ip, protocol (ESMTP, ESMTPS, ...) and tls (version and cipher, or empty) go
+//!   into the Received line; flags is `U` when the transaction had the SMTPUTF8 parameter
+//!   (recorded in the envelope, crate::envelope) and empty otherwise. smtpd keeps every `B`
+//!   within [`MAX_RCPT_BYTES`] of recipients, so that it always fits in one record.
 //! - `C txn bytes` the next piece of the message (LF line ends, dot-unstuffed).
 //! - `E txn` the message is complete: commit it.
 //! - `A txn` forget it (the client went away, or it was refused).
@@ -14,10 +16,29 @@
 //! - `F txn code text` not queued; `code` is a `queue` exit code (crate::status), which gives
 //!   the SMTP reply.
 //!
-//! qwriter commits every message whose `E` it has read whenever its input runs dry, with one
-//! syncfs and one fsync of todo/ for the whole batch (crate::queue::commit).
+//! qwriter commits every message whose `E` it has read whenever its input runs dry, or at the
+//! latest [`MAX_COMMIT_WAIT`] after the first of them, with one syncfs and one fsync of todo/
+//! for the whole batch (crate::queue::commit).
+//!
+//! Sizes: smtpd counts the message as it arrives (LF line ends, without the Received line)
+//! against `databytes`; qwriter's own limit is `databytes` plus the length of the Received line
+//! it adds, so both count one way.
 
 use crate::date;
+use std::time::Duration;
+
+/// Bytes of recipient fields (4 + length each) one `B` record may carry: the record limit less
+/// room for the other fields (each bounded: helo 512, sender 1000, tls 100, ...).
+pub const MAX_RCPT_BYTES: usize = crate::record::MAX_RECORD - 64 * 1024;
+
+/// The longest message qwriter waits for its commit while input keeps coming.
+pub const MAX_COMMIT_WAIT: Duration = Duration::from_millis(50);
+
+/// An upper bound of the length of the Received line qwriter adds (every field is bounded).
+pub const MAX_RECEIVED: usize = 2048;
+
+/// flags field of `B` for an SMTPUTF8 transaction.
+pub const FLAG_SMTPUTF8: &str = "U";
 
 /// The Received line qwriter puts on top of each message (RFC 5321 §4.4). Every field is
 /// reduced to printable ASCII without spaces at the edges and bounded, so that nothing a
@@ -41,7 +62,7 @@ impl Received<'_> {
     pub fn line(&self) -> String {
         let mut s = format!(
             "Received: from {} ([{}])\n\tby {} (ferry) with {}",
-            clean(self.helo, 255),
+            clean_helo(self.helo),
             clean(self.ip, 64),
             clean(self.by, 255),
             clean(self.protocol, 16)
@@ -79,6 +100,31 @@ pub fn clean(s: &str, max: usize) -> String {
     }
 }
 
+/// The HELO name as the Received line shows it: an address literal (`[192.0.2.1]`,
+/// `[IPv6:...]`) as it is, anything else without brackets, parentheses or spaces (each
+/// becomes `?`), so that a client cannot make its name look like a verified address.
+pub fn clean_helo(helo: &str) -> String {
+    let h = clean(helo, 255);
+    let inner = h.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    if let Some(inner) = inner
+        && !inner.is_empty()
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':'))
+    {
+        return h;
+    }
+    h.chars()
+        .map(|c| {
+            if matches!(c, '(' | ')' | '[' | ']' | ' ') {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,8 +143,34 @@ mod tests {
         }
         .line();
         assert_eq!(r.matches('\n').count(), 5);
-        assert!(r.starts_with("Received: from evil??X-Injected: 1 ([192.0.2.1])\n\tby mx.example (ferry) with ESMTPS (TLSv1.3 "));
+        assert!(r.starts_with("Received: from evil??X-Injected:?1 ([192.0.2.1])\n\tby mx.example (ferry) with ESMTPS (TLSv1.3 "));
         assert!(!r.contains("\nX-Injected"));
         assert!(r.ends_with("Thu, 1 Jan 1970 00:00:00 +0000\n"));
+    }
+
+    #[test]
+    fn helo_cannot_pose_as_an_address() {
+        assert_eq!(clean_helo("x ([127.0.0.1])"), "x???127.0.0.1??");
+        assert_eq!(clean_helo("[192.0.2.1]"), "[192.0.2.1]");
+        assert_eq!(clean_helo("[IPv6:2001:db8::1]"), "[IPv6:2001:db8::1]");
+        assert_eq!(clean_helo("[1.2.3.4] (x)"), "?1.2.3.4???x?");
+        assert_eq!(clean_helo("mx.example"), "mx.example");
+    }
+
+    #[test]
+    fn longest_received_line_is_bounded() {
+        let long = "x".repeat(5000);
+        let r = Received {
+            helo: &long,
+            ip: &long,
+            by: &long,
+            protocol: &long,
+            tls: &long,
+            id: &long,
+            rcpt: Some(&long),
+            now: u64::from(u32::MAX),
+        }
+        .line();
+        assert!(r.len() < MAX_RECEIVED, "{}", r.len());
     }
 }

@@ -7,14 +7,17 @@
 //! - fd 1: the envelope, read after the message: `F<sender>\0`, `T<recipient>\0`..., `\0`.
 //! - Arguments and environment: none are read (the program is setuid; see docs/SECURITY.md).
 //! - Root: the parent of the directory holding this executable (/proc/self/exe).
-//! - Control files: `databytes` (size limit).
+//! - Control files: `databytes` (size limit of the message as given, without the line added
+//!   here), `maxhops` (a message with more Received lines in its header is refused: exit 32,
+//!   a mail loop).
 //! - Adds `Received: (ferry PID invoked by uid UID); DATE` at the top of the message.
 //! - Commits per the protocol in docs/INTERNALS.md (message durable, then linked into todo/,
 //!   todo/ durable), pulls queue/lock/trigger, exits 0. Only exit 0 means queued.
 //! - Exit codes: the table in crates/common/src/status.rs (11 bad address, 31 too big,
-//!   53 write error/disk full, 54 read error, 55 control file, 62 queue dir, 91 bad envelope, ...).
+//!   32 too many hops, 53 write error/disk full, 54 read error, 55 control file, 62 queue dir, 91 bad envelope, ...).
 
 use ferry_common::envelope::{Envelope, EnvelopeError, MAX_ENVELOPE};
+use ferry_common::hops::HopCounter;
 use ferry_common::queue::{self, Queue, QueueError};
 use ferry_common::root::Root;
 use ferry_common::{control, date, status};
@@ -42,21 +45,34 @@ fn run() -> Result<(), QueueError> {
     let cfg_err =
         |e: control::ControlError| QueueError::new(status::QUEUE_CONFIG_ERROR, e.to_string());
     let limit = control::read_number(&root.control(), "databytes", 26_214_400).map_err(cfg_err)?;
-    let q = Queue::new(&root);
-    let mut msg = q.begin(limit)?;
+    let maxhops = control::read_number(&root.control(), "maxhops", 100)
+        .map_err(cfg_err)?
+        .max(1);
     let (ruid, _) = ferry_sys::uids();
     let received = format!(
         "Received: (ferry {} invoked by uid {ruid});\n\t{}\n",
         std::process::id(),
         date::rfc5322(date::now_secs())
     );
+    // databytes counts the message as given, as smtpd counts it; the line added here is extra.
+    let limit = if limit == 0 {
+        0
+    } else {
+        limit.saturating_add(received.len() as u64)
+    };
+    let q = Queue::new(&root);
+    let mut msg = q.begin(limit)?;
     msg.write(received.as_bytes())?;
+    let mut hops = HopCounter::new();
     let mut stdin = std::io::stdin().lock();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => msg.write(&buf[..n])?,
+            Ok(n) => {
+                hops.feed(&buf[..n]);
+                msg.write(&buf[..n])?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 msg.abort();
@@ -66,6 +82,16 @@ fn run() -> Result<(), QueueError> {
                 ));
             }
         }
+    }
+    if hops.count() > maxhops {
+        msg.abort();
+        return Err(QueueError::new(
+            status::QUEUE_TOO_MANY_HOPS,
+            format!(
+                "{} Received lines, more than maxhops {maxhops}: mail loop",
+                hops.count()
+            ),
+        ));
     }
     let env = match read_envelope() {
         Ok(e) => e,

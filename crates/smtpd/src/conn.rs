@@ -1,5 +1,9 @@
 //! One client connection: the socket, plaintext or TLS (rustls driven by hand under mio), the
 //! bytes read but not yet consumed, and the session state machine.
+//!
+//! Replies wait in `wire` (plaintext, before TLS encrypts them) until the socket takes them;
+//! the server stops consuming a session's input while [`Conn::backlog`] is above
+//! [`crate::session::OUT_CAP`], so a client that never reads costs a bounded amount of memory.
 
 use crate::session::Session;
 use mio::net::TcpStream;
@@ -15,7 +19,7 @@ pub struct Conn {
     tls: Option<Box<ServerConnection>>,
     /// The TLS session has been announced to the session state machine.
     tls_up: bool,
-    /// Plaintext bytes waiting for the socket (before TLS).
+    /// Reply bytes (plaintext) waiting for the socket, or for rustls to take them.
     wire: Vec<u8>,
     pub inbuf: Vec<u8>,
     pub session: Session,
@@ -27,6 +31,16 @@ pub struct Conn {
     pub tls_pending: bool,
     pub eof: bool,
     pub limited: bool,
+    /// Tarpit: replies and input wait until then.
+    pub hold_until: Option<Instant>,
+}
+
+/// What [`Conn::flush`] did.
+pub struct Flushed {
+    /// Everything is on the wire.
+    pub done: bool,
+    /// Some bytes went out (the client reads: its deadline moves).
+    pub wrote: bool,
 }
 
 pub enum ReadResult {
@@ -60,6 +74,7 @@ impl Conn {
             tls_pending: false,
             eof: false,
             limited,
+            hold_until: None,
         }
     }
 
@@ -121,39 +136,68 @@ impl Conn {
         })
     }
 
-    /// Writes the session's replies (through TLS once it is on). True when all is sent.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    /// Reply bytes not yet taken by the socket (or by rustls, whose own buffer is bounded).
+    pub fn backlog(&self) -> usize {
+        self.wire.len() + self.session.out.len()
+    }
+
+    /// Writes the session's replies (through TLS once it is on), as much as the socket takes.
+    pub fn flush(&mut self) -> io::Result<Flushed> {
         let out = std::mem::take(&mut self.session.out);
-        match &mut self.tls {
-            None => self.wire.extend_from_slice(&out),
-            Some(tls) => {
-                if !out.is_empty() {
-                    tls.writer().write_all(&out)?;
+        if self.wire.is_empty() {
+            self.wire = out;
+        } else {
+            self.wire.extend_from_slice(&out);
+        }
+        let mut wrote = false;
+        loop {
+            match &mut self.tls {
+                None => {
+                    if self.wire.is_empty() {
+                        break;
+                    }
+                    match self.stream.write(&self.wire) {
+                        Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Ok(n) => {
+                            self.wire.drain(..n);
+                            wrote = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Flushed { done: false, wrote });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(tls) => {
+                    // rustls takes plaintext up to its buffer limit (64 KiB by default).
+                    if !self.wire.is_empty() {
+                        let n = tls.writer().write(&self.wire)?;
+                        self.wire.drain(..n);
+                    }
+                    if !tls.wants_write() {
+                        if self.wire.is_empty() {
+                            break;
+                        }
+                        // rustls took nothing and has nothing to send: should not happen.
+                        return Err(io::Error::from(io::ErrorKind::WriteZero));
+                    }
+                    match tls.write_tls(&mut self.stream) {
+                        Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Ok(_) => wrote = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Flushed { done: false, wrote });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
-        while !self.wire.is_empty() {
-            match self.stream.write(&self.wire) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => {
-                    self.wire.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        if self.wire.capacity() > 64 * 1024 {
+            self.wire = Vec::new();
         }
-        if let Some(tls) = &mut self.tls {
-            while tls.wants_write() {
-                match tls.write_tls(&mut self.stream) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(true)
+        Ok(Flushed { done: true, wrote })
     }
 
     /// Switches to TLS: everything written so far was plaintext, what follows is a handshake.

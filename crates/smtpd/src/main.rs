@@ -14,12 +14,14 @@
 //!
 //! The SMTP dialogue is crates/smtpd/src/session.rs (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
 //! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, STARTTLS); who may send what is policy.rs.
-//! Control files: me, smtpgreeting, smtplisten, databytes, maxrcpt, timeoutsmtpd,
+//! Control files: me, smtpgreeting, smtplisten, databytes, maxrcpt, maxhops, timeoutsmtpd,
 //! concurrencyincoming, concurrencyperip, rcpthosts, relayclients, locals, virtualdomains,
 //! aliases, badmailfrom, badrcptto, tlscert, tlskey. Signals: HUP reloads the control files
 //! and the certificate; TERM stops (idle sessions get 421, messages in flight finish).
 //! Logs one line per session and per message on stderr. Exit 111 on a setup error or when the
-//! queue writer dies (s6 restarts both).
+//! queue writer dies: smtpd sees its socket close at once, answers a message in flight 451
+//! 4.3.0 and every session 421, and exits (s6 restarts both). Sessions are bounded in memory
+//! (backpressure on unread replies) and tarpitted past 10 errors (server.rs).
 
 mod conn;
 mod listen;
@@ -53,11 +55,7 @@ fn run() -> std::io::Result<i32> {
         .map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
     if arg.as_deref() == Some("-bs") {
         let only_uid = Some(ferry_sys::uids().0).filter(|u| *u != 0);
-        let policy = policy::ConfigPolicy {
-            mail_dir: root.mail(),
-            cfg,
-            only_uid,
-        };
+        let policy = policy::ConfigPolicy::new(cfg, root.mail(), only_uid);
         return stdio::run(&root, &policy);
     }
     let ready_fd = match arg.as_deref() {
@@ -101,15 +99,14 @@ fn run() -> std::io::Result<i32> {
     let mut writer = cmd
         .spawn()
         .map_err(|e| std::io::Error::other(format!("cannot start qwriter: {e}")))?;
+    // The Command holds qwriter's end of the socket: without this drop smtpd would keep it
+    // open itself and never see the writer die.
+    drop(cmd);
     if mode == Mode::Separated {
         ferry_sys::drop_privileges(&mode.cred(users::SMTPD)?)?;
     }
     let only_uid = (mode == Mode::SingleUser).then(|| ferry_sys::uids().0);
-    let policy = policy::ConfigPolicy {
-        mail_dir: root.mail(),
-        cfg,
-        only_uid,
-    };
+    let policy = policy::ConfigPolicy::new(cfg, root.mail(), only_uid);
     let listening: Vec<String> = policy
         .cfg
         .smtplisten

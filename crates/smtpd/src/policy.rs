@@ -7,6 +7,15 @@
 //! - Other `rcpthosts` domains (a backup MX) are accepted as they are.
 //! - Anything else, including address literals, only from `relayclients`: else 554 5.7.1.
 //!
+//! - `postmaster` without a domain is always accepted (RFC 5321 §4.5.1), as the postmaster of
+//!   `me` when `me` is ours, else of the first local or virtual domain.
+//!
+//! Lookups at RCPT run on smtpd's event loop, so they are bounded and cached: each address may
+//! cost at most [`LOOKUPS_PER_ADDRESS`] passwd lookups and as many file checks (a local part
+//! with more `-` prefixes than that is tried from its longest prefixes only and refused when
+//! none matched), and passwd answers are cached for [`PASSWD_TTL`] (at most
+//! [`PASSWD_CACHE`] names), so a flood of RCPTs costs table look-ups, not NSS calls.
+//!
 //! Relay tricks fail on their own: `user%other@ours`, `"user@other"@ours` and `other!user@ours`
 //! are local parts of ours that name no user or mailbox (550 5.1.1), the source route of
 //! `<@ours:user@other>` is dropped by the parser (so it is user@other: 5.7.1), trailing dots are
@@ -14,10 +23,20 @@
 
 use ferry_common::addr;
 use ferry_common::config::Config;
-use ferry_common::route::{Resolved, Router, SystemAccounts};
+use ferry_common::route::{Accounts, Resolved, Router, SystemAccounts};
 use ferry_smtp::Reply;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// passwd lookups (and, separately, file checks) one recipient address may cost.
+pub const LOOKUPS_PER_ADDRESS: u32 = 8;
+/// How long a passwd answer is kept.
+pub const PASSWD_TTL: Duration = Duration::from_secs(60);
+/// Most names in the passwd cache (it is emptied when full).
+pub const PASSWD_CACHE: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -28,9 +47,11 @@ pub struct Client {
 
 pub trait Policy {
     fn hostname(&self) -> &str;
-    fn me(&self) -> &str;
     fn databytes(&self) -> u64;
     fn maxrcpt(&self) -> u64;
+    fn maxhops(&self) -> u64;
+    /// The address `RCPT TO:<postmaster>` stands for.
+    fn postmaster(&self) -> String;
     fn check_mail(&self, sender: &str, client: &Client) -> Result<(), Reply>;
     fn check_rcpt(&self, rcpt: &str, client: &Client) -> Result<(), Reply>;
 }
@@ -40,6 +61,70 @@ pub struct ConfigPolicy {
     pub mail_dir: PathBuf,
     /// Single-user mode: only this uid can receive mail as a user.
     pub only_uid: Option<u32>,
+    pub passwd: PasswdCache,
+}
+
+impl ConfigPolicy {
+    pub fn new(cfg: Config, mail_dir: PathBuf, only_uid: Option<u32>) -> ConfigPolicy {
+        ConfigPolicy {
+            cfg,
+            mail_dir,
+            only_uid,
+            passwd: PasswdCache::default(),
+        }
+    }
+}
+
+/// Answers of [`SystemAccounts::mail_user_home`] by user name, with the time they were got.
+#[derive(Default)]
+pub struct PasswdCache {
+    map: RefCell<HashMap<String, (Option<PathBuf>, Instant)>>,
+}
+
+impl PasswdCache {
+    pub fn clear(&self) {
+        self.map.borrow_mut().clear();
+    }
+}
+
+/// The system's accounts for one address: cached passwd answers and a lookup budget.
+struct Bounded<'a> {
+    system: SystemAccounts,
+    cache: &'a PasswdCache,
+    passwd_left: Cell<u32>,
+    stats_left: Cell<u32>,
+}
+
+impl Accounts for Bounded<'_> {
+    fn mail_user_home(&self, name: &str) -> Option<PathBuf> {
+        let now = Instant::now();
+        if let Some((home, at)) = self.cache.map.borrow().get(name)
+            && now.duration_since(*at) < PASSWD_TTL
+        {
+            return home.clone();
+        }
+        let left = self.passwd_left.get();
+        if left == 0 {
+            return None;
+        }
+        self.passwd_left.set(left - 1);
+        let home = self.system.mail_user_home(name);
+        let mut map = self.cache.map.borrow_mut();
+        if map.len() >= PASSWD_CACHE {
+            map.clear();
+        }
+        map.insert(name.to_string(), (home.clone(), now));
+        home
+    }
+
+    fn exists(&self, path: &Path) -> Option<bool> {
+        let left = self.stats_left.get();
+        if left == 0 {
+            return Some(false);
+        }
+        self.stats_left.set(left - 1);
+        self.system.exists(path)
+    }
 }
 
 fn listed(list: &[String], address: &str) -> bool {
@@ -53,14 +138,27 @@ impl Policy for ConfigPolicy {
     fn hostname(&self) -> &str {
         &self.cfg.smtpgreeting
     }
-    fn me(&self) -> &str {
-        &self.cfg.me
-    }
     fn databytes(&self) -> u64 {
         self.cfg.databytes
     }
     fn maxrcpt(&self) -> u64 {
         self.cfg.maxrcpt
+    }
+    fn maxhops(&self) -> u64 {
+        self.cfg.maxhops
+    }
+    fn postmaster(&self) -> String {
+        let me = self.cfg.me.to_lowercase();
+        let domain = if self.cfg.is_ours(&me) {
+            Some(me.as_str())
+        } else {
+            self.cfg
+                .locals
+                .first()
+                .map(|d| d.as_str())
+                .or_else(|| self.cfg.virtualdomains.first().map(|v| v.domain.as_str()))
+        };
+        format!("postmaster@{}", domain.unwrap_or(&me))
     }
 
     fn check_mail(&self, sender: &str, _client: &Client) -> Result<(), Reply> {
@@ -87,8 +185,13 @@ impl Policy for ConfigPolicy {
             let router = Router {
                 cfg: &self.cfg,
                 mail_dir: self.mail_dir.clone(),
-                accounts: SystemAccounts {
-                    only_uid: self.only_uid,
+                accounts: Bounded {
+                    system: SystemAccounts {
+                        only_uid: self.only_uid,
+                    },
+                    cache: &self.passwd,
+                    passwd_left: Cell::new(LOOKUPS_PER_ADDRESS),
+                    stats_left: Cell::new(LOOKUPS_PER_ADDRESS),
                 },
             };
             return match router.resolve(rcpt) {

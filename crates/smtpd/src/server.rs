@@ -1,9 +1,17 @@
 //! The event loop: every session of the server in one mio loop, and the link to the queue
 //! writer that all messages are streamed to.
+//!
+//! Bounds: a session's input is read at most [`INPUT_CAP`] ahead and not consumed at all while
+//! more than [`OUT_CAP`] of its replies wait for the client (backpressure); its deadline
+//! (`timeoutsmtpd`) moves only when the client sends a line or takes some of our output, so a
+//! client that stops reading is closed like one that stops writing. Past the soft error limit a
+//! session is held for [`TARPIT`] (its reply and its next input wait; a per-session timer, the
+//! loop goes on). If the queue writer dies, every session is told (451 4.3.0 for a message in
+//! flight, then 421) and smtpd exits 111, so that s6 starts it and a new writer again.
 
 use crate::conn::{Conn, ReadResult};
 use crate::policy::{Client, ConfigPolicy};
-use crate::session::{Event, Session};
+use crate::session::{Event, OUT_CAP, Session};
 use ferry_common::config::{Config, canonical_ip};
 use ferry_common::log;
 use ferry_common::record::{Outbox, Reader, Record};
@@ -26,6 +34,11 @@ const INPUT_CAP: usize = 64 * 1024;
 /// Stop reading message data while this much is waiting for the writer, resume below a tenth.
 const WRITER_BACKLOG: usize = 32 << 20;
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Input one session may read in one turn of the loop; a session with more waiting is served
+/// again after the others had their turn (a fast sender cannot starve the rest).
+const TURN_BYTES: usize = 256 * 1024;
+/// The delay of each error reply past the soft error limit (Postfix: smtpd_error_sleep_time).
+pub const TARPIT: Duration = Duration::from_secs(1);
 
 pub struct Server {
     pub root: Root,
@@ -42,6 +55,10 @@ pub struct Server {
     next_txn: u64,
     per_ip: HashMap<IpAddr, u64>,
     paused: HashSet<usize>,
+    /// Sessions in the tarpit (their `hold_until` says until when).
+    held: HashSet<usize>,
+    /// Sessions that used up their turn with input still waiting.
+    again: Vec<usize>,
     scratch: Vec<u8>,
     stopping: Option<Instant>,
 }
@@ -70,6 +87,8 @@ impl Server {
             next_txn: 1,
             per_ip: HashMap::new(),
             paused: HashSet::new(),
+            held: HashSet::new(),
+            again: Vec::new(),
             scratch: vec![0u8; 64 * 1024],
             stopping: None,
         })
@@ -99,17 +118,27 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         loop {
-            match self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(500)))
-            {
+            let wait = if self.again.is_empty() {
+                self.next_release().map_or(Duration::from_millis(500), |t| {
+                    t.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(500))
+                })
+            } else {
+                Duration::ZERO
+            };
+            match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             for ev in events.iter() {
                 match ev.token() {
-                    WRITER => self.writer_event()?,
+                    WRITER => {
+                        if let Err(e) = self.writer_event() {
+                            self.writer_lost();
+                            return Err(e);
+                        }
+                    }
                     SIGNALS => {
                         for s in signals.pending() {
                             if s == SIGHUP {
@@ -124,6 +153,10 @@ impl Server {
                     }
                     Token(t) => self.conn_event(t),
                 }
+            }
+            self.release_held();
+            for t in std::mem::take(&mut self.again) {
+                self.conn_event(t);
             }
             if last_sweep.elapsed() >= Duration::from_millis(500) {
                 last_sweep = Instant::now();
@@ -201,32 +234,101 @@ impl Server {
         }
     }
 
+    fn next_release(&self) -> Option<Instant> {
+        self.held
+            .iter()
+            .filter_map(|t| self.conns.get(t).and_then(|c| c.hold_until))
+            .min()
+    }
+
+    /// Sessions whose tarpit delay is over go on.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .held
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.conns
+                    .get(t)
+                    .is_none_or(|c| c.hold_until.is_none_or(|h| h <= now))
+            })
+            .collect();
+        for t in due {
+            self.held.remove(&t);
+            if let Some(c) = self.conns.get_mut(&t) {
+                // The delayed reply goes out before the next input is looked at.
+                c.hold_until = None;
+                if let Err(e) = c.flush() {
+                    self.close(t, &format!("error: {e}"));
+                    continue;
+                }
+                self.conn_event(t);
+            }
+        }
+    }
+
+    /// The queue writer died: every session is told and closed (451 for a message in flight).
+    fn writer_lost(&mut self) {
+        log!(
+            "the queue writer died: closing {} sessions; exiting so that s6 restarts smtpd and qwriter",
+            self.conns.len()
+        );
+        let all: Vec<usize> = self.conns.keys().copied().collect();
+        for t in all {
+            if let Some(c) = self.conns.get_mut(&t) {
+                let mut ev = Vec::new();
+                c.txn = None;
+                c.session.writer_lost(&mut ev);
+                let _ = c.flush();
+            }
+            self.close(t, "queue writer died");
+        }
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.cfg().timeoutsmtpd)
     }
 
-    fn writer_backlogged(&self) -> bool {
-        self.writer_out.pending() > WRITER_BACKLOG
-    }
-
     /// Reads, processes and writes for one connection, until nothing more can be done now.
     fn conn_event(&mut self, token: usize) {
-        let backlogged = self.writer_backlogged();
         let timeout = self.timeout();
+        let tls_now = self.tls.is_some();
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
         let mut events = Vec::new();
         let mut failed: Option<String> = None;
+        let mut turn = 0usize;
         loop {
+            let backlogged = self.writer_out.pending() > WRITER_BACKLOG;
             let paused = backlogged && c.session.in_data();
-            let can_read = !c.eof && !paused && !c.tls_pending && !c.session.is_closed();
+            let held = c.hold_until.is_some();
+            // Backpressure: no more input while the client does not take our replies.
+            let backed_up = c.backlog() >= OUT_CAP;
+            let can_read = !c.eof
+                && !paused
+                && !held
+                && !backed_up
+                && !c.tls_pending
+                && !c.session.is_closed();
             if backlogged && c.session.in_data() {
                 self.paused.insert(token);
             }
             let mut progress = false;
-            if can_read {
-                match c.read_in(&mut self.scratch, INPUT_CAP) {
+            if can_read && turn >= TURN_BYTES {
+                // Enough for this turn: the others go first, then this session again.
+                if !self.again.contains(&token) {
+                    self.again.push(token);
+                }
+            } else if can_read {
+                let before = c.inbuf.len();
+                let r = c.read_in(&mut self.scratch, INPUT_CAP);
+                turn += c.inbuf.len().saturating_sub(before);
+                match r {
                     Ok(ReadResult::Eof) => c.eof = true,
                     Ok(ReadResult::Got { progress: p }) => {
                         if p {
@@ -241,13 +343,25 @@ impl Server {
                     }
                 }
             }
-            let consumed = c.session.input(&mut c.inbuf, &self.policy, &mut events);
+            // STARTTLS is offered and honoured from the current settings (a reload may have
+            // removed the certificate).
+            c.session.tls_offered = tls_now;
+            let consumed = if held || backed_up {
+                false
+            } else {
+                c.session.input(&mut c.inbuf, &self.policy, &mut events)
+            };
+            if c.session.take_tarpit() {
+                c.hold_until = Some(Instant::now() + TARPIT);
+                self.held.insert(token);
+            }
             for ev in events.drain(..) {
                 match ev {
                     Event::Begin {
                         helo,
                         protocol,
                         sender,
+                        smtputf8,
                         rcpts,
                     } => {
                         let txn = self.next_txn;
@@ -260,6 +374,11 @@ impl Server {
                             .with(c.peer.ip().to_string())
                             .with(protocol)
                             .with(c.session.tls.clone().unwrap_or_default())
+                            .with(if smtputf8 {
+                                ferry_common::writer::FLAG_SMTPUTF8
+                            } else {
+                                ""
+                            })
                             .with(sender);
                         for rc in rcpts {
                             r.push(rc);
@@ -299,23 +418,37 @@ impl Server {
                     }
                 }
             }
-            match c.flush() {
-                Ok(true) => {
-                    if c.tls_pending
-                        && let Some(cfg) = &self.tls
-                        && let Err(e) = c.start_tls(cfg.clone())
-                    {
+            // A session in the tarpit keeps its reply until the delay is over.
+            let mut wrote = false;
+            if c.hold_until.is_none() {
+                match c.flush() {
+                    Ok(f) => {
+                        wrote = f.wrote;
+                        if f.wrote {
+                            c.deadline = Instant::now() + timeout;
+                        }
+                        if f.done && c.tls_pending {
+                            match &self.tls {
+                                Some(cfg) => {
+                                    if let Err(e) = c.start_tls(cfg.clone()) {
+                                        failed = Some(e.to_string());
+                                        break;
+                                    }
+                                }
+                                None => {
+                                    failed = Some("STARTTLS: the certificate is gone".into());
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
                         failed = Some(e.to_string());
                         break;
                     }
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
             }
-            if !(progress || consumed) || c.session.is_closed() || c.eof {
+            if !(progress || consumed || wrote) || c.session.is_closed() || c.eof {
                 break;
             }
         }
@@ -323,7 +456,7 @@ impl Server {
         let Some(c) = self.conns.get(&token) else {
             return;
         };
-        let done = c.session.is_closed() || c.eof;
+        let done = (c.session.is_closed() || c.eof) && c.hold_until.is_none();
         if let Some(why) = failed {
             self.close(token, &format!("error: {why}"));
         } else if done && !c.session.waiting_for_commit() {
@@ -348,6 +481,7 @@ impl Server {
         let _ = c.flush();
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.paused.remove(&token);
+        self.held.remove(&token);
         let ip = canonical_ip(c.peer.ip());
         if c.limited
             && let Some(n) = self.per_ip.get_mut(&ip)
@@ -467,6 +601,7 @@ impl Server {
                     _ => None,
                 };
                 self.policy.cfg = cfg;
+                self.policy.passwd.clear();
                 log!(
                     "control files reloaded; STARTTLS {}",
                     if self.tls.is_some() { "on" } else { "off" }

@@ -7,12 +7,20 @@
 //! in order once [`Session::committed`] gives the result.
 
 use crate::policy::{Client, Policy};
-use ferry_smtp::{Command, CommandError, DataDecoder, DataEvent, ForwardPath, Reply, ReversePath};
+use ferry_common::hops::HopCounter;
+use ferry_smtp::{
+    Body, Command, CommandError, DataDecoder, DataEvent, ForwardPath, Reply, ReversePath,
+};
 
 /// Longest command line (RFC 5321 allows 512; extensions make it longer).
 pub const MAX_LINE: usize = ferry_smtp::MAX_COMMAND_LINE;
-/// Errors before the session is closed.
-const MAX_ERRORS: u32 = 20;
+/// Errors (bad commands, refused senders and recipients) after which every further error
+/// reply is delayed ([`Session::take_tarpit`]), as Postfix's smtpd_soft_error_limit.
+pub const SOFT_ERRORS: u32 = 10;
+/// Errors before the session is closed with 421 (Postfix's smtpd_hard_error_limit).
+pub const MAX_ERRORS: u32 = 20;
+/// Replies waiting to be sent beyond which no more input is consumed (backpressure).
+pub const OUT_CAP: usize = 64 * 1024;
 /// Pieces of a message go to the writer in chunks of about this size.
 const CHUNK: usize = 64 * 1024;
 
@@ -23,6 +31,7 @@ pub enum Event {
         helo: String,
         protocol: String,
         sender: String,
+        smtputf8: bool,
         rcpts: Vec<String>,
     },
     Chunk(Vec<u8>),
@@ -59,13 +68,30 @@ struct Txn {
     sender: String,
     smtputf8: bool,
     rcpts: Vec<String>,
+    /// Bytes the recipients take in the writer's `B` record (4 + length each).
+    rcpt_bytes: usize,
     /// Begin was sent to the writer.
     begun: bool,
     bytes: u64,
     too_big: bool,
     bare_cr: bool,
-    /// A BDAT failed: the rest of the chunks are read and dropped.
-    bdat_failed: Option<Reply>,
+    hops: HopCounter,
+}
+
+impl Txn {
+    fn new(sender: String, smtputf8: bool) -> Txn {
+        Txn {
+            sender,
+            smtputf8,
+            rcpts: Vec::new(),
+            rcpt_bytes: 0,
+            begun: false,
+            bytes: 0,
+            too_big: false,
+            bare_cr: false,
+            hops: HopCounter::new(),
+        }
+    }
 }
 
 pub struct Session {
@@ -73,8 +99,13 @@ pub struct Session {
     pub helo: Option<String>,
     esmtp: bool,
     pub tls: Option<String>,
-    tls_offered: bool,
+    /// STARTTLS can be offered now (the server sets it from its current TLS settings).
+    pub tls_offered: bool,
     txn: Option<Txn>,
+    /// The BDAT chunk being read is refused with this reply (read and dropped, RFC 3030 §2).
+    bdat_refused: Option<Reply>,
+    /// An error reply was just given past [`SOFT_ERRORS`]: the server delays the session.
+    tarpit: bool,
     phase: Phase,
     decoder: DataDecoder,
     pending_cr: bool,
@@ -99,6 +130,8 @@ impl Session {
             tls: None,
             tls_offered,
             txn: None,
+            bdat_refused: None,
+            tarpit: false,
             phase: Phase::Command,
             decoder: DataDecoder::new(),
             pending_cr: false,
@@ -139,6 +172,27 @@ impl Session {
         self.phase = Phase::Command;
     }
 
+    /// True once after an error reply past [`SOFT_ERRORS`]: the server should hold the reply
+    /// and the session's next input for a moment (the tarpit), without blocking anyone else.
+    pub fn take_tarpit(&mut self) -> bool {
+        std::mem::take(&mut self.tarpit)
+    }
+
+    /// The queue writer is gone: a message in flight gets 451 4.3.0 (it was not stored), then
+    /// the session is closed with 421.
+    pub fn writer_lost(&mut self, events: &mut Vec<Event>) {
+        if self.in_message() {
+            self.txn = None;
+            self.send(
+                451,
+                "4.3.0",
+                "Error: queue writer failed; message not accepted",
+            );
+        }
+        self.txn = None;
+        self.close_with("4.3.0", "Service restarting; try again shortly", events);
+    }
+
     /// Closes with a 421 (timeout, shutdown, too many errors).
     pub fn close_with(&mut self, enhanced: &str, text: &str, events: &mut Vec<Event>) {
         if self.txn.as_ref().is_some_and(|t| t.begun) {
@@ -154,7 +208,7 @@ impl Session {
     pub fn input(&mut self, input: &mut Vec<u8>, p: &dyn Policy, events: &mut Vec<Event>) -> bool {
         let mut used = 0;
         let before = input.len();
-        while used < input.len() {
+        while used < input.len() && self.out.len() < OUT_CAP && !self.tarpit {
             match self.phase {
                 Phase::Closed | Phase::Commit => break,
                 Phase::Data => used += self.data(&input[used..], p, events),
@@ -208,11 +262,20 @@ impl Session {
     }
 
     fn error(&mut self, code: u16, enhanced: &str, text: &str, events: &mut Vec<Event>) {
+        self.refuse(Reply::new(code, enhanced, text), events);
+    }
+
+    /// An error reply that counts toward the error limits: past [`SOFT_ERRORS`] the server
+    /// delays it (tarpit), at [`MAX_ERRORS`] the session is closed with 421.
+    fn refuse(&mut self, r: Reply, events: &mut Vec<Event>) {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
             self.close_with("4.7.0", "Error: too many errors; closing", events);
         } else {
-            self.out.extend(reply(code, enhanced, text));
+            self.out.extend(r.to_bytes());
+            if self.errors >= SOFT_ERRORS {
+                self.tarpit = true;
+            }
         }
     }
 
@@ -239,6 +302,12 @@ impl Session {
             Command::Helo(h) | Command::Ehlo(h) if h.is_empty() => {
                 self.error(501, "5.5.4", "Error: HELO needs a name", events)
             }
+            Command::Helo(h) | Command::Ehlo(h) if !helo_acceptable(&h) => self.error(
+                501,
+                "5.5.2",
+                "Error: HELO needs a domain name or an address literal",
+                events,
+            ),
             Command::Helo(h) => {
                 self.reset(events);
                 self.helo = Some(h);
@@ -283,6 +352,15 @@ impl Session {
                 if self.txn.is_some() {
                     return self.sequence("Error: nested MAIL command", events);
                 }
+                // Not advertised (no DSN, no BINARYMIME, no AUTH): refused until implemented.
+                if params.ret.is_some()
+                    || params.envid.is_some()
+                    || params.auth.is_some()
+                    || params.body == Some(Body::BinaryMime)
+                {
+                    self.error(555, "5.5.4", "Error: MAIL parameter not supported", events);
+                    return false;
+                }
                 if let Some(size) = params.size
                     && p.databytes() > 0
                     && size > p.databytes()
@@ -295,43 +373,48 @@ impl Session {
                     ReversePath::Mailbox(m) => m.to_string(),
                 };
                 if let Err(r) = p.check_mail(&sender, &self.client) {
-                    self.out.extend(r.to_bytes());
+                    self.refuse(r, events);
                     return false;
                 }
-                self.txn = Some(Txn {
-                    sender,
-                    smtputf8: params.smtputf8,
-                    rcpts: Vec::new(),
-                    begun: false,
-                    bytes: 0,
-                    too_big: false,
-                    bare_cr: false,
-                    bdat_failed: None,
-                });
+                self.txn = Some(Txn::new(sender, params.smtputf8));
                 self.send(250, "2.1.0", "Ok");
             }
-            Command::Rcpt(to, _) => {
+            Command::Rcpt(to, params) => {
                 let Some(txn) = &self.txn else {
                     return self.sequence("Error: need MAIL command", events);
                 };
-                if txn.rcpts.len() as u64 >= p.maxrcpt() {
-                    self.send(452, "4.5.3", "Error: too many recipients");
+                if params.notify.is_some() || params.orcpt.is_some() {
+                    self.error(555, "5.5.4", "Error: RCPT parameter not supported", events);
                     return false;
                 }
                 let addr = match &to {
-                    ForwardPath::Postmaster => format!("postmaster@{}", p.me()),
+                    // RFC 5321 §4.5.1: always accepted, whatever the domains.
+                    ForwardPath::Postmaster => p.postmaster(),
                     ForwardPath::Mailbox(m) => m.to_string(),
                 };
-                match p.check_rcpt(&addr, &self.client) {
+                // Every accepted envelope must fit in the writer's record and the queue file.
+                if txn.rcpts.len() as u64 >= p.maxrcpt()
+                    || txn.rcpts.len() >= ferry_common::envelope::MAX_RECIPIENTS
+                    || txn.rcpt_bytes + 4 + addr.len() > ferry_common::writer::MAX_RCPT_BYTES
+                {
+                    self.send(452, "4.5.3", "Error: too many recipients");
+                    return false;
+                }
+                let verdict = match &to {
+                    ForwardPath::Postmaster => Ok(()),
+                    ForwardPath::Mailbox(_) => p.check_rcpt(&addr, &self.client),
+                };
+                match verdict {
                     Ok(()) => {
                         if let Some(t) = self.txn.as_mut() {
+                            t.rcpt_bytes += 4 + addr.len();
                             t.rcpts.push(addr);
                         }
                         self.send(250, "2.1.5", "Ok");
                     }
                     Err(r) => {
                         self.rejected_rcpts += 1;
-                        self.out.extend(r.to_bytes());
+                        self.refuse(r, events);
                     }
                 }
             }
@@ -353,26 +436,15 @@ impl Session {
             Command::Bdat { size, last } => {
                 let ok = self.txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
                 if !ok {
-                    // The chunk still follows and must be read (RFC 3030 §2).
+                    // The chunk still follows and is read and dropped (RFC 3030 §2); the
+                    // transaction, if there was one, is over: what follows needs a new MAIL.
                     let why = if self.txn.is_none() {
                         "Error: need MAIL command"
                     } else {
                         "Error: no valid recipients"
                     };
-                    let r = Reply::new(503, "5.5.1", why);
-                    self.txn.get_or_insert_with(|| Txn {
-                        sender: String::new(),
-                        smtputf8: false,
-                        rcpts: Vec::new(),
-                        begun: false,
-                        bytes: 0,
-                        too_big: false,
-                        bare_cr: false,
-                        bdat_failed: None,
-                    });
-                    if let Some(t) = self.txn.as_mut() {
-                        t.bdat_failed = Some(r);
-                    }
+                    self.reset(events);
+                    self.bdat_refused = Some(Reply::new(503, "5.5.1", why));
                 } else if !self.txn.as_ref().is_some_and(|t| t.begun) {
                     self.begin(events);
                     self.pending_cr = false;
@@ -449,10 +521,12 @@ impl Session {
         if let Some(t) = self.txn.as_mut() {
             t.begun = true;
             t.bytes = 0;
+            t.hops = HopCounter::new();
             events.push(Event::Begin {
                 helo,
                 protocol: protocol.into(),
                 sender: t.sender.clone(),
+                smtputf8: t.smtputf8,
                 rcpts: t.rcpts.clone(),
             });
         }
@@ -461,8 +535,11 @@ impl Session {
 
     /// Message bytes decoded so far go to the writer (unless the message is too big).
     fn emit(&mut self, p: &dyn Policy, events: &mut Vec<Event>, force: bool) {
-        let Some(t) = self.txn.as_mut() else { return };
-        if t.too_big || t.bdat_failed.is_some() {
+        let Some(t) = self.txn.as_mut() else {
+            self.chunk.clear();
+            return;
+        };
+        if t.too_big {
             self.chunk.clear();
             return;
         }
@@ -474,6 +551,7 @@ impl Session {
         }
         if !self.chunk.is_empty() && (force || self.chunk.len() >= CHUNK) {
             t.bytes += self.chunk.len() as u64;
+            t.hops.feed(&self.chunk);
             events.push(Event::Chunk(std::mem::take(&mut self.chunk)));
         }
     }
@@ -489,7 +567,7 @@ impl Session {
                     t.bare_cr = self.decoder.saw_bare_cr();
                 }
                 self.emit(p, events, true);
-                self.finish_message(events);
+                self.finish_message(p, events);
                 consumed
             }
         }
@@ -500,6 +578,14 @@ impl Session {
             return 0;
         };
         let take = (left.min(input.len() as u64)) as usize;
+        if self.bdat_refused.is_some() {
+            let left = left - take as u64;
+            self.phase = Phase::Bdat { left, last };
+            if left == 0 {
+                self.bdat_chunk_done(p, events);
+            }
+            return take;
+        }
         let flags =
             ferry_smtp::normalize_crlf(&input[..take], &mut self.pending_cr, &mut self.chunk);
         if flags.bare_cr
@@ -528,18 +614,29 @@ impl Session {
         let Phase::Bdat { last, .. } = self.phase else {
             return;
         };
-        if let Some(r) = self.txn.as_ref().and_then(|t| t.bdat_failed.clone()) {
-            self.out.extend(r.to_bytes());
+        if let Some(r) = self.bdat_refused.take() {
             self.phase = Phase::Command;
-            if last {
-                self.txn = None;
+            self.refuse(r, events);
+            return;
+        }
+        if self.txn.as_ref().is_some_and(|t| t.too_big) && !last {
+            // RFC 3030 §4.2: the chunk gets 552 and the transaction is over (the writer was
+            // told to forget it): later chunks are refused until a new MAIL.
+            let t = self.txn.take();
+            self.phase = Phase::Command;
+            if let Some(t) = t {
+                events.push(Event::Refused {
+                    sender: t.sender,
+                    rcpts: t.rcpts.len(),
+                    reply: "552 5.3.4 message size exceeds fixed limit".into(),
+                });
             }
-            self.errors += 1;
+            self.send(552, "5.3.4", "Error: message size exceeds fixed limit");
             return;
         }
         if last {
             self.emit(p, events, true);
-            self.finish_message(events);
+            self.finish_message(p, events);
         } else {
             let n = self
                 .txn
@@ -552,13 +649,25 @@ impl Session {
     }
 
     /// The end of the message: commit it, or refuse it.
-    fn finish_message(&mut self, events: &mut Vec<Event>) {
-        let Some(t) = self.txn.as_ref() else { return };
+    fn finish_message(&mut self, p: &dyn Policy, events: &mut Vec<Event>) {
+        let Some(t) = self.txn.as_ref() else {
+            self.phase = Phase::Command;
+            return;
+        };
         let refuse = if t.too_big {
             Some(Reply::new(
                 552,
                 "5.3.4",
                 "Error: message size exceeds fixed limit",
+            ))
+        } else if t.hops.count() > p.maxhops() {
+            Some(Reply::new(
+                554,
+                "5.4.6",
+                &format!(
+                    "Error: too many hops ({} Received lines): mail loop?",
+                    t.hops.count()
+                ),
             ))
         } else if t.bare_cr {
             Some(Reply::new(
@@ -615,6 +724,17 @@ impl Session {
             self.phase = Phase::Command;
         }
         (sender, rcpts, bytes)
+    }
+}
+
+/// RFC 5321 §4.1.4: a domain or an address literal. Names with spaces or odd characters are
+/// tolerated (many clients send them), but brackets and parentheses only as a well-formed
+/// address literal, so that nothing in the Received line looks like a checked address.
+fn helo_acceptable(h: &str) -> bool {
+    if h.contains(['(', ')', '[', ']']) {
+        h.starts_with('[') && ferry_smtp::is_valid_helo(h)
+    } else {
+        true
     }
 }
 

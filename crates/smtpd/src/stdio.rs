@@ -38,11 +38,16 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
         while session.input(&mut input, policy, &mut events) {
             for ev in events.drain(..) {
                 match ev {
-                    Event::Begin { sender, rcpts, .. } => {
+                    Event::Begin {
+                        sender,
+                        rcpts,
+                        smtputf8,
+                        ..
+                    } => {
                         env = Some(Envelope {
                             sender,
                             recipients: rcpts,
-                            smtputf8: false,
+                            smtputf8,
                         });
                         message.clear();
                     }

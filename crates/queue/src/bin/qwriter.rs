@@ -4,10 +4,14 @@
 //! as long as smtpd. Speaks the protocol of crates/common/src/writer.rs: many sessions'
 //! messages arrive interleaved as `B`/`C`/`E`/`A` records; each is streamed into its own
 //! tmp/ID as it comes (memory stays bounded), and every message completed (`E`) by the time
-//! the input runs dry is committed in one batch — one syncfs, the todo/ links, one fsync of
-//! todo/ — before any of them is confirmed with `K txn id`. Failures are `F txn code text` with
-//! a `queue` exit code. Reads `databytes` and `me`. Exits when smtpd closes the socket (after
-//! committing what is complete) or on a broken record (111).
+//! the input runs dry — or at the latest `writer::MAX_COMMIT_WAIT` after the first of them
+//! completed, so that a steady stream cannot defer commits — is committed in one batch — one
+//! syncfs, the todo/ links, one fsync of todo/ — before any of them is confirmed with
+//! `K txn id`. Input is read at most [`READ_TURN`] bytes per turn. Failures are
+//! `F txn code text` with a `queue` exit code. The envelope keeps the SMTPUTF8 flag of `B`.
+//! Reads `databytes` (the body limit; the Received line it adds is not counted, as smtpd does
+//! not count it) and `me`. Exits when smtpd closes the socket (after committing what is
+//! complete) or on a broken record (111).
 
 use ferry_common::envelope::{self, Envelope};
 use ferry_common::queue::{self, Incoming, Prepared, Queue, QueueError};
@@ -19,6 +23,10 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+/// Most bytes read from smtpd before the records are handled and a commit is considered.
+const READ_TURN: usize = 1 << 20;
 
 struct Open {
     msg: Incoming,
@@ -33,6 +41,8 @@ struct Writer {
     /// Transactions that failed before their `E`: the failure is reported at `E`.
     failed: HashMap<u64, QueueError>,
     batch: Vec<(u64, Prepared)>,
+    /// When the oldest message of `batch` completed.
+    batch_since: Option<Instant>,
     out: Outbox,
 }
 
@@ -69,6 +79,7 @@ fn run() -> io::Result<()> {
         open: HashMap::new(),
         failed: HashMap::new(),
         batch: Vec::new(),
+        batch_since: None,
         out: Outbox::default(),
     };
     let mut reader = Reader::new();
@@ -93,13 +104,13 @@ fn run() -> io::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut got = false;
-        while !eof {
+        let mut got = 0;
+        while !eof && got < READ_TURN {
             match sock.read(&mut buf) {
                 Ok(0) => eof = true,
                 Ok(n) => {
                     reader.feed(&buf[..n]);
-                    got = true;
+                    got += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -109,8 +120,12 @@ fn run() -> io::Result<()> {
         while let Some(rec) = reader.next_record()? {
             w.handle(rec)?;
         }
-        // The input ran dry: commit what is complete, as one batch.
-        if !got && !w.batch.is_empty() {
+        // The input ran dry, or the oldest complete message has waited long enough: commit
+        // what is complete, as one batch.
+        let overdue = w
+            .batch_since
+            .is_some_and(|t| t.elapsed() >= writer::MAX_COMMIT_WAIT);
+        if (got == 0 || overdue) && !w.batch.is_empty() {
             w.commit();
         }
         if let Err(e) = w.out.flush_to(&mut sock) {
@@ -131,15 +146,16 @@ impl Writer {
         match r.kind {
             b'B' => {
                 let (helo, ip, proto, tls) = (r.str(1)?, r.str(2)?, r.str(3)?, r.str(4)?);
-                let sender = r.str(5)?.to_string();
-                let mut rcpts = Vec::with_capacity(r.fields.len().saturating_sub(6));
-                for i in 6..r.fields.len() {
+                let smtputf8 = r.str(5)?.contains(writer::FLAG_SMTPUTF8);
+                let sender = r.str(6)?.to_string();
+                let mut rcpts = Vec::with_capacity(r.fields.len().saturating_sub(7));
+                for i in 7..r.fields.len() {
                     rcpts.push(r.str(i)?.to_string());
                 }
                 let env = Envelope {
                     sender,
                     recipients: rcpts,
-                    smtputf8: false,
+                    smtputf8,
                 };
                 // The envelope is checked now, so that a bad one never gets as far as a file.
                 if let Err(e) = Envelope::parse(&env.encode()) {
@@ -152,7 +168,13 @@ impl Writer {
                         .insert(txn, QueueError::new(code, e.to_string()));
                     return Ok(());
                 }
-                match self.queue.begin(self.limit) {
+                // smtpd counted the body against databytes; the Received line is extra.
+                let limit = if self.limit == 0 {
+                    0
+                } else {
+                    self.limit.saturating_add(writer::MAX_RECEIVED as u64)
+                };
+                match self.queue.begin(limit) {
                     Ok(mut msg) => {
                         let id = msg.id().to_string();
                         let one = (env.recipients.len() == 1).then(|| env.recipients[0].as_str());
@@ -196,7 +218,12 @@ impl Writer {
                     self.reply_failure(txn, &e);
                 } else if let Some(o) = self.open.remove(&txn) {
                     match o.msg.finish(&o.env) {
-                        Ok(p) => self.batch.push((txn, p)),
+                        Ok(p) => {
+                            if self.batch.is_empty() {
+                                self.batch_since = Some(Instant::now());
+                            }
+                            self.batch.push((txn, p));
+                        }
                         Err(e) => self.reply_failure(txn, &e),
                     }
                 } else {
@@ -233,6 +260,7 @@ impl Writer {
         if self.batch.is_empty() {
             return;
         }
+        self.batch_since = None;
         let (txns, prepared): (Vec<u64>, Vec<Prepared>) =
             std::mem::take(&mut self.batch).into_iter().unzip();
         for (txn, r) in txns.into_iter().zip(queue::commit(&self.queue, prepared)) {
