@@ -72,6 +72,7 @@ impl HopCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn count(msg: &[u8]) -> u64 {
         let mut h = HopCounter::new();
@@ -102,6 +103,26 @@ mod tests {
             h.feed(&msg[..cut]);
             h.feed(&msg[cut..]);
             assert_eq!(h.count(), 3, "cut at {cut}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes, cut anywhere: the same count, never more than the lines of the message.
+        #[test]
+        fn any_split_counts_the_same(msg in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(b"Received: x\n".to_vec()),
+                proptest::strategy::Just(b"\r\n".to_vec()),
+                proptest::strategy::Just(b"\n".to_vec()),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+            ], 0..40).prop_map(|v| v.concat()), cut in 0usize..1000) {
+            let whole = count(&msg);
+            let cut = cut.min(msg.len());
+            let mut h = HopCounter::new();
+            h.feed(&msg[..cut]);
+            h.feed(&msg[cut..]);
+            proptest::prop_assert_eq!(h.count(), whole);
+            proptest::prop_assert!(whole <= msg.iter().filter(|b| **b == b'\n').count() as u64 + 1);
         }
     }
 }

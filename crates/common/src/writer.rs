@@ -173,4 +173,21 @@ mod tests {
         .line();
         assert!(r.len() < MAX_RECEIVED, "{}", r.len());
     }
+
+    proptest::proptest! {
+        /// Whatever the HELO name, the Received line has its five lines and the name shows
+        /// brackets only as one whole address literal, never a parenthesis.
+        #[test]
+        fn any_helo_is_neutralised(helo in "\\PC{0,80}") {
+            let h = clean_helo(&helo);
+            proptest::prop_assert!(!h.contains(['(', ')', ' ', '\n', '\r']));
+            if h.contains(['[', ']']) {
+                proptest::prop_assert!(h.starts_with('[') && h.ends_with(']'));
+                proptest::prop_assert_eq!(h.matches('[').count() + h.matches(']').count(), 2);
+            }
+            let r = Received { helo: &helo, ip: "192.0.2.1", by: "mx", protocol: "ESMTP",
+                tls: "", id: "abc", rcpt: None, now: 0 }.line();
+            proptest::prop_assert_eq!(r.matches('\n').count(), 4);
+        }
+    }
 }

@@ -88,14 +88,14 @@ impl PasswdCache {
 }
 
 /// The system's accounts for one address: cached passwd answers and a lookup budget.
-struct Bounded<'a> {
-    system: SystemAccounts,
+struct Bounded<'a, A: Accounts> {
+    system: A,
     cache: &'a PasswdCache,
     passwd_left: Cell<u32>,
     stats_left: Cell<u32>,
 }
 
-impl Accounts for Bounded<'_> {
+impl<A: Accounts> Accounts for Bounded<'_, A> {
     fn mail_user_home(&self, name: &str) -> Option<PathBuf> {
         let now = Instant::now();
         if let Some((home, at)) = self.cache.map.borrow().get(name)
@@ -211,5 +211,51 @@ impl Policy for ConfigPolicy {
             "5.7.1",
             &format!("<{rcpt}>: Relay access denied"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the calls that reach the system.
+    struct Counting(Cell<u32>, Cell<u32>);
+    impl Accounts for Counting {
+        fn mail_user_home(&self, _: &str) -> Option<PathBuf> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+        fn exists(&self, _: &Path) -> Option<bool> {
+            self.1.set(self.1.get() + 1);
+            Some(false)
+        }
+    }
+
+    #[test]
+    fn lookups_per_address_are_bounded_and_cached() {
+        let cache = PasswdCache::default();
+        let b = Bounded {
+            system: Counting(Cell::new(0), Cell::new(0)),
+            cache: &cache,
+            passwd_left: Cell::new(LOOKUPS_PER_ADDRESS),
+            stats_left: Cell::new(LOOKUPS_PER_ADDRESS),
+        };
+        for i in 0..100 {
+            assert_eq!(b.mail_user_home(&format!("u{i}")), None);
+            assert_eq!(b.exists(Path::new("/x")), Some(false));
+        }
+        assert_eq!(b.system.0.get(), LOOKUPS_PER_ADDRESS);
+        assert_eq!(b.system.1.get(), LOOKUPS_PER_ADDRESS);
+        // A name looked up before is answered from the cache, budget or not.
+        let again = Bounded {
+            system: Counting(Cell::new(0), Cell::new(0)),
+            cache: &cache,
+            passwd_left: Cell::new(LOOKUPS_PER_ADDRESS),
+            stats_left: Cell::new(LOOKUPS_PER_ADDRESS),
+        };
+        for _ in 0..100 {
+            assert_eq!(again.mail_user_home("u0"), None);
+        }
+        assert_eq!(again.system.0.get(), 0);
     }
 }
