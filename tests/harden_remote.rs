@@ -240,7 +240,9 @@ fn smtputf8_is_kept_on_relay() {
     });
     let m = &modern.received()[0];
     assert!(
-        m.starts_with(&format!("X-Envelope: <{from}> SMTPUTF8 joe@utf.test\r\n")),
+        m.starts_with(&format!(
+            "X-Envelope: <{from}> BODY=8BITMIME SMTPUTF8 joe@utf.test\r\n"
+        )),
         "{m}"
     );
     assert!(m.contains("Subject: caf\u{e9} to a modern server"), "{m}");
