@@ -195,10 +195,19 @@ fn peek(env: &mut Env, r: &Rcpt) -> String {
         &message(&format!("peek-{}", r.label()), "the body\n"),
     );
     let out = r.home.join("peek.out");
-    env.wait_for("the peeking program", Duration::from_secs(30), || {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.ends_with("END\n"))
-    });
-    std::fs::read_to_string(&out).unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).into_owned();
+        if t.ends_with("END\n") {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peeking program did not finish; it wrote:\n{t}\n--- send.log ---\n{}",
+            env.log("send.log")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Item 15: a recipient's program can read its message and nothing else of the queue: not
@@ -277,7 +286,10 @@ fn programs_and_workers_get_only_their_protocol_descriptors() {
 /// its worker: the delivery is reported when the program itself exits.
 #[test]
 fn one_slow_recipient_does_not_stop_local_delivery() {
-    let mut env = Env::new();
+    // The programs lead their own process groups: stop the service, then end them, even
+    // if the test fails.
+    let mut guard = KillPids(Env::new(), vec!["mail/slow/pids", "mail/bg/pids"]);
+    let env = &mut guard.0;
     env.control("concurrencylocal", "4");
     env.control("concurrencyuser", "2");
     env.start_send();
@@ -292,30 +304,33 @@ fn one_slow_recipient_does_not_stop_local_delivery() {
         "|sleep 3000 & echo $! >> pids; echo started\n./Maildir/\n",
     );
     let fast = env.mailbox_rcpt("fast");
-    // The programs lead their own process groups: end them even if the test fails.
-    let _cleanup = KillPids(vec![slow.home.join("pids"), bg.home.join("pids")]);
     for i in 0..6 {
-        sendmail_ok(&env, &[&slow.addr()], &message(&format!("slow-{i}"), "x\n"));
+        sendmail_ok(env, &[&slow.addr()], &message(&format!("slow-{i}"), "x\n"));
     }
     env.wait_for("the slow programs", Duration::from_secs(20), || {
         std::fs::read_to_string(slow.home.join("pids")).is_ok_and(|t| !t.is_empty())
     });
-    sendmail_ok(&env, &[&bg.addr()], &message("bg-1", "x\n"));
-    sendmail_ok(&env, &[&bg.addr()], &message("bg-2", "x\n"));
-    sendmail_ok(&env, &[&fast.addr()], &message("fast", "x\n"));
+    sendmail_ok(env, &[&bg.addr()], &message("bg-1", "x\n"));
+    sendmail_ok(env, &[&bg.addr()], &message("bg-2", "x\n"));
+    sendmail_ok(env, &[&fast.addr()], &message("fast", "x\n"));
     let got = env.wait_maildir(&fast.maildir(), 1);
     assert!(String::from_utf8_lossy(&got[0]).contains("Subject: fast"));
     // Both messages of `bg`: its worker was not stuck on the first program's child.
     env.wait_maildir(&bg.maildir(), 2);
 }
 
-/// Kills the processes whose ids the files list, when dropped.
-struct KillPids(Vec<std::path::PathBuf>);
+/// A test root whose programs wrote their process ids into files (relative to the root):
+/// when dropped, it stops the services, then kills those processes.
+struct KillPids(Env, Vec<&'static str>);
 
 impl Drop for KillPids {
     fn drop(&mut self) {
-        for p in &self.0 {
-            for pid in std::fs::read_to_string(p).unwrap_or_default().lines() {
+        self.0.stop();
+        for p in &self.1 {
+            for pid in std::fs::read_to_string(self.0.path(p))
+                .unwrap_or_default()
+                .lines()
+            {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     ferry_e2e::procs::kill(pid);
                 }
