@@ -373,7 +373,8 @@ fn bad_clients_do_not_stop_the_server() {
     let said = dripper.join().unwrap();
     assert!(said.contains("421 4.4.2"), "{said}");
     assert!(start.elapsed() < Duration::from_secs(20));
-    // 500 connections at once: every one gets a greeting (or a prompt 421), none hangs.
+    // 500 connections at once (below concurrencyincoming, and loopback is exempt from the
+    // per-IP limit): every one gets a greeting, none hangs.
     let mut conns = Vec::new();
     for _ in 0..500 {
         let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -384,10 +385,9 @@ fn bad_clients_do_not_stop_the_server() {
     for c in &mut conns {
         let mut buf = [0u8; 3];
         c.read_exact(&mut buf).unwrap();
-        assert!(&buf == b"220" || &buf == b"421");
         greeted += (&buf == b"220") as usize;
     }
-    assert!(greeted >= 100);
+    assert_eq!(greeted, 500);
     drop(conns);
     let mut s = Smtp::connect(port);
     assert_eq!(s.cmd("NOOP").0, 250);
@@ -433,6 +433,8 @@ fn smtp_source_500_messages_20_sessions_each_exactly_once() {
     ids.dedup();
     assert_eq!(ids.len(), 500);
     env.wait_queue_empty();
+    // Counted again once the queue is empty: nothing more arrived (no second delivery).
+    assert_eq!(env.maildir_new(&env.mailbox("volume")).len(), 500);
 }
 
 #[test]
