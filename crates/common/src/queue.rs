@@ -152,6 +152,7 @@ impl Queue {
                 path,
                 out,
                 bytes: 0,
+                added: 0,
                 limit,
                 too_big: false,
             });
@@ -194,6 +195,8 @@ pub struct Incoming {
     path: PathBuf,
     out: Option<BufWriter<Locked>>,
     bytes: u64,
+    /// Bytes the writer added itself (its Received line): not counted against `limit`.
+    added: u64,
     limit: u64,
     too_big: bool,
 }
@@ -210,9 +213,16 @@ impl Incoming {
         self.too_big
     }
 
+    /// Writes what the writer itself adds (its Received line): stored, but not counted
+    /// against `databytes`, which counts the message as the client gave it (as smtpd does).
+    pub fn write_added(&mut self, data: &[u8]) -> Result<(), QueueError> {
+        self.added += data.len() as u64;
+        self.write(data)
+    }
+
     pub fn write(&mut self, data: &[u8]) -> Result<(), QueueError> {
         self.bytes += data.len() as u64;
-        if self.limit > 0 && self.bytes > self.limit {
+        if self.limit > 0 && self.bytes - self.added > self.limit {
             self.too_big = true;
             return Ok(());
         }

@@ -55,14 +55,9 @@ fn run() -> Result<(), QueueError> {
         date::rfc5322(date::now_secs())
     );
     // databytes counts the message as given, as smtpd counts it; the line added here is extra.
-    let limit = if limit == 0 {
-        0
-    } else {
-        limit.saturating_add(received.len() as u64)
-    };
     let q = Queue::new(&root);
     let mut msg = q.begin(limit)?;
-    msg.write(received.as_bytes())?;
+    msg.write_added(received.as_bytes())?;
     let mut hops = HopCounter::new();
     let mut stdin = std::io::stdin().lock();
     let mut buf = vec![0u8; 64 * 1024];

@@ -10,7 +10,7 @@
 //! `K txn id`. Input is read at most [`READ_TURN`] bytes per turn. Failures are
 //! `F txn code text` with a `queue` exit code. The envelope keeps the SMTPUTF8 flag of `B`.
 //! Reads `databytes` (the body limit; the Received line it adds is not counted, as smtpd does
-//! not count it) and `me`. Exits when smtpd closes the socket (after committing what is
+//! not count it) and `me` at start and again on `R` (smtpd sends it when it reloads). Exits when smtpd closes the socket (after committing what is
 //! complete) or on a broken record (111).
 
 use ferry_common::envelope::{self, Envelope};
@@ -34,6 +34,7 @@ struct Open {
 }
 
 struct Writer {
+    root: Root,
     queue: Queue,
     limit: u64,
     me: String,
@@ -59,20 +60,27 @@ fn main() {
     }
 }
 
-fn run() -> io::Result<()> {
-    let root = Root::from_exe()?;
+/// The settings qwriter uses: `databytes` and `me` (read at start and on smtpd's `R`).
+fn settings(root: &Root) -> io::Result<(u64, String)> {
     let dir = root.control();
     let limit = control::read_number(&dir, "databytes", 26_214_400)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let me = control::read_text(&dir, "me")
         .map_err(|e| io::Error::other(e.to_string()))?
         .unwrap_or_else(ferry_sys::hostname);
+    Ok((limit, me))
+}
+
+fn run() -> io::Result<()> {
+    let root = Root::from_exe()?;
+    let (limit, me) = settings(&root)?;
     ferry_sys::raise_nofile(65_536);
     let mut sock = UnixStream::from(
         ferry_sys::take_fd(0).ok_or_else(|| io::Error::other("fd 0 is not open"))?,
     );
     sock.set_nonblocking(true)?;
     let mut w = Writer {
+        root: root.clone(),
         queue: Queue::new(&root),
         limit,
         me,
@@ -169,12 +177,7 @@ impl Writer {
                     return Ok(());
                 }
                 // smtpd counted the body against databytes; the Received line is extra.
-                let limit = if self.limit == 0 {
-                    0
-                } else {
-                    self.limit.saturating_add(writer::MAX_RECEIVED as u64)
-                };
-                match self.queue.begin(limit) {
+                match self.queue.begin(self.limit) {
                     Ok(mut msg) => {
                         let id = msg.id().to_string();
                         let one = (env.recipients.len() == 1).then(|| env.recipients[0].as_str());
@@ -189,7 +192,7 @@ impl Writer {
                             now: date::now_secs(),
                         }
                         .line();
-                        match msg.write(line.as_bytes()) {
+                        match msg.write_added(line.as_bytes()) {
                             Ok(()) => {
                                 self.open.insert(txn, Open { msg, env });
                             }
@@ -237,6 +240,15 @@ impl Writer {
                 self.open.remove(&txn);
                 self.failed.remove(&txn);
             }
+            // smtpd was told to reload: messages begun from now on use the new settings.
+            b'R' => match settings(&self.root) {
+                Ok((limit, me)) => {
+                    self.limit = limit;
+                    self.me = me;
+                    log!("control files reloaded (me {}, databytes {limit})", self.me);
+                }
+                Err(e) => log!("reload refused: {e}; keeping the old settings"),
+            },
             other => {
                 return Err(io::Error::other(format!(
                     "unknown record {:?} from smtpd",
