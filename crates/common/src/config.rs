@@ -131,6 +131,8 @@ pub struct Config {
     pub timeoutconnect: u64,
     pub timeoutremote: u64,
     pub tlsdestinations: Vec<String>,
+    /// Extra trust anchors for tlsdestinations.
+    pub tlsca: Option<PathBuf>,
 }
 
 struct Loader<'a> {
@@ -458,6 +460,7 @@ impl Config {
             timeoutconnect: l.number("timeoutconnect", 30).max(1),
             timeoutremote: l.number("timeoutremote", 300).max(1),
             tlsdestinations: l.list("tlsdestinations", parse_domain).unwrap_or_default(),
+            tlsca: l.pem("tlsca"),
             me,
         };
         // Kinds not covered above are checked here so that a new table entry is never unread.

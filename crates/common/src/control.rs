@@ -286,6 +286,13 @@ pub const FILES: &[ControlFile] = &[
         "domains that get mail only over TLS with a verified certificate",
         "remote-deliver",
     ),
+    cf(
+        "tlsca",
+        Kind::Pem,
+        "none: the system's roots",
+        "more trust anchors (PEM certificates) for tlsdestinations, e.g. a private CA",
+        "remote-deliver",
+    ),
 ];
 
 const fn cf(

@@ -67,7 +67,7 @@ async fn run() -> Result<(), String> {
     let root = Root::from_exe().map_err(|e| e.to_string())?;
     let cfg = Config::load(&root).map_err(|e| e.to_string())?;
     let dns = route::resolver(&cfg)?;
-    let tls = tls::configs()?;
+    let tls = tls::configs(cfg.tlsca.as_deref())?;
     let queue = Queue::new(&root);
     let myself = myself::Myself::new(&cfg.me, &cfg.smtplisten);
     let ctx = Rc::new(Ctx {

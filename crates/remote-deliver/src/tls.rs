@@ -4,8 +4,9 @@
 //!   way to know the right name without DANE or MTA-STS), but the handshake and its signatures
 //!   are real, so the session is encrypted and a passive listener learns nothing.
 //! - Verified, for the domains of `tlsdestinations`: the certificate must chain to a known root
-//!   (the system bundle /etc/ssl/certs/ca-certificates.crt, else the compiled-in webpki roots)
-//!   and name the MX host; otherwise the mail waits rather than go in the clear.
+//!   (the system bundle /etc/ssl/certs/ca-certificates.crt, else the compiled-in webpki roots,
+//!   plus the certificates of control/tlsca) and name the MX host; otherwise the mail waits
+//!   rather than go in the clear.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -66,7 +67,8 @@ pub struct TlsConfigs {
 
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-pub fn configs() -> Result<TlsConfigs, String> {
+/// `extra`: control/tlsca, more trust anchors for the verified configuration.
+pub fn configs(extra: Option<&std::path::Path>) -> Result<TlsConfigs, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] =
         &[&rustls::version::TLS13, &rustls::version::TLS12];
@@ -84,6 +86,19 @@ pub fn configs() -> Result<TlsConfigs, String> {
     }
     if roots.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = extra {
+        let mut added = 0;
+        for c in CertificateDer::pem_file_iter(path).map_err(|e| format!("control/tlsca: {e}"))? {
+            let c = c.map_err(|e| format!("control/tlsca: {e}"))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("control/tlsca: not a usable CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("control/tlsca holds no certificate".into());
+        }
     }
     let verified = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
