@@ -4,7 +4,7 @@
 set -e
 case "$1" in
   run)  cmds="s6-svscan"; pkgs="s6" ;;
-  test) cmds="s6-svscan swaks dnsmasq smtp-source"; pkgs="s6 swaks dnsmasq-base postfix python3 ca-certificates" ;;
+  test) cmds="s6-svscan swaks dnsmasq smtp-source strace"; pkgs="s6 swaks dnsmasq-base postfix python3 ca-certificates strace" ;;
   *) echo "usage: deps.sh run|test" >&2; exit 2 ;;
 esac
 missing=""

@@ -12,6 +12,7 @@ pub mod rcpt;
 pub mod remote;
 pub mod smtp;
 pub mod supervision;
+pub mod trace;
 pub mod users;
 
 use std::io::Write;
