@@ -255,6 +255,17 @@ fn checker_resolves_relative_paths_and_records() {
                 .encode()
                 .len()
         ),
+        // A log line on the log socket, and garbage that looks like a short record.
+        format!(
+            "300 1.15 write({}, {}, 9) = 9",
+            fd(2, "socket:[6]"),
+            s("log line\n")
+        ),
+        format!(
+            "300 1.16 write({}, {}, 6) = 6",
+            fd(2, "socket:[7]"),
+            s("\0\0\0\x02xy")
+        ),
         format!(
             "300 1.2 write({}, {}, 3) = 3",
             fd(5, "/r/mail/box/Maildir/tmp/N1"),
@@ -285,8 +296,8 @@ fn checker_resolves_relative_paths_and_records() {
     let w = t.records(300, true).unwrap();
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].0.kind, b'R');
-    // The record began in the write of line 6.
-    assert_eq!(t.calls[w[0].1].start, 6);
+    // The record began in the write of line 8.
+    assert_eq!(t.calls[w[0].1].start, 8);
     let md = Path::new("/r/mail/box/Maildir");
     t.check_commit(
         &md.join("tmp/N1"),
@@ -297,10 +308,10 @@ fn checker_resolves_relative_paths_and_records() {
     .unwrap();
     // Without the fdatasync, refused.
     let mut l = lines.to_vec();
-    l.remove(3);
+    l.remove(5);
     let t = Trace::parse(&l.join("\n"));
     assert!(
-        t.check_commit(&md.join("tmp/N1"), &md.join("new/N1"), 5, &fake_fs)
+        t.check_commit(&md.join("tmp/N1"), &md.join("new/N1"), 7, &fake_fs)
             .unwrap_err()
             .contains("not synced")
     );

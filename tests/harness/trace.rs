@@ -402,7 +402,8 @@ impl Trace {
 
     /// The records (crates/common/src/record.rs framing) that `pid` wrote (`write` true) or
     /// read on each socket, each with the index in `calls` of the call that carried its
-    /// first byte.
+    /// first byte. A socket whose bytes are not records (a log socket) is left out from its
+    /// first bad record on. Err if strace cut a buffer short.
     pub fn records(
         &self,
         pid: u32,
@@ -413,6 +414,8 @@ impl Trace {
             /// (offset in buf where a call's bytes begin, call index).
             marks: Vec<(usize, usize)>,
             pos: usize,
+            /// Not a record stream (a log socket carries text lines): ignored.
+            dead: bool,
         }
         let mut streams: HashMap<PathBuf, Stream> = HashMap::new();
         let mut out = Vec::new();
@@ -432,7 +435,11 @@ impl Trace {
                 buf: Vec::new(),
                 marks: Vec::new(),
                 pos: 0,
+                dead: false,
             });
+            if s.dead {
+                continue;
+            }
             s.marks.push((s.buf.len(), i));
             s.buf.extend_from_slice(&data);
             loop {
@@ -441,14 +448,18 @@ impl Trace {
                     break;
                 }
                 let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if len > ferry_common::record::MAX_RECORD {
+                    s.dead = true;
+                    break;
+                }
                 if rest.len() < 4 + len {
                     break;
                 }
                 let mut r = ferry_common::record::Reader::new();
                 r.feed(&rest[..4 + len]);
-                let rec = match r.next_record() {
-                    Ok(Some(rec)) => rec,
-                    _ => return Err(format!("pid {pid}: a broken record on {}", p.display())),
+                let Ok(Some(rec)) = r.next_record() else {
+                    s.dead = true;
+                    break;
                 };
                 let call = s
                     .marks
