@@ -160,6 +160,18 @@ impl Scripted {
         std::fs::rename(&tmp, &self.config).unwrap();
     }
 
+    /// How many connections it accepted, and the most that were open at once.
+    pub fn connections(&self) -> (usize, usize) {
+        let n = std::fs::read_to_string(self.dir.join("connections.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        let max = std::fs::read_to_string(self.dir.join("max_active"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        (n, max)
+    }
+
     /// One "MAIL pipelined=yes|no" line per transaction, in order.
     pub fn transactions(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("transactions.log"))

@@ -13,7 +13,9 @@ The config file is re-read for every connection and every MAIL, so a test can ch
 attempts. Each accepted message is written to MAILDIR/<n>.eml (raw wire bytes of DATA after
 un-dot-stuffing) with a first line "X-Envelope: MAIL RCPT..." for the test to check, and
 MAILDIR/../transactions.log gets "MAIL pipelined=yes|no" per MAIL (RCPT already sent with it).
-"close_after_end" closes the connection after the reply to the final dot (the next message
+"greeting_delay" waits that many seconds before the greeting (a server that does not answer).
+connections.log gets a line per connection and max_active the most open at once (both in
+MAILDIR/..). "listen" may be an IPv6 address. "close_after_end" closes the connection after the reply to the final dot (the next message
 needs a new connection, which sees the config anew). "end_delay" waits that many seconds before the reply to the final dot (a slow content scanner).
 The port actually bound is written to PORTFILE.
 """
@@ -44,8 +46,35 @@ class Lines:
     def pending(self):
         return len(self.buf) > 0
 
+ACTIVE = {"now": 0, "max": 0}
+ACTIVE_LOCK = threading.Lock()
+
+def note_connection(cfg, delta):
+    """Counts connections: MAILDIR/../connections.log gets a line per connection, and
+    MAILDIR/../max_active the most that were open at once."""
+    if not cfg.get("maildir"):
+        return
+    top = os.path.join(cfg["maildir"], "..")
+    with ACTIVE_LOCK:
+        ACTIVE["now"] += delta
+        if delta > 0:
+            ACTIVE["max"] = max(ACTIVE["max"], ACTIVE["now"])
+            with open(os.path.join(top, "connections.log"), "a") as log:
+                log.write("CONNECT\n")
+            with open(os.path.join(top, "max_active.tmp"), "w") as m:
+                m.write(str(ACTIVE["max"]))
+            os.rename(os.path.join(top, "max_active.tmp"), os.path.join(top, "max_active"))
+
 def serve(conn, path):
     cfg = load(path)
+    note_connection(cfg, 1)
+    try:
+        serve_session(conn, path, cfg)
+    finally:
+        note_connection(cfg, -1)
+
+def serve_session(conn, path, cfg):
+    time.sleep(cfg.get("greeting_delay", 0))
     f = Lines(conn)
     def send(line):
         conn.sendall((line + "\r\n").encode())
@@ -133,9 +162,10 @@ def serve(conn, path):
 def main():
     path = sys.argv[1]
     cfg = load(path)
-    s = socket.socket()
+    listen = cfg.get("listen", "127.0.0.1")
+    s = socket.socket(socket.AF_INET6 if ":" in listen else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((cfg.get("listen", "127.0.0.1"), cfg.get("port", 0)))
+    s.bind((listen, cfg.get("port", 0)))
     s.listen(64)
     with open(cfg["portfile"] + ".tmp", "w") as pf:
         pf.write(str(s.getsockname()[1]))
