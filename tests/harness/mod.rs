@@ -41,6 +41,59 @@ pub fn bin_dir() -> PathBuf {
     })
 }
 
+/// A copy of the programs under test that roots link to, so that `ferryctl init` setting the
+/// owners and modes of a root's bin/ never touches the build outputs. One per build (keyed by
+/// the programs' sizes and times), made once and shared by every test process.
+fn staged_bin_dir() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let src = bin_dir();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in ferry_common::layout::PROGRAMS {
+        let m = std::fs::metadata(src.join(p)).unwrap_or_else(|_| {
+            panic!(
+                "{}/{p} is missing: build first (make test does)",
+                src.display()
+            )
+        });
+        (p, m.len(), m.modified().ok()).hash(&mut h);
+    }
+    let base = Path::new("/tmp/ferry-stage");
+    let dir = base.join(format!("{:016x}", h.finish()));
+    if dir.is_dir() {
+        return dir;
+    }
+    std::fs::create_dir_all(base).unwrap();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix(".stage-")
+        .tempdir_in(base)
+        .unwrap();
+    for p in ferry_common::layout::PROGRAMS {
+        std::fs::copy(src.join(p), tmp.path().join(p)).unwrap();
+    }
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let made = tmp.keep();
+    // Another process may have staged the same build meanwhile: either copy will do.
+    if std::fs::rename(&made, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&made);
+    }
+    // Stages of older builds go once nobody has used them for an hour.
+    if let Ok(rd) = std::fs::read_dir(base) {
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if old && e.path() != dir {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    dir
+}
+
 pub fn is_root() -> bool {
     ferry_sys::running_as_root()
 }
@@ -71,11 +124,9 @@ impl Env {
         let root = dir.path().join("root");
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
+        let staged = staged_bin_dir();
         for p in ferry_common::layout::PROGRAMS {
-            let src = bin_dir().join(p);
-            if !src.exists() {
-                panic!("{} is missing: build first (make test does)", src.display());
-            }
+            let src = staged.join(p);
             // The setuid queue is copied (its owner and mode change); the rest is linked.
             if *p == "queue" || std::fs::hard_link(&src, bin.join(p)).is_err() {
                 std::fs::copy(&src, bin.join(p)).unwrap();
@@ -331,12 +382,28 @@ pub fn wait_for_greeting(port: u16) {
     }
 }
 
+/// A port free on every loopback address the tests use (127.0.0.1, .2, .3 and ::1: receivers
+/// listen on those, with the port the sender's remoteport names), and never handed out twice
+/// in this process (tests of one binary run at the same time).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let free_everywhere = ["127.0.0.2", "127.0.0.3", "::1"]
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok());
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if free_everywhere && !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no loopback port free on 127.0.0.1-3 and ::1");
 }
 
 /// A message with a unique Subject, LF line ends.

@@ -26,9 +26,35 @@ fn lock() -> nix::fcntl::Flock<std::fs::File> {
         .unwrap()
 }
 
+/// Removes the test users (ftXXXXXXXX) whose home is gone: left by a run that was killed
+/// before it could remove them. Once per test process.
+fn remove_stale_users() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+            return;
+        };
+        let _held = lock();
+        for line in passwd.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let (Some(name), Some(home)) = (f.first(), f.get(5)) else {
+                continue;
+            };
+            let ours = name.len() == 10
+                && name.starts_with("ft")
+                && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+                && home.starts_with("/tmp/ferry-test-");
+            if ours && !Path::new(home).exists() {
+                let _ = Command::new("userdel").arg(name).output();
+            }
+        }
+    });
+}
+
 impl TestUser {
     /// Creates a user with a home directory `root`/home/NAME (mode 0755, owned by the user).
     pub fn create(root: &Path) -> TestUser {
+        remove_stale_users();
         let mut r = [0u8; 4];
         ferry_sys::random_bytes(&mut r).unwrap();
         let name = format!("ft{:08x}", u32::from_ne_bytes(r));
