@@ -293,3 +293,76 @@ fn make_run_target() {
         processes_of(&root)
     );
 }
+
+/// A port another program holds is refused at once, with a hint; a run in the background
+/// stops with `ferryctl stop --all`, or with SIGTERM to the script; nothing is left running.
+#[test]
+fn busy_port_is_refused_and_background_runs_stop_cleanly() {
+    let dir = tempdir();
+    let root = dir.path().join("run");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = holder.local_addr().unwrap().port();
+    let mut refused = run_sh(&root, busy, dir.path().join("out0"));
+    let st = refused.child.wait().unwrap();
+    assert!(!st.success(), "{}", refused.output());
+    assert!(
+        refused.output().contains(&format!(
+            "port {busy} on 127.0.0.1 is in use by another program"
+        )),
+        "{}",
+        refused.output()
+    );
+    drop(holder);
+
+    // In the background: ferryctl stop --all ends the run.
+    let mut run = run_sh(&root, free_port(), dir.path().join("out1"));
+    run.wait_ready();
+    let out = Command::new(root.join("bin/ferryctl"))
+        .args(["stop", "--all"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            run.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(run.output().contains("ferry stopped"), "{}", run.output());
+    assert!(
+        wait_gone(&root, Duration::from_secs(15)),
+        "left after stop --all: {:?}",
+        processes_of(&root)
+    );
+
+    // SIGTERM to the script alone (as a service manager or `kill` would send it).
+    let mut run = run_sh(&root, free_port(), dir.path().join("out2"));
+    run.wait_ready();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            run.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(run.output().contains("ferry stopped"), "{}", run.output());
+    assert!(
+        wait_gone(&root, Duration::from_secs(15)),
+        "left after SIGTERM: {:?}",
+        processes_of(&root)
+    );
+}
