@@ -45,13 +45,16 @@ if [ "$links" = yes ]; then
   ln -sf "$root/bin/ferryctl" "$bindir/ferryctl"
   echo "linked $bindir/ferryctl"
 fi
+# SENDMAIL_LINKS moves the sendmail links (the tests do): "SENDMAIL MAILQ..." paths, where a
+# path ending in mailq is the mailq link.
+links_sendmail=${SENDMAIL_LINKS:-/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq}
 if [ "$sendmail" = yes ]; then
-  for l in /usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq; do
+  for l in $links_sendmail; do
     if [ -e "$l" ] && [ ! -L "$l" ]; then mv "$l" "$l.pre-ferry"; echo "kept the old $l as $l.pre-ferry"; fi
     mkdir -p "$(dirname "$l")"
     ln -sf "$root/bin/sendmail" "$l"
   done
-  echo "linked /usr/sbin/sendmail, /usr/lib/sendmail and /usr/bin/mailq to ferry"
+  echo "linked $links_sendmail to ferry"
 fi
 if [ "$links" = yes ] && { [ -n "${UNITDIR:-}" ] || [ -d /run/systemd/system ] || command -v systemctl >/dev/null 2>&1; }; then
   mkdir -p "$unitdir"

@@ -17,7 +17,7 @@ if [ -f "$unitdir/ferry.service" ] && grep -q "s6-svscan $root/service\$" "$unit
   rm -f "$unitdir/ferry.service"
   echo "removed $unitdir/ferry.service"
 fi
-for l in "$bindir/ferryctl" "${SBINDIR:-/usr/local/sbin}/sendmail" "$bindir/mailq" /usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq; do
+for l in "$bindir/ferryctl" "${SBINDIR:-/usr/local/sbin}/sendmail" "$bindir/mailq" ${SENDMAIL_LINKS:-/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq}; do
   if [ -L "$l" ] && [ "$(readlink "$l")" = "$root/bin/$(basename "$l" | sed 's/mailq/sendmail/')" ]; then
     rm -f "$l"
     echo "removed $l"

@@ -229,3 +229,82 @@ fn private_prefix_stripped_programs_short_output_and_purge() {
         .unwrap();
     assert_eq!(ferryq.dir, Path::new("/nonexistent"));
 }
+
+/// Through make: `make install SENDMAIL=yes` puts ferry's sendmail and mailq in place of the
+/// system's (kept as NAME.pre-ferry), mailq lists the queue, and `make uninstall` puts the
+/// old ones back. The link paths are moved into the test's directory with SENDMAIL_LINKS.
+#[test]
+fn make_install_sendmail_yes_and_uninstall_restores() {
+    if !ferry_e2e::is_root() {
+        eprintln!("a real install needs root (users, owners)");
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("ferry-install-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let prefix = t.path().join("ferry");
+    let sys = t.path().join("sys");
+    std::fs::create_dir_all(sys.join("sbin")).unwrap();
+    std::fs::write(
+        sys.join("sbin/sendmail"),
+        "#!/bin/sh\necho the old sendmail\n",
+    )
+    .unwrap();
+    let links = format!(
+        "{} {}",
+        sys.join("sbin/sendmail").display(),
+        sys.join("bin/mailq").display()
+    );
+    let make = |target: &str| {
+        Command::new("make")
+            .args([
+                "--no-print-directory",
+                target,
+                "CARGO=true",
+                "SENDMAIL=yes",
+                "LINKS=no",
+            ])
+            .arg(format!("PREFIX={}", prefix.display()))
+            .arg(format!("SENDMAIL_LINKS={links}"))
+            .arg(format!("FERRY_BIN_DIR={}", ferry_e2e::bin_dir().display()))
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let out = make("install");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_link(sys.join("sbin/sendmail")).unwrap(),
+        prefix.join("bin/sendmail")
+    );
+    assert!(sys.join("sbin/sendmail.pre-ferry").is_file());
+    let mailq = Command::new(sys.join("bin/mailq")).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&mailq.stdout).contains("-- 0 messages in the queue"),
+        "{}{}",
+        String::from_utf8_lossy(&mailq.stdout),
+        String::from_utf8_lossy(&mailq.stderr)
+    );
+    let out = make("uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(sys.join("sbin/sendmail")).unwrap(),
+        "#!/bin/sh\necho the old sendmail\n"
+    );
+    assert!(!sys.join("bin/mailq").exists() && !sys.join("sbin/sendmail.pre-ferry").exists());
+}
