@@ -441,8 +441,50 @@ fn programs_run_under_their_own_users() {
     env.wait_for("the program", Duration::from_secs(20), || {
         u.home.join("seen.uid").exists()
     });
-    // Queue files: a message in mess/ is 0644 in a 0750 ferryq:ferry directory, info is ferrys 0600.
     env.wait_queue_empty();
+    // Queue files: a deferred message in mess/ is ferryq:ferry 0640 (remote-deliver reads it
+    // through the group, nobody else can), its info file ferrys 0600.
+    let later = env.mailbox_rcpt("modes");
+    later.write(".ferry", "|exit 111\n");
+    let out = env.sendmail(&[&later.addr()], &message("modes", "x\n"));
+    assert!(out.status.success());
+    let find = |top: &str| -> Option<std::path::PathBuf> {
+        std::fs::read_dir(env.root.join("queue").join(top))
+            .ok()?
+            .flatten()
+            .filter_map(|d| std::fs::read_dir(d.path()).ok())
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| !p.to_string_lossy().ends_with(".tmp"))
+    };
+    env.wait_for(
+        "the deferred message in mess/",
+        Duration::from_secs(30),
+        || find("mess").is_some() && find("info").is_some(),
+    );
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(find("mess").unwrap()).unwrap();
+    let i = std::fs::metadata(find("info").unwrap()).unwrap();
+    let gid = |g: &str| {
+        nix::unistd::Group::from_name(g)
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw()
+    };
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o7777),
+        (uid("ferryq"), gid("ferry"), 0o640)
+    );
+    assert_eq!((i.uid(), i.mode() & 0o7777), (uid("ferrys"), 0o600));
+    // A Maildir file belongs to the recipient and is 0600.
+    let mb = env.mailbox_rcpt("modesok");
+    let out = env.sendmail(&[&mb.addr()], &message("maildir-mode", "x\n"));
+    assert!(out.status.success());
+    env.wait_maildir(&mb.maildir(), 1);
+    let f = std::fs::metadata(&env.maildir_new(&mb.maildir())[0]).unwrap();
+    assert_eq!((f.uid(), f.mode() & 0o777), (mb.uid, 0o600));
 }
 
 #[test]
