@@ -184,6 +184,9 @@ impl Loader<'_> {
                 None
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // A key in a directory only root may enter (certbot's live/): it is there, and
+            // smtpd's root helper reads it (crates/smtpd/src/tlskeys.rs).
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(p),
             Err(e) => {
                 self.errors
                     .push(ControlError::new(name, None, format!("cannot read: {e}")));

@@ -10,6 +10,7 @@
 //! - `C txn bytes` the next piece of the message (LF line ends, dot-unstuffed).
 //! - `E txn` the message is complete: commit it.
 //! - `A txn` forget it (the client went away, or it was refused).
+//! - `R 0` re-read the control files qwriter uses (`me`, `databytes`): smtpd got HUP.
 //!
 //! qwriter → smtpd:
 //! - `K txn id` committed (durable, in todo/): smtpd may answer 250.

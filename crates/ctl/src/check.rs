@@ -3,7 +3,8 @@
 //!
 //! Checked: the control files (syntax with file and line, unknown names, the TLS pair), the
 //! install manifest (owners, modes, the setuid queue), smtpd answering 220 on each address
-//! of smtplisten, and the DNS records the domains need (see dnscheck.rs).
+//! of smtplisten, the certificate it serves over STARTTLS (the one in control/tlscert? days
+//! left: WARN under 14, FAIL expired), and the DNS records the domains need (see dnscheck.rs).
 
 use crate::dnscheck;
 use anyhow::Result;
@@ -154,6 +155,83 @@ fn tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Item {
     ok("control/tlscert and control/tlskey: STARTTLS offered")
 }
 
+/// Days under which a certificate's expiry is a WARN.
+pub const EXPIRY_WARN_DAYS: i64 = 14;
+
+/// The certificate smtpd serves on `addr` against control/tlscert, and its days left.
+fn served_certificate(addr: SocketAddr, cert: &std::path::Path) -> Item {
+    let on_disk = match crate::tls::disk(cert) {
+        Ok(d) => d,
+        Err(e) if e.contains("ermission denied") => {
+            return warn(
+                format!(
+                    "served certificate not checked: uid {} may not read control/tlscert",
+                    ferry_sys::uids().0
+                ),
+                "run ferryctl check as root",
+            );
+        }
+        Err(e) => {
+            return fail(
+                format!("control/tlscert: {e}"),
+                "put the PEM certificate chain (leaf first) into control/tlscert",
+            );
+        }
+    };
+    let served = match crate::tls::served(addr) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return fail(
+                format!("smtpd on {addr} offers no STARTTLS, though control/tlscert exists"),
+                "ferryctl log smtpd says why it did not load the pair (then ferryctl reload)",
+            );
+        }
+        Err(e) => {
+            return fail(
+                format!("STARTTLS on {addr} failed: {e}"),
+                "ferryctl log smtpd says why",
+            );
+        }
+    };
+    let days = |der: &[u8]| {
+        crate::tls::not_after(der).map(|t| {
+            (
+                (t - ferry_common::date::now_secs() as i64).div_euclid(86_400),
+                ferry_common::date::iso(t.max(0) as u64)
+                    .chars()
+                    .take(10)
+                    .collect::<String>(),
+            )
+        })
+    };
+    if served != on_disk {
+        let when = days(&served)
+            .map(|(d, on)| format!(" (it expires {on}, {d} days left)"))
+            .unwrap_or_default();
+        return fail(
+            format!("smtpd on {addr} serves another certificate than control/tlscert{when}"),
+            "ferryctl reload; if it stays, ferryctl log smtpd says why (a key that does not match the certificate, an unreadable file)",
+        );
+    }
+    match days(&served) {
+        None => warn(
+            format!("smtpd on {addr} serves control/tlscert, expiry unreadable"),
+            "check the certificate with openssl x509 -noout -enddate",
+        ),
+        Some((d, on)) if d < 0 => fail(
+            format!("smtpd on {addr} serves control/tlscert, which expired on {on}"),
+            "renew it (certbot renew runs the deploy hook ferryctl reload)",
+        ),
+        Some((d, on)) if d < EXPIRY_WARN_DAYS => warn(
+            format!("smtpd on {addr} serves control/tlscert: expires {on}, {d} days left"),
+            "renew it (certbot renew runs the deploy hook ferryctl reload)",
+        ),
+        Some((d, on)) => ok(format!(
+            "smtpd on {addr} serves control/tlscert over STARTTLS: expires {on}, {d} days left"
+        )),
+    }
+}
+
 fn manifest(root: &Root) -> Vec<Item> {
     let mode = Mode::of_root(root);
     // A normal user cannot look into a privilege-separated queue: say so once.
@@ -240,40 +318,53 @@ fn listening(root: &Root, cfg: &Config) -> Vec<Item> {
             "fix what the log says (a port in use: another mail server or another ferry), then ferryctl restart",
         )];
     }
-    cfg.smtplisten
-        .iter()
-        .map(|a| {
-            let p = probe_addr(*a);
-            match greeting(p) {
-                Ok(g) if g.starts_with("220 ") && g.ends_with(" ESMTP ferry") => ok(format!(
-                    "smtpd answers on {a}: {}",
-                    ferry_common::log::quote(&g, 100)
-                )),
-                // Someone else holds the port (another MTA), and ferry's smtpd cannot bind it.
-                Ok(g) if g.starts_with("220") => fail(
-                    format!(
-                        "another server answers on {a}, not ferry's smtpd: {:?}",
+    let mut items = Vec::new();
+    let mut tls_checked = false;
+    for a in &cfg.smtplisten {
+        let p = probe_addr(*a);
+        let item = match greeting(p) {
+            Ok(g) if g.starts_with("220 ") && g.ends_with(" ESMTP ferry") => {
+                // The certificate is the same on every address: it is looked at once.
+                if let (Some(cert), Some(_), false) = (&cfg.tlscert, &cfg.tlskey, tls_checked) {
+                    tls_checked = true;
+                    items.push(ok(format!(
+                        "smtpd answers on {a}: {}",
                         ferry_common::log::quote(&g, 100)
-                    ),
-                    format!(
-                        "stop the other mail server on port {}, then ferryctl restart",
-                        a.port()
-                    ),
-                ),
-                Ok(g) => fail(
-                    format!(
-                        "smtpd on {a} greets with {:?}, not 220",
+                    )));
+                    served_certificate(p, cert)
+                } else {
+                    ok(format!(
+                        "smtpd answers on {a}: {}",
                         ferry_common::log::quote(&g, 100)
-                    ),
-                    fix,
-                ),
-                Err(e) => fail(
-                    format!("smtpd does not answer on {a} (tried {p}: {e})"),
-                    fix,
-                ),
+                    ))
+                }
             }
-        })
-        .collect()
+            // Someone else holds the port (another MTA), and ferry's smtpd cannot bind it.
+            Ok(g) if g.starts_with("220") => fail(
+                format!(
+                    "another server answers on {a}, not ferry's smtpd: {:?}",
+                    ferry_common::log::quote(&g, 100)
+                ),
+                format!(
+                    "stop the other mail server on port {}, then ferryctl restart",
+                    a.port()
+                ),
+            ),
+            Ok(g) => fail(
+                format!(
+                    "smtpd on {a} greets with {:?}, not 220",
+                    ferry_common::log::quote(&g, 100)
+                ),
+                fix,
+            ),
+            Err(e) => fail(
+                format!("smtpd does not answer on {a} (tried {p}: {e})"),
+                fix,
+            ),
+        };
+        items.push(item);
+    }
+    items
 }
 
 /// Every verdict, in order: control files, install, listening, DNS.
@@ -281,6 +372,7 @@ pub fn items(root: &Root, with_dns: bool) -> Vec<Item> {
     let cfg = Config::load(root).ok();
     let mut items = control_files(root, cfg.as_ref());
     items.extend(manifest(root));
+    items.extend(crate::mailbox::check(root));
     match &cfg {
         Some(cfg) => {
             items.extend(listening(root, cfg));

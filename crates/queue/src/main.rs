@@ -12,7 +12,8 @@
 //!   a mail loop).
 //! - Adds `Received: (ferry PID invoked by uid UID); DATE` at the top of the message.
 //! - Commits per the protocol in docs/INTERNALS.md (message durable, then linked into todo/,
-//!   todo/ durable), pulls queue/lock/trigger, exits 0. Only exit 0 means queued.
+//!   todo/ durable), pulls queue/lock/trigger, writes `queue: queued as ID` on fd 2, exits 0.
+//!   Only exit 0 means queued.
 //! - Exit codes: the table in crates/common/src/status.rs (11 bad address, 31 too big,
 //!   32 too many hops, 53 write error/disk full, 54 read error, 55 control file, 62 queue dir, 91 bad envelope, ...).
 
@@ -97,7 +98,11 @@ fn run() -> Result<(), QueueError> {
     };
     let prepared = msg.finish(&env)?;
     match queue::commit(&q, vec![prepared]).pop() {
-        Some(Ok(_)) => Ok(()),
+        Some(Ok(id)) => {
+            // For `smtpd -bs`'s "queued as ID" (callers read fd 2 only for text).
+            eprintln!("queue: queued as {id}");
+            Ok(())
+        }
         Some(Err(e)) => Err(e),
         None => Err(QueueError::new(
             status::QUEUE_BUG,

@@ -7,7 +7,9 @@
 //!
 //! Start: reads the control files, binds every address of `smtplisten` (backlog 4096),
 //! loads `tlscert`/`tlskey` if both exist (then STARTTLS is offered), raises its open-file
-//! limit, starts the queue writer `qwriter` as ferryq on a socket pair, and drops to ferryd.
+//! limit, starts the queue writer `qwriter` as ferryq on a socket pair, starts `smtpd -tlskeys`
+//! (which stays root, to read the key pair again on HUP: crates/smtpd/src/tlskeys.rs) on another,
+//! and drops to ferryd.
 //! Then it serves every session in one mio event loop (crates/smtpd/src/server.rs) and streams
 //! each message, as it arrives, to qwriter (protocol: crates/common/src/writer.rs); a message
 //! gets 250 only after qwriter has committed it durably.
@@ -17,19 +19,22 @@
 //! Control files: me, smtpgreeting, smtplisten, databytes, maxrcpt, maxhops, timeoutsmtpd,
 //! concurrencyincoming, concurrencyperip, rcpthosts, relayclients, locals, virtualdomains,
 //! aliases, badmailfrom, badrcptto, tlscert, tlskey. Signals: HUP reloads the control files
-//! and the certificate; TERM stops (idle sessions get 421, messages in flight finish).
-//! Logs one line per session and per message on stderr. Exit 111 on a setup error or when the
+//! (all but smtplisten and the open-file limit, which need a restart), has qwriter reload its
+//! own (`R`), and loads the certificate the key helper read; TERM stops (idle sessions get 421, messages in flight finish).
+//! Logs one line per session, per message and per refused sender or recipient on stderr. Exit 111 on a setup error or when the
 //! queue writer dies: smtpd sees its socket close at once, answers a message in flight 451
 //! 4.3.0 and every session 421, and exits (s6 restarts both). Sessions are bounded in memory
 //! (backpressure on unread replies) and tarpitted past 10 errors (server.rs).
 
 mod conn;
+mod headers;
 mod listen;
 mod policy;
 mod server;
 mod session;
 mod stdio;
 mod tls;
+mod tlskeys;
 
 use ferry_common::config::Config;
 use ferry_common::log;
@@ -48,13 +53,26 @@ fn main() {
     }
 }
 
+/// The user a single-user install belongs to (the owner of its queue), else the caller.
+fn single_user_owner(root: &Root) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(root.queue())
+        .map(|m| m.uid())
+        .unwrap_or_else(|_| ferry_sys::uids().0)
+}
+
 fn run() -> std::io::Result<i32> {
     let arg = std::env::args().nth(1);
     let root = Root::from_exe()?;
     let cfg = Config::load(&root)
         .map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
+    if arg.as_deref() == Some("-tlskeys") {
+        return Ok(tlskeys::serve(&root));
+    }
     if arg.as_deref() == Some("-bs") {
-        let only_uid = Some(ferry_sys::uids().0).filter(|u| *u != 0);
+        // Routing follows the install's mode, not the caller's uid: in a privilege-separated
+        // install every user and virtual mailbox is a recipient, whoever injects.
+        let only_uid = (Mode::of_root(&root) == Mode::SingleUser).then(|| single_user_owner(&root));
         let policy = policy::ConfigPolicy::new(cfg, root.mail(), only_uid);
         return stdio::run(&root, &policy);
     }
@@ -69,15 +87,14 @@ fn run() -> std::io::Result<i32> {
     for addr in &cfg.smtplisten {
         listeners.push(listen::bind_tcp(*addr)?);
     }
-    let tls = match (&cfg.tlscert, &cfg.tlskey) {
-        (Some(c), Some(k)) => match tls::server_config(c, k) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log!("{e}: STARTTLS is off until it is fixed");
-                None
-            }
-        },
-        _ => None,
+    let tls = match tlskeys::read_pair(&root)
+        .and_then(|p| p.map(|(c, k)| tls::server_config(&c, &k)).transpose())
+    {
+        Ok(t) => t,
+        Err(e) => {
+            log!("{e}: STARTTLS is off until it is fixed");
+            None
+        }
     };
     let nofile = ferry_sys::raise_nofile(cfg.concurrencyincoming * 2 + 256);
     if nofile < cfg.concurrencyincoming + 64 {
@@ -102,6 +119,21 @@ fn run() -> std::io::Result<i32> {
     // The Command holds qwriter's end of the socket: without this drop smtpd would keep it
     // open itself and never see the writer die.
     drop(cmd);
+    // The key helper stays as the user smtpd started as (root), to read the pair on HUP.
+    let (keys_mine, keys_theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut keys_cmd = Command::new(root.bin("smtpd"));
+    keys_cmd
+        .arg("-tlskeys")
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(keys_theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut keys_helper = keys_cmd
+        .spawn()
+        .map_err(|e| std::io::Error::other(format!("cannot start smtpd -tlskeys: {e}")))?;
+    drop(keys_cmd);
+    let keeper = tlskeys::Keeper::new(keys_mine)?;
     if mode == Mode::Separated {
         ferry_sys::drop_privileges(&mode.cred(users::SMTPD)?)?;
     }
@@ -114,7 +146,7 @@ fn run() -> std::io::Result<i32> {
         .map(|a| a.to_string())
         .collect();
     let starttls = tls.is_some();
-    let mut server = server::Server::new(root, policy, tls, listeners, mine)?;
+    let mut server = server::Server::new(root, policy, tls, keeper, listeners, mine)?;
     let code = server.run(|| {
         log!(
             "listening on {} ({}; STARTTLS {})",
@@ -132,5 +164,6 @@ fn run() -> std::io::Result<i32> {
     });
     drop(server);
     let _ = writer.wait();
+    let _ = keys_helper.wait();
     code
 }

@@ -47,6 +47,8 @@ pub struct Client {
 
 pub trait Policy {
     fn hostname(&self) -> &str;
+    /// This host's name (`me`), for the fields added to submitted mail.
+    fn me(&self) -> &str;
     fn databytes(&self) -> u64;
     fn maxrcpt(&self) -> u64;
     fn maxhops(&self) -> u64;
@@ -137,6 +139,9 @@ fn listed(list: &[String], address: &str) -> bool {
 impl Policy for ConfigPolicy {
     fn hostname(&self) -> &str {
         &self.cfg.smtpgreeting
+    }
+    fn me(&self) -> &str {
+        &self.cfg.me
     }
     fn databytes(&self) -> u64 {
         self.cfg.databytes

@@ -44,6 +44,7 @@ pub struct Server {
     pub root: Root,
     pub policy: ConfigPolicy,
     pub tls: Option<Arc<ServerConfig>>,
+    keeper: crate::tlskeys::Keeper,
     poll: Poll,
     listeners: Vec<TcpListener>,
     conns: HashMap<usize, Conn>,
@@ -68,6 +69,7 @@ impl Server {
         root: Root,
         policy: ConfigPolicy,
         tls: Option<Arc<ServerConfig>>,
+        keeper: crate::tlskeys::Keeper,
         listeners: Vec<std::net::TcpListener>,
         writer: std::os::unix::net::UnixStream,
     ) -> io::Result<Server> {
@@ -76,6 +78,7 @@ impl Server {
             root,
             policy,
             tls,
+            keeper,
             poll: Poll::new()?,
             listeners: listeners.into_iter().map(TcpListener::from_std).collect(),
             conns: HashMap::new(),
@@ -404,6 +407,22 @@ impl Server {
                     }
                     Event::StartTls => c.tls_pending = true,
                     Event::Close => {}
+                    Event::Denied {
+                        sender,
+                        rcpt,
+                        reply,
+                    } => {
+                        let rcpt = match rcpt {
+                            Some(r) => format!(" rcpt=<{}>", log::quote(&r, 300)),
+                            None => String::new(),
+                        };
+                        log!(
+                            "refused ip={} from=<{}>{rcpt} reply={}",
+                            c.peer.ip(),
+                            log::quote(&sender, 300),
+                            log::quote(&reply, 200)
+                        );
+                    }
                     Event::Refused {
                         sender,
                         rcpts,
@@ -590,18 +609,23 @@ impl Server {
     fn reload(&mut self) {
         match Config::load(&self.root) {
             Ok(cfg) => {
-                self.tls = match (&cfg.tlscert, &cfg.tlskey) {
-                    (Some(c), Some(k)) => match crate::tls::server_config(c, k) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            log!("reload: {e}; keeping the old TLS settings");
-                            self.tls.clone()
-                        }
-                    },
-                    _ => None,
+                // The pair as root reads it now (a renewed certificate, a root-only key);
+                // sessions already in TLS keep the settings they started with.
+                self.tls = match self.keeper.fetch().and_then(|p| {
+                    p.map(|(c, k)| crate::tls::server_config(&c, &k))
+                        .transpose()
+                }) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log!("reload: {e}; keeping the old TLS settings");
+                        self.tls.clone()
+                    }
                 };
                 self.policy.cfg = cfg;
                 self.policy.passwd.clear();
+                // qwriter's settings (the Received line's `by`, databytes) follow too.
+                self.writer_out.push(&Record::new(b'R').with_u64(0));
+                let _ = self.writer_out.flush_to(&mut self.writer);
                 log!(
                     "control files reloaded; STARTTLS {}",
                     if self.tls.is_some() { "on" } else { "off" }

@@ -6,6 +6,7 @@
 //! message is being committed it stops consuming input, so pipelined commands are answered
 //! in order once [`Session::committed`] gives the result.
 
+use crate::headers::Fixer;
 use crate::policy::{Client, Policy};
 use ferry_common::hops::HopCounter;
 use ferry_smtp::{
@@ -43,6 +44,13 @@ pub enum Event {
     StartTls,
     /// Close after sending what is in `out`.
     Close,
+    /// A sender (MAIL) or recipient (RCPT) was refused: one log line, for the admin and for
+    /// fail2ban. `rcpt` is None for a refused sender.
+    Denied {
+        sender: String,
+        rcpt: Option<String>,
+        reply: String,
+    },
     /// A transaction ended without reaching the queue (for the log).
     Refused {
         sender: String,
@@ -76,11 +84,14 @@ struct Txn {
     too_big: bool,
     bare_cr: bool,
     hops: HopCounter,
+    /// Adds missing Date, Message-ID, From (a relay client's or a local submission).
+    fix: Option<Fixer>,
 }
 
 impl Txn {
     fn new(sender: String, smtputf8: bool) -> Txn {
         Txn {
+            fix: None,
             sender,
             smtputf8,
             rcpts: Vec::new(),
@@ -361,22 +372,29 @@ impl Session {
                     self.error(555, "5.5.4", "Error: MAIL parameter not supported", events);
                     return false;
                 }
-                if let Some(size) = params.size
-                    && p.databytes() > 0
-                    && size > p.databytes()
-                {
-                    self.send(552, "5.3.4", "Error: message size exceeds fixed limit");
-                    return false;
-                }
                 let sender = match &from {
                     ReversePath::Null => String::new(),
                     ReversePath::Mailbox(m) => m.to_string(),
                 };
+                if let Some(size) = params.size
+                    && p.databytes() > 0
+                    && size > p.databytes()
+                {
+                    let r = Reply::new(552, "5.3.4", "Error: message size exceeds fixed limit");
+                    denied(events, &sender, None, &r);
+                    self.out.extend(r.to_bytes());
+                    return false;
+                }
                 if let Err(r) = p.check_mail(&sender, &self.client) {
+                    denied(events, &sender, None, &r);
                     self.refuse(r, events);
                     return false;
                 }
-                self.txn = Some(Txn::new(sender, params.smtputf8));
+                let mut txn = Txn::new(sender, params.smtputf8);
+                if self.client.relay {
+                    txn.fix = Some(Fixer::new(&txn.sender, p.me()));
+                }
+                self.txn = Some(txn);
                 self.send(250, "2.1.0", "Ok");
             }
             Command::Rcpt(to, params) => {
@@ -397,7 +415,10 @@ impl Session {
                     || txn.rcpts.len() >= ferry_common::envelope::MAX_RECIPIENTS
                     || txn.rcpt_bytes + 4 + addr.len() > ferry_common::writer::MAX_RCPT_BYTES
                 {
-                    self.send(452, "4.5.3", "Error: too many recipients");
+                    let r = Reply::new(452, "4.5.3", "Error: too many recipients");
+                    denied(events, &txn.sender, Some(&addr), &r);
+                    self.rejected_rcpts += 1;
+                    self.out.extend(r.to_bytes());
                     return false;
                 }
                 let verdict = match &to {
@@ -413,6 +434,8 @@ impl Session {
                         self.send(250, "2.1.5", "Ok");
                     }
                     Err(r) => {
+                        let sender = self.txn.as_ref().map(|t| t.sender.as_str()).unwrap_or("");
+                        denied(events, sender, Some(&addr), &r);
                         self.rejected_rcpts += 1;
                         self.refuse(r, events);
                     }
@@ -511,11 +534,15 @@ impl Session {
     }
 
     fn begin(&mut self, events: &mut Vec<Event>) {
-        let protocol = match (self.esmtp, self.tls.is_some()) {
-            (false, false) => "SMTP",
-            (false, true) => "SMTPS",
-            (true, false) => "ESMTP",
-            (true, true) => "ESMTPS",
+        let utf8 = self.txn.as_ref().is_some_and(|t| t.smtputf8);
+        // RFC 3848 and RFC 6531 §3.7.4 (the A forms come with AUTH).
+        let protocol = match (utf8, self.esmtp, self.tls.is_some()) {
+            (true, _, false) => "UTF8SMTP",
+            (true, _, true) => "UTF8SMTPS",
+            (false, false, false) => "SMTP",
+            (false, false, true) => "SMTPS",
+            (false, true, false) => "ESMTP",
+            (false, true, true) => "ESMTPS",
         };
         let helo = self.helo.clone().unwrap_or_default();
         if let Some(t) = self.txn.as_mut() {
@@ -549,10 +576,19 @@ impl Session {
             events.push(Event::Abort);
             return;
         }
-        if !self.chunk.is_empty() && (force || self.chunk.len() >= CHUNK) {
-            t.bytes += self.chunk.len() as u64;
-            t.hops.feed(&self.chunk);
-            events.push(Event::Chunk(std::mem::take(&mut self.chunk)));
+        let ready = !self.chunk.is_empty() && (force || self.chunk.len() >= CHUNK);
+        if ready || (force && t.fix.is_some()) {
+            let data = std::mem::take(&mut self.chunk);
+            // databytes and the hop count see the message as the client sent it.
+            t.bytes += data.len() as u64;
+            t.hops.feed(&data);
+            let data = match t.fix.as_mut() {
+                Some(f) => f.feed(data, force),
+                None => data,
+            };
+            if !data.is_empty() {
+                events.push(Event::Chunk(data));
+            }
         }
     }
 
@@ -725,6 +761,17 @@ impl Session {
         }
         (sender, rcpts, bytes)
     }
+}
+
+/// A refused MAIL or RCPT, for the log.
+fn denied(events: &mut Vec<Event>, sender: &str, rcpt: Option<&str>, r: &Reply) {
+    events.push(Event::Denied {
+        sender: sender.to_string(),
+        rcpt: rcpt.map(str::to_string),
+        reply: String::from_utf8_lossy(&r.to_bytes())
+            .trim_end()
+            .replace("\r\n", " "),
+    });
 }
 
 /// RFC 5321 §4.1.4: a domain or an address literal. Names with spaces or odd characters are

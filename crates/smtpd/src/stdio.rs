@@ -1,7 +1,9 @@
 //! `smtpd -bs` (what `sendmail -bs` runs): one SMTP session on stdin/stdout, as the invoking
 //! user, for programs that submit mail by speaking SMTP to a pipe. The client is local, so it
 //! may send to any address (as with sendmail itself); each message goes through `queue`, like
-//! sendmail's, and is answered 250 only when queue exited 0.
+//! sendmail's, and is answered `250 2.0.0 Ok: queued as ID` only when queue exited 0. Routing
+//! (who is a local recipient) follows the install's mode, never the caller's uid. A message
+//! without Date, Message-ID or From gets them, as from sendmail (crate::headers).
 
 use crate::policy::{Client, ConfigPolicy};
 use crate::session::{Event, Session};
@@ -59,7 +61,7 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                     Event::End => {
                         let result = match env.take() {
                             Some(e) => match inject::run_queue(root, &mut message.as_slice(), &e) {
-                                Ok(r) if r.code == 0 => Ok(String::new()),
+                                Ok(r) if r.code == 0 => Ok(queued_id(&r.message)),
                                 Ok(r) => Err(r.code),
                                 Err(_) => Err(ferry_common::status::QUEUE_BUG),
                             },
@@ -68,9 +70,21 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                         message.clear();
                         session.committed(result.as_deref().map_err(|c| *c));
                     }
-                    Event::StartTls | Event::Close | Event::Refused { .. } => {}
+                    Event::StartTls
+                    | Event::Close
+                    | Event::Refused { .. }
+                    | Event::Denied { .. } => {}
                 }
             }
         }
     }
+}
+
+/// The id in queue's success line (`queue: queued as ID`), or empty.
+fn queued_id(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("queue: queued as "))
+        .filter(|id| id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or("")
+        .to_string()
 }

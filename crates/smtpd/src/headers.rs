@@ -1,0 +1,173 @@
+//! Missing header fields of submitted mail (RFC 6409 §8.1-8.3): a message from a client in
+//! `relayclients`, or injected with `smtpd -bs`, gets `Date`, `Message-ID` and `From` at the
+//! end of its header when it has none, as sendmail adds them (Postfix's
+//! `local_header_rewrite_clients`). Mail from anybody else is passed on as it came.
+//!
+//! The header is found as the message streams: [`Fixer::feed`] holds back the bytes until the
+//! header section has ended (an empty line, or the first line that is not a field), at most
+//! [`MAX_HEADER`] bytes (a longer header is passed on unchanged), then passes everything on.
+
+use ferry_common::{date, rfc5322};
+
+/// Most bytes held back while looking for the end of the header.
+pub const MAX_HEADER: usize = 256 * 1024;
+
+pub struct Fixer {
+    held: Vec<u8>,
+    done: bool,
+    /// The envelope sender (for From), and this host (`me`, for Message-ID and a null sender).
+    sender: String,
+    me: String,
+}
+
+impl Fixer {
+    pub fn new(sender: &str, me: &str) -> Fixer {
+        Fixer {
+            held: Vec::new(),
+            done: false,
+            sender: sender.to_string(),
+            me: me.to_string(),
+        }
+    }
+
+    /// The next piece of the message (LF line ends); returns what may go on now. `last`: the
+    /// message ends here (what is held goes out).
+    pub fn feed(&mut self, data: Vec<u8>, last: bool) -> Vec<u8> {
+        if self.done {
+            return data;
+        }
+        self.held.extend_from_slice(&data);
+        let end = header_end(&self.held, last);
+        match end {
+            Some((at, blank)) => {
+                self.done = true;
+                let held = std::mem::take(&mut self.held);
+                let mut out = Vec::with_capacity(held.len() + 256);
+                out.extend_from_slice(&held[..at]);
+                if at > 0 && !out.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(self.missing(&held[..at]).as_bytes());
+                if !blank {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(&held[at..]);
+                out
+            }
+            None if self.held.len() > MAX_HEADER || last => {
+                self.done = true;
+                std::mem::take(&mut self.held)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The fields to add to `header` (possibly none).
+    fn missing(&self, header: &[u8]) -> String {
+        let fields = rfc5322::fields(header);
+        let has = |n: &str| fields.iter().any(|(f, _)| f.eq_ignore_ascii_case(n));
+        let mut add = String::new();
+        if !has("Date") {
+            add.push_str(&format!("Date: {}\n", date::rfc5322(date::now_secs())));
+        }
+        if !has("Message-ID") {
+            let mut r = [0u8; 8];
+            let _ = ferry_sys::random_bytes(&mut r);
+            add.push_str(&format!(
+                "Message-ID: <{}.{:016x}@{}>\n",
+                date::now_secs(),
+                u64::from_ne_bytes(r),
+                ferry_common::writer::clean(&self.me, 255)
+            ));
+        }
+        if !has("From") {
+            let from = if self.sender.is_empty() {
+                format!("MAILER-DAEMON@{}", self.me)
+            } else {
+                self.sender.clone()
+            };
+            add.push_str(&format!(
+                "From: <{}>\n",
+                ferry_common::writer::clean(&from, 300)
+            ));
+        }
+        add
+    }
+}
+
+/// Where the header section of `msg` ends: (offset where the fields go, whether a blank line
+/// follows there). None while it may still go on (`last` false).
+fn header_end(msg: &[u8], last: bool) -> Option<(usize, bool)> {
+    let mut pos = 0;
+    let mut first = true;
+    loop {
+        let rest = &msg[pos..];
+        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+            // An unterminated last line: a field or not, the header ends with the message.
+            if !last {
+                return None;
+            }
+            if rest.is_empty() {
+                return Some((pos, false));
+            }
+            let field = rfc5322::is_field_line(rest) || (!first && rest.starts_with(b" "));
+            return Some(if field {
+                (msg.len(), false)
+            } else {
+                (pos, false)
+            });
+        };
+        let line = &rest[..nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Some((pos, true));
+        }
+        let cont = !first && (line.starts_with(b" ") || line.starts_with(b"\t"));
+        if !cont && !rfc5322::is_field_line(line) {
+            return Some((pos, false));
+        }
+        first = false;
+        pos += nl + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(msg: &[u8]) -> String {
+        let mut f = Fixer::new("a@ours.example", "mx.ours.example");
+        let mut out = Vec::new();
+        for piece in msg.chunks(3) {
+            out.extend(f.feed(piece.to_vec(), false));
+        }
+        out.extend(f.feed(Vec::new(), true));
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_fields_go_at_the_end_of_the_header() {
+        let out = fix(b"Subject: hi\nTo: b@x\n\nbody\n\nmore\n");
+        assert!(out.starts_with("Subject: hi\nTo: b@x\nDate: "), "{out}");
+        assert!(out.contains("\nMessage-ID: <"), "{out}");
+        assert!(out.contains("@mx.ours.example>\nFrom: <a@ours.example>\n\nbody\n\nmore\n"));
+    }
+
+    #[test]
+    fn present_fields_are_kept_and_nothing_added() {
+        let m = b"From: x@y\nDate: Thu, 1 Jan 1970 00:00:00 +0000\nMessage-Id: <1@y>\n\nbody\n";
+        assert_eq!(fix(m), String::from_utf8_lossy(m));
+    }
+
+    #[test]
+    fn a_message_without_header_gets_one() {
+        let out = fix(b"just text\n");
+        assert!(out.starts_with("Date: "), "{out}");
+        assert!(
+            out.ends_with("From: <a@ours.example>\n\njust text\n"),
+            "{out}"
+        );
+        let out = fix(b"Subject: only a header");
+        assert!(out.starts_with("Subject: only a header\nDate: "), "{out}");
+    }
+}
