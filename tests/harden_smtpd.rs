@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 fn setup() -> (Env, u16) {
     let mut env = Env::new();
     env.control("relayclients", "# none");
+    // Every client here is 127.0.0.1, no relay client: lift the per-IP limit.
+    env.control("concurrencyperip", "1000");
     env.start_send();
     let port = env.start_smtpd();
     (env, port)

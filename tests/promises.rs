@@ -207,6 +207,42 @@ fn concurrencyincoming_refuses_the_one_too_many() {
     });
 }
 
+/// concurrencyperip: a client that is no relay client gets 421 4.7.0 past the limit (relay
+/// clients, by default loopback, are exempt; here nobody is one).
+#[test]
+fn concurrencyperip_refuses_one_client_too_many_sessions() {
+    let mut env = Env::new();
+    env.control("relayclients", "# none");
+    env.control("concurrencyperip", "2");
+    env.start_send();
+    let port = env.start_smtpd();
+    let _two: Vec<ferry_e2e::smtp::Smtp> = (0..2)
+        .map(|_| ferry_e2e::smtp::Smtp::connect(port))
+        .collect();
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut said = String::new();
+    let _ = third.read_to_string(&mut said);
+    assert!(said.starts_with("421 4.7.0"), "{said:?}");
+    // As a relay client the same address is not limited.
+    drop(_two);
+    env.control("relayclients", "127.0.0.1");
+    let st = std::process::Command::new("s6-svc")
+        .arg("-h")
+        .arg(env.root.join("service/smtpd"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.wait_for("the reload", Duration::from_secs(10), || {
+        env.log("smtpd.log").contains("reloaded")
+    });
+    let _three: Vec<ferry_e2e::smtp::Smtp> = (0..3)
+        .map(|_| ferry_e2e::smtp::Smtp::connect(port))
+        .collect();
+}
+
 fn attempts_of(env: &Env, addr: &str) -> u32 {
     let q = String::from_utf8_lossy(&env.ferryctl(&["queue"]).stdout).into_owned();
     q.lines()

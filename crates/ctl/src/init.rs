@@ -68,6 +68,8 @@ pub fn demo_control(port: u16) -> Vec<(&'static str, String)> {
         ("smtplisten", format!("127.0.0.1:{port}\n")),
         ("relayclients", "# nobody may relay in the demo\n".into()),
         ("concurrencyincoming", "200\n".into()),
+        // Every demo client is 127.0.0.1 and none may relay: no per-IP limit below the total.
+        ("concurrencyperip", "200\n".into()),
     ]
 }
 

@@ -189,8 +189,9 @@ impl Server {
                 }
             };
             let ip = canonical_ip(peer.ip());
+            // Relay clients (by default loopback) are exempt from the per-IP limit.
             let relay = self.cfg().is_relay_client(ip);
-            let limited = !relay && !ip.is_loopback();
+            let limited = !relay;
             if self.conns.len() as u64 >= self.cfg().concurrencyincoming {
                 let _ = io::Write::write(
                     &mut stream,
