@@ -89,7 +89,7 @@ fn start_stat_reload_restart_stop() {
     let out = tree.expect(&["reload"], 0);
     assert!(
         out.contains(&format!("smtpd: sent HUP to pid {smtpd_pid}"))
-            && out.contains("send: sent HUP"),
+            && out.contains("send: reloaded (pid "),
         "{out}"
     );
     wait_until(

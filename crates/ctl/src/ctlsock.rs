@@ -1,4 +1,5 @@
-//! Asking send to act on the queue, over queue/ctl/send (see crates/send/src/ctl.rs).
+//! Asking send to act on the queue (or to reload), over queue/ctl/send (see
+//! crates/send/src/ctl.rs).
 
 use crate::problem;
 use anyhow::{Context, Result, bail};
@@ -8,6 +9,16 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 pub fn request(q: &Queue, req: Record) -> Result<String> {
+    match ask(q, req)? {
+        Ok(text) => Ok(text),
+        // send refused: the command ran and found a problem (exit 1).
+        Err(text) => Err(problem(text)),
+    }
+}
+
+/// One request; `Ok(Ok(text))` for `K text`, `Ok(Err(text))` for send's refusal `E text`,
+/// `Err` when send cannot be asked.
+pub fn ask(q: &Queue, req: Record) -> Result<std::result::Result<String, String>> {
     let path = q.ctl_socket();
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -18,9 +29,8 @@ pub fn request(q: &Queue, req: Record) -> Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     record::write_blocking(&mut s, &req)?;
     match record::read_blocking(&mut s)? {
-        Some(r) if r.kind == b'K' => Ok(r.str(0)?.to_string()),
-        // send refused: the command ran and found a problem (exit 1).
-        Some(r) => Err(problem(r.str(0).unwrap_or("refused"))),
+        Some(r) if r.kind == b'K' => Ok(Ok(r.str(0)?.to_string())),
+        Some(r) => Ok(Err(r.str(0).unwrap_or("refused").to_string())),
         None => bail!("send closed the connection without an answer"),
     }
 }

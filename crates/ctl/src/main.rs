@@ -12,6 +12,8 @@ mod dns;
 mod dnscheck;
 mod init;
 mod logcmd;
+mod logverdict;
+mod mailbox;
 mod queuecmd;
 mod run;
 mod s6;
@@ -75,8 +77,8 @@ const COMMANDS: &[Command] = &[
     cmd(
         "reload",
         "reload",
-        "make the services re-read the control files and the certificate (HUP)",
-        "Sends HUP to both services: smtpd re-reads the control files and the TLS certificate (tlscert, tlskey), send the control files. Exit 1 if a service is down.",
+        "re-read the control files and the certificate; show each service's verdict",
+        "Makes both services re-read their settings and shows each one's verdict: send is asked over queue/ctl/send and answers reloaded or refused (why); smtpd gets HUP (it re-reads the control files and the TLS certificate) and its verdict is read back from ROOT/log/smtpd/current (5 s at most). A refused reload keeps the old settings. Exit 1 if a service is down, refused, reloaded only in part (e.g. the certificate could not be read), or its verdict could not be read (\"HUP sent, verdict unknown\").",
     ),
     cmd(
         "stat",
@@ -119,6 +121,12 @@ const COMMANDS: &[Command] = &[
         "init [--demo PORT]",
         "lay out this root: users, directories, owners, modes, service directories",
         "Lays out this root: the ferry users (as root), queue and control directories with their owners and modes, the s6 service directories. --demo PORT also writes the demo configuration of `make run` and a self-signed certificate for localhost (never overwrites).",
+    ),
+    cmd(
+        "mailbox",
+        "mailbox add NAME",
+        "create a virtual mailbox mail/NAME with the right owner",
+        "Creates ROOT/mail/NAME/ and its Maildir/ (tmp, new, cur), mode 0700, owned by the mailbox user (ferrym with privilege separation, the root's owner single-user), and says which addresses it receives (NAME@ each DOMAIN:mail/ of virtualdomains). A directory made by hand with another owner is never changed: the command fails with the chown to run (ferryctl check fails it too). Exit 1 then, 2 for a name that is no mailbox name.",
     ),
     Command {
         name: "tls-selfsigned",
@@ -363,6 +371,23 @@ fn run(root: &Root, c: &Command, args: &[String]) -> Result<i32> {
                 None => 20,
             };
             logcmd::run(root, service, n)
+        }
+        "mailbox" => {
+            let a = Args::parse(args, &[], &[])?;
+            a.at_most(2)?;
+            match a
+                .pos
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["add", name] => {
+                    let (lines, code) = mailbox::add(root, name)?;
+                    print_lines(lines, code)
+                }
+                _ => Err(usage("expected: mailbox add NAME")),
+            }
         }
         "tls-selfsigned" => {
             let a = Args::parse(args, &[], &[])?;

@@ -278,6 +278,11 @@ pub fn restart(root: &Root) -> Result<(Vec<String>, i32)> {
     Ok((lines, code))
 }
 
+/// `ferryctl reload`: each service's verdict, not only that a HUP went out. send is asked
+/// over queue/ctl/send (it answers `reloaded` or `refused: why`); smtpd, which has no control
+/// socket, gets HUP and its answer is read back from its log (crate::logverdict). Exit 1 when
+/// a service is down, refused, reloaded only in part (`reload: ...` warnings: e.g. the
+/// certificate could not be read, the old one stays), or its verdict could not be read.
 pub fn reload(root: &Root) -> Result<(Vec<String>, i32)> {
     check_services(root)?;
     if !s6::svscan_running(root)? {
@@ -288,32 +293,94 @@ pub fn reload(root: &Root) -> Result<(Vec<String>, i32)> {
     let mut code = 0;
     for name in s6::SERVICES {
         let dir = s6::service_dir(root, name);
-        match s6::status(&dir)? {
+        let (line, ok) = match s6::status(&dir)? {
             Some(st) if st.up => {
-                let out = s6::svc(&["-h"], &dir)?;
-                if out.ok() {
-                    let what = if *name == "smtpd" {
-                        "control files and the TLS certificate"
-                    } else {
-                        "control files"
-                    };
-                    lines.push(format!(
-                        "{name}: sent HUP to pid {}: it re-reads the {what}",
-                        st.pid.unwrap_or(0)
-                    ));
+                let pid = st.pid.unwrap_or(0);
+                if *name == "send" {
+                    reload_send(root, &dir, pid)?
                 } else {
-                    lines.push(format!("{name}: cannot send HUP ({})", out.message()));
-                    code = 1;
+                    reload_by_hup(root, name, &dir, pid)?
                 }
             }
-            _ => {
-                lines.push(format!(
+            _ => (
+                format!(
                     "{name}: down, not reloaded ({} start)",
                     root.bin("ferryctl").display()
-                ));
-                code = 1;
-            }
+                ),
+                false,
+            ),
+        };
+        lines.push(line);
+        if !ok {
+            code = 1;
         }
     }
     Ok((lines, code))
+}
+
+/// send answers over its control socket; if it cannot be asked, HUP and its log.
+fn reload_send(root: &Root, dir: &std::path::Path, pid: u32) -> Result<(String, bool)> {
+    let q = ferry_common::queue::Queue::new(root);
+    match crate::ctlsock::ask(&q, ferry_common::record::Record::new(b'R')) {
+        Ok(Ok(_)) => Ok((
+            format!(
+                "send: reloaded (pid {pid}, asked over queue/ctl/send): it uses the control files now"
+            ),
+            true,
+        )),
+        Ok(Err(why)) => {
+            let why = why.strip_prefix("refused: ").unwrap_or(&why);
+            Ok((
+                format!("send: reload refused (pid {pid}), the old settings stay: {why}"),
+                false,
+            ))
+        }
+        Err(e) => {
+            let (line, ok) = reload_by_hup(root, "send", dir, pid)?;
+            Ok((format!("{line} (queue/ctl/send: {e:#})"), ok))
+        }
+    }
+}
+
+/// HUP, then the verdict from the service's log.
+fn reload_by_hup(
+    root: &Root,
+    name: &str,
+    dir: &std::path::Path,
+    pid: u32,
+) -> Result<(String, bool)> {
+    use crate::logverdict::{self, Verdict};
+    let mark = logverdict::mark(&root.log().join(name));
+    let out = s6::svc(&["-h"], dir)?;
+    if !out.ok() {
+        return Ok((
+            format!("{name}: cannot send HUP ({})", out.message()),
+            false,
+        ));
+    }
+    let verdict = match &mark {
+        Ok(m) => logverdict::wait(m, name, logverdict::WAIT),
+        Err(e) => Verdict::Unknown(e.clone()),
+    };
+    Ok(match verdict {
+        Verdict::Reloaded(said, warnings) if warnings.is_empty() => (
+            format!("{name}: sent HUP to pid {pid}: reloaded (its log: {said})"),
+            true,
+        ),
+        Verdict::Reloaded(said, warnings) => (
+            format!(
+                "{name}: sent HUP to pid {pid}: reloaded in part (its log: {said}; {})",
+                warnings.join("; ")
+            ),
+            false,
+        ),
+        Verdict::Refused(why) => (
+            format!("{name}: sent HUP to pid {pid}: reload refused, the old settings stay: {why}"),
+            false,
+        ),
+        Verdict::Unknown(why) => (
+            format!("{name}: HUP sent, verdict unknown (pid {pid}): {why}"),
+            false,
+        ),
+    })
 }

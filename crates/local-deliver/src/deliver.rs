@@ -15,12 +15,16 @@ use std::path::{Path, PathBuf};
 
 pub struct Job {
     pub id: u64,
+    /// The queue id of the message (for the log).
+    pub msgid: String,
     pub sender: String,
     pub recipient: String,
     pub local: String,
     pub domain: String,
     pub ext: String,
     pub msg: Message,
+    /// The envelope recipient this one came from through aliases; empty if none.
+    pub orig: String,
 }
 
 /// How a delivery ended (before the Maildir commit).
@@ -55,7 +59,9 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
     };
     let dtline = format!("Delivered-To: {}\n", job.recipient);
     let rpline = format!("Return-Path: <{}>\n", job.sender);
-    let prefix = format!("{rpline}{dtline}");
+    // Postfix's order: Return-Path, X-Original-To (only when an alias was expanded: the
+    // address the sender used), Delivered-To (the loop check's line, as always).
+    let prefix = format!("{rpline}{}{dtline}", original_to_line(job));
     let mut forwards: Vec<String> = Vec::new();
     let mut mine: Vec<maildir::Prepared> = Vec::new();
     let mut outcome = Outcome::Done(String::new());
@@ -155,6 +161,15 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
         }
     }
     outcome
+}
+
+/// `X-Original-To: sales@example.org` when the recipient came through an alias.
+fn original_to_line(job: &Job) -> String {
+    if job.orig.is_empty() || job.orig.eq_ignore_ascii_case(&job.recipient) {
+        String::new()
+    } else {
+        format!("X-Original-To: {}\n", job.orig)
+    }
 }
 
 fn io_text(what: &str, e: &io::Error) -> String {

@@ -7,14 +7,17 @@
 //! `create`: HOME is a virtual mailbox directory, created (0700) if missing.
 //!
 //! Protocol on fd 0 (records, crates/common/src/record.rs):
-//! - in: `J job sender recipient local domain ext length`, with a read-only descriptor of a
-//!   sealed memfd attached (SCM_RIGHTS) holding the message, `length` bytes (never the queue
-//!   file: its envelope names every recipient).
+//! - in: `J job sender recipient local domain ext length msgid orig`, with a read-only
+//!   descriptor of a sealed memfd attached (SCM_RIGHTS) holding the message, `length` bytes
+//!   (never the queue file: its envelope names every recipient). `orig`: the envelope
+//!   recipient this one came from through aliases (written as X-Original-To), or empty.
 //! - out: `R job status text`, status 0 delivered, 100 permanent failure, 111 temporary;
 //!   lspawn ends a worker that sends anything else, or a result for a job it was not given.
 //!
 //! Jobs that arrive together are delivered as a batch: Maildir files are written, then made
-//! durable together (crate::maildir), and only then reported. The delivery rules (.ferry
+//! durable together (crate::maildir), and only then reported. Each result is logged as
+//! `MSGID: delivery JOB to RECIPIENT delivered|failed|deferred: text`, so that the queue id
+//! follows a message from smtpd through send into its delivery. The delivery rules (.ferry
 //! files, Maildir, mbox, forwards, programs) are in docs/DELIVERY.md. Exits 0 when lspawn
 //! closes the socket.
 
@@ -102,7 +105,8 @@ fn run() -> io::Result<()> {
         let mut out = Vec::new();
         for (j, (code, text)) in jobs.iter().zip(results) {
             log!(
-                "delivery {}: {} {}: {}",
+                "{}: delivery {} to {} {}: {}",
+                j.msgid,
                 j.id,
                 j.recipient,
                 word(code),
@@ -164,6 +168,8 @@ fn job(rec: Record, fd: OwnedFd) -> io::Result<Job> {
             file: std::fs::File::from(fd),
             len: rec.u64(6)?,
         },
+        msgid: rec.str(7)?.to_string(),
+        orig: rec.str(8)?.to_string(),
     })
 }
 

@@ -3,11 +3,14 @@
 //!
 //! - `F` flush: every pending recipient is due now.
 //! - `H id` hold: not retried until released. `U id` release. `D id` delete without a bounce.
+//! - `R` reload: re-read the control files, as on HUP. `K reloaded`, or `E refused: why`
+//!   (the old settings stay), so that `ferryctl reload` can report send's verdict.
 //! - Replies: `K text` done, `E text` refused.
 //!
 //! The socket is mode 0600, owned by send's user: root (ferryctl) or that user may connect.
 
 use crate::sched::{FIRST_CTL_CONN, Scheduler};
+use crate::state::plural;
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, State};
 use ferry_common::log;
@@ -103,7 +106,13 @@ impl Scheduler {
         let err = |t: String| Record::new(b'E').with(t);
         if req.kind == b'F' {
             let n = self.flush_all();
-            return ok(format!("flushed: {n} recipients due now"));
+            return ok(format!("flushed: {} due now", plural(n, "recipient")));
+        }
+        if req.kind == b'R' {
+            return match self.reload() {
+                Ok(()) => ok("reloaded".into()),
+                Err(why) => err(format!("refused: {why}")),
+            };
         }
         let Some(id) = req.str(0).ok().and_then(MsgId::parse) else {
             return err("expected a message id (32 hex digits)".into());
@@ -144,7 +153,8 @@ impl Scheduler {
                 }
                 let pending = m.rcpts.iter().filter(|r| r.state == State::Pending).count();
                 log!(
-                    "{id}: deleted by the administrator ({pending} recipients undelivered, no bounce)"
+                    "{id}: deleted by the administrator ({} undelivered, no bounce)",
+                    plural(pending, "recipient")
                 );
                 self.touched.insert(id);
                 ok(format!("{id} deleted"))

@@ -90,6 +90,7 @@ impl Scheduler {
         }
         let Some(m) = self.msgs.get(&id) else { return };
         let rcpt = m.rcpts[idx].addr.clone();
+        let orig = m.rcpts[idx].orig.clone().unwrap_or_default();
         let (sender, loc) = (m.sender.clone(), m.loc);
         let (local, domain) = addr::split(&rcpt);
         let (local, domain) = (addr::unquote_local(local), domain.to_lowercase());
@@ -157,7 +158,8 @@ impl Scheduler {
             .with(sender)
             .with(&rcpt)
             .with(local)
-            .with(domain);
+            .with(domain)
+            .with(orig);
         self.lspawn.send(&rec);
         self.local_busy += 1;
     }
@@ -497,7 +499,10 @@ impl Scheduler {
         for id in ids {
             self.schedule_pending(id, Some(now));
         }
-        log!("flush: {} recipients due now", self.schedule.len());
+        log!(
+            "flush: {} due now",
+            state::plural(self.schedule.len(), "recipient")
+        );
         self.schedule.len()
     }
 }

@@ -4,15 +4,18 @@
 //! notification fd) gets a newline once recovery is done and send is serving.
 //!
 //! Descriptors (set up by start):
-//! - 3 → lspawn, 4 ← lspawn: `D job msgid kind name ext sender recipient local domain` /
-//!   `R job status text` (one local recipient per job).
+//! - 3 → lspawn, 4 ← lspawn: `D job msgid where kind name ext sender recipient local domain
+//!   orig` / `R job status text` (one local recipient per job; `orig` is the envelope
+//!   recipient it came from through aliases, empty if none: local-deliver writes it as
+//!   X-Original-To).
 //! - 5 → rspawn, 6 ← rspawn: `D job msgid sender domain rcpt...` /
 //!   `R job (status text)...` (the recipients of one domain per job).
 //! - 7 → clean, 8 ← clean: `M id` (take todo/ID into mess/) and `D id` (delete) / `m|d id status`.
 //!
 //! Also: queue/lock/trigger (a FIFO, one byte wakes send), queue/ctl/send (a Unix socket for
-//! ferryctl: flush, hold, release, delete), signals: ALRM = flush, HUP = reload the control
-//! files, TERM/INT = stop after the running deliveries report (at most 10 s).
+//! ferryctl: flush, hold, release, delete, reload with its verdict), signals: ALRM = flush,
+//! HUP = reload the control files, TERM/INT = stop after the running deliveries report (at
+//! most 10 s). Logs `ID: <alias> → a, b` for each envelope recipient that is an alias.
 //!
 //! The loop: take new messages from todo/ in bounded batches (write info/XX/ID, sync, have
 //! clean move the message into mess/); run due deliveries up to `concurrencylocal` and

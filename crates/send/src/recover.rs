@@ -12,10 +12,11 @@
 use crate::sched::Scheduler;
 use crate::state::{Loc, Msg};
 use ferry_common::id::{self, MsgId};
-use ferry_common::info::{self, State};
+use ferry_common::info::{self, Channel, State};
 use ferry_common::queue::QueueFile;
 use ferry_common::record::Record;
 use ferry_common::{date, log};
+use std::collections::HashMap;
 use std::io;
 
 impl Scheduler {
@@ -82,7 +83,11 @@ impl Scheduler {
     /// recipients pending: some may be delivered twice, none is lost).
     fn load(&mut self, mid: MsgId, path: &std::path::Path, loc: Loc) -> io::Result<Msg> {
         match info::read(path) {
-            Ok((f, i)) => Ok(Msg::from_info(mid, f, loc, i)),
+            Ok((f, i)) => {
+                let mut m = Msg::from_info(mid, f, loc, i);
+                self.original_recipients(&mut m);
+                Ok(m)
+            }
             Err(e) => {
                 log!("{mid}: info unreadable ({e}); rebuilding it from the envelope");
                 let qpath = if loc == Loc::Mess {
@@ -93,12 +98,46 @@ impl Scheduler {
                 let qf = QueueFile::open(&qpath)?;
                 let env = qf.envelope()?;
                 let birth = qf.birth();
-                let rcpts = self.classify(&env.recipients);
+                let rcpts: Vec<(String, Channel)> = self
+                    .classify(&env.recipients)
+                    .into_iter()
+                    .map(|c| (c.addr, c.channel))
+                    .collect();
                 let f = info::create(path, &info::encode(birth, &env.sender, &rcpts))?;
                 f.sync_all()?;
                 let (f, i) = info::read(path)?;
-                Ok(Msg::from_info(mid, f, loc, i))
+                let mut m = Msg::from_info(mid, f, loc, i);
+                self.original_recipients(&mut m);
+                Ok(m)
             }
+        }
+    }
+
+    /// The envelope recipient each pending local recipient came from through aliases (for
+    /// X-Original-To), which info/ does not keep: the envelope is expanded again. With the
+    /// aliases changed since, a recipient the expansion does not reach gets none.
+    fn original_recipients(&self, m: &mut Msg) {
+        if !m
+            .rcpts
+            .iter()
+            .any(|r| r.channel == Channel::Local && r.state == State::Pending)
+        {
+            return;
+        }
+        let path = match m.loc {
+            Loc::Mess => self.queue.mess(&m.id),
+            Loc::Todo => self.queue.todo(&m.id),
+        };
+        let Ok(env) = QueueFile::open(&path).and_then(|q| q.envelope()) else {
+            return;
+        };
+        let origins: HashMap<String, String> = self
+            .classify(&env.recipients)
+            .into_iter()
+            .filter_map(|c| c.orig.map(|o| (c.addr.to_lowercase(), o)))
+            .collect();
+        for r in &mut m.rcpts {
+            r.orig = origins.get(&r.addr.to_lowercase()).cloned();
         }
     }
 

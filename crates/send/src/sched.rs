@@ -1,6 +1,6 @@
 //! The event loop of send and the state it keeps.
 
-use crate::state::{Msg, Schedule};
+use crate::state::{Msg, Schedule, plural};
 use ferry_common::config::Config;
 use ferry_common::id::MsgId;
 use ferry_common::info::Channel;
@@ -193,9 +193,9 @@ impl Scheduler {
 
         self.recover()?;
         log!(
-            "started: {} messages in the queue, {} recipients due or scheduled",
-            self.msgs.len(),
-            self.schedule.len()
+            "started: {} in the queue, {} due or scheduled",
+            plural(self.msgs.len(), "message"),
+            plural(self.schedule.len(), "recipient")
         );
         if let Some(fd) = ready_fd {
             ferry_sys::notify_ready(fd);
@@ -235,11 +235,13 @@ impl Scheduler {
                                 SIGALRM => {
                                     self.flush_all();
                                 }
-                                SIGHUP => self.reload(),
+                                SIGHUP => {
+                                    let _ = self.reload();
+                                }
                                 SIGTERM | SIGINT if self.stopping.is_none() => {
                                     log!(
-                                        "stopping: waiting for {} running deliveries",
-                                        self.jobs.len()
+                                        "stopping: waiting for {}",
+                                        plural(self.jobs.len(), "running delivery")
                                     );
                                     self.stopping = Some(Instant::now());
                                 }
@@ -332,15 +334,21 @@ impl Scheduler {
         Ok(())
     }
 
-    fn reload(&mut self) {
+    /// Re-reads the control files (HUP, or `R` on the control socket); on an error the old
+    /// settings stay and the error is the answer.
+    pub fn reload(&mut self) -> Result<(), String> {
         match Config::load(&self.root) {
             Ok(c) => {
                 self.cfg = c;
                 // rspawn starts new remote-deliver workers, which read them too.
                 self.rspawn.send(&Record::new(b'H'));
                 log!("control files reloaded");
+                Ok(())
             }
-            Err(e) => log!("reload refused: {e}"),
+            Err(e) => {
+                log!("reload refused: {e}");
+                Err(e.to_string())
+            }
         }
     }
 }

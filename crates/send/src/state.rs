@@ -14,6 +14,9 @@ use std::fs::File;
 
 pub struct Rcpt {
     pub addr: String,
+    /// The envelope recipient it came from through aliases (None: it is one itself). Not in
+    /// info/: recovery recomputes it from the envelope.
+    pub orig: Option<String>,
     pub channel: Channel,
     pub state: State,
     /// Where its state byte is, once the message is persisted.
@@ -34,6 +37,7 @@ impl Rcpt {
     pub fn new(addr: String, channel: Channel) -> Rcpt {
         Rcpt {
             addr,
+            orig: None,
             channel,
             state: State::Pending,
             record: None,
@@ -44,6 +48,26 @@ impl Rcpt {
             ready: false,
             busy: false,
         }
+    }
+}
+
+/// A recipient after alias expansion: where it goes, and the envelope recipient it came
+/// from when that was an alias.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classified {
+    pub addr: String,
+    pub channel: Channel,
+    pub orig: Option<String>,
+}
+
+/// `1 message`, `2 messages`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else if let Some(stem) = word.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {word}s")
     }
 }
 
@@ -82,7 +106,7 @@ pub struct Msg {
 }
 
 impl Msg {
-    pub fn new(id: MsgId, birth: u64, sender: String, rcpts: Vec<(String, Channel)>) -> Msg {
+    pub fn new(id: MsgId, birth: u64, sender: String, rcpts: Vec<Classified>) -> Msg {
         Msg {
             id,
             info: None,
@@ -92,7 +116,14 @@ impl Msg {
             birth,
             sender,
             hold: false,
-            rcpts: rcpts.into_iter().map(|(a, c)| Rcpt::new(a, c)).collect(),
+            rcpts: rcpts
+                .into_iter()
+                .map(|c| {
+                    let mut r = Rcpt::new(c.addr, c.channel);
+                    r.orig = c.orig;
+                    r
+                })
+                .collect(),
             deleting: false,
             finish_retry: None,
         }
@@ -104,6 +135,7 @@ impl Msg {
             .into_iter()
             .map(|r| Rcpt {
                 addr: r.addr.clone(),
+                orig: None,
                 channel: r.channel,
                 state: r.state,
                 attempts: r.attempts,
@@ -231,6 +263,14 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "message"), "1 message");
+        assert_eq!(plural(0, "recipient"), "0 recipients");
+        assert_eq!(plural(2, "delivery"), "2 deliveries");
+        assert_eq!(plural(1, "delivery"), "1 delivery");
+    }
 
     #[test]
     fn retry_grows() {

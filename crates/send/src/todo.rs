@@ -8,7 +8,7 @@
 //! synced: always whole), then clean moves the message to mess/XX/ID.
 
 use crate::sched::{MAX_ACTIVE, Scheduler, TODO_BATCH};
-use crate::state::{Loc, Msg};
+use crate::state::{Classified, Loc, Msg, plural};
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, Channel};
 use ferry_common::queue::QueueFile;
@@ -22,6 +22,30 @@ use std::io;
 
 /// Deepest alias chain followed.
 const MAX_ALIAS_DEPTH: usize = 10;
+
+/// Envelope recipients that were aliases, each with the addresses it came to.
+pub type Aliases = Vec<(String, Vec<String>)>;
+
+/// Most addresses of one expansion named in the log line (then "and N more").
+const MAX_LOGGED_TARGETS: usize = 20;
+
+/// `ann@d, bob@d` (the first 20, then `and N more`); `nobody` for an alias that came to
+/// nothing (a loop).
+fn expansion_text(to: &[String]) -> String {
+    if to.is_empty() {
+        return "nobody (an alias loop)".into();
+    }
+    let mut s = to
+        .iter()
+        .take(MAX_LOGGED_TARGETS)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if to.len() > MAX_LOGGED_TARGETS {
+        s.push_str(&format!(" and {} more", to.len() - MAX_LOGGED_TARGETS));
+    }
+    s
+}
 
 impl Scheduler {
     pub fn router(&self) -> Router<'_, SystemAccounts> {
@@ -80,13 +104,15 @@ impl Scheduler {
                 continue;
             }
             match self.take_one(id) {
-                Ok(Some(m)) => {
+                Ok(Some((m, aliases))) => {
                     log!(
-                        "{id}: new message from <{}>, {} recipient{}",
+                        "{id}: new message from <{}>, {}",
                         m.sender,
-                        m.rcpts.len(),
-                        if m.rcpts.len() == 1 { "" } else { "s" }
+                        plural(m.rcpts.len(), "recipient")
                     );
+                    for (orig, to) in aliases {
+                        log!("{id}: <{orig}> → {}", expansion_text(&to));
+                    }
                     self.msgs.insert(id, m);
                     self.schedule_pending(id, Some(now));
                     n += 1;
@@ -100,7 +126,7 @@ impl Scheduler {
         }
     }
 
-    fn take_one(&mut self, id: MsgId) -> io::Result<Option<Msg>> {
+    fn take_one(&mut self, id: MsgId) -> io::Result<Option<(Msg, Aliases)>> {
         let qf = match QueueFile::open(&self.queue.todo(&id)) {
             Ok(q) => q,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -108,45 +134,64 @@ impl Scheduler {
         };
         let env = qf.envelope()?;
         let birth = qf.birth();
-        Ok(Some(Msg::new(
-            id,
-            birth,
-            env.sender,
-            self.classify(&env.recipients),
-        )))
+        let (rcpts, aliases) = self.expand(&env.recipients);
+        Ok(Some((Msg::new(id, birth, env.sender, rcpts), aliases)))
     }
 
     /// Expands aliases and decides the channel of each recipient; duplicates go.
-    pub fn classify(&self, rcpts: &[String]) -> Vec<(String, Channel)> {
+    pub fn classify(&self, rcpts: &[String]) -> Vec<Classified> {
+        self.expand(rcpts).0
+    }
+
+    /// [`classify`](Self::classify), and each envelope recipient that was an alias with the
+    /// addresses it came to (for the log), in envelope order.
+    pub fn expand(&self, rcpts: &[String]) -> (Vec<Classified>, Aliases) {
         let router = self.router();
-        let mut out: Vec<(String, Channel)> = Vec::new();
+        let mut out: Vec<Classified> = Vec::new();
+        let mut aliases: Aliases = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
-        let mut stack: Vec<(String, usize)> = rcpts
+        // (address, depth, index into `aliases` of the envelope recipient it came from)
+        let mut stack: Vec<(String, usize, Option<usize>)> = rcpts
             .iter()
             .rev()
-            .map(|r| (addr::normalize(r), 0))
+            .map(|r| (addr::normalize(r), 0, None))
             .collect();
         let mut expanded: HashSet<String> = HashSet::new();
-        while let Some((a, depth)) = stack.pop() {
+        while let Some((a, depth, from)) = stack.pop() {
             let domain = addr::split(&a).1.to_string();
-            if self.cfg.is_ours(&domain) {
+            let channel = if self.cfg.is_ours(&domain) {
                 if let Resolved::Deliver(Dest::Alias(targets)) = router.resolve(&a)
                     && depth < MAX_ALIAS_DEPTH
                     && expanded.insert(a.to_lowercase())
                 {
+                    let from = from.or_else(|| {
+                        aliases.push((a.clone(), Vec::new()));
+                        Some(aliases.len() - 1)
+                    });
                     for t in targets.into_iter().rev() {
-                        stack.push((addr::normalize(&t), depth + 1));
+                        stack.push((addr::normalize(&t), depth + 1, from));
                     }
                     continue;
                 }
-                if seen.insert(a.to_lowercase()) {
-                    out.push((a, Channel::Local));
+                Channel::Local
+            } else {
+                Channel::Remote
+            };
+            let orig = from.and_then(|i| aliases.get_mut(i)).map(|(o, to)| {
+                if !to.iter().any(|t| t.eq_ignore_ascii_case(&a)) {
+                    to.push(a.clone());
                 }
-            } else if seen.insert(a.to_lowercase()) {
-                out.push((a, Channel::Remote));
+                o.clone()
+            });
+            if seen.insert(a.to_lowercase()) {
+                out.push(Classified {
+                    addr: a,
+                    channel,
+                    orig,
+                });
             }
         }
-        out
+        (out, aliases)
     }
 
     /// Writes info/XX/ID for each of `ids` (as ID.tmp, one sync for all, renamed, one sync),

@@ -3,9 +3,10 @@
 //! Started by `start` as root, the only long-lived root process of ferry besides s6. It parses
 //! nothing but fixed records from send:
 //!
-//! - fd 0, from send: `D job msgid where kind name ext sender recipient local domain`
+//! - fd 0, from send: `D job msgid where kind name ext sender recipient local domain orig`
 //!   (where `t`: the message is todo/ID, `m`: mess/XX/ID; kind `U`: deliver as the passwd user
-//!   `name`; kind `M`: the mailbox `mail/name/`, delivered as ferrym).
+//!   `name`; kind `M`: the mailbox `mail/name/`, delivered as ferrym; `orig`: the envelope
+//!   recipient this one came from through aliases, or empty).
 //! - fd 1, to send: `R job status text` with status 0, 100 or 111.
 //!
 //! Every record from send is checked before anything runs: the fields and their count, the
@@ -27,6 +28,12 @@
 //! not given to that worker ends the worker (its own jobs fail temporarily): a user who took
 //! over their worker cannot mark other users' deliveries done or failed. A worker that dies
 //! fails its jobs temporarily. lspawn never runs a delivery as root: uid 0 is refused.
+//!
+//! To a worker: `J job sender recipient local domain ext length msgid orig` with the
+//! descriptor attached. A mailbox directory that exists but does not belong to the mailbox
+//! user (`mkdir mail/bob` as root) is never changed: its jobs wait (111) with the fix in
+//! the text (`chown`), which `ferryctl check` names too; a missing one is created by its
+//! worker, as the mailbox user. Every log line about a job names its message id.
 //! Exits when send closes fd 0.
 
 use ferry_common::id::MsgId;
@@ -229,6 +236,46 @@ fn relay_line(key: &Key, line: &[u8]) {
     let _ = io::stderr().lock().write_all(out.as_bytes());
 }
 
+/// A mailbox directory that exists must belong to the mailbox user: one made by hand as
+/// root would defer every delivery with "Permission denied". It is not chowned here (a
+/// human made it; it may be a mistake): the job waits with the fix.
+fn mailbox_owner(dir: &std::path::Path, cred: &Cred) -> Result<(), (i32, String)> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() && m.uid() == cred.uid => Ok(()),
+        Ok(m) if m.is_dir() => {
+            let group = nix::unistd::Group::from_gid(cred.gid.into())
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+                .unwrap_or_else(|| cred.gid.to_string());
+            let owner = nix::unistd::User::from_uid(m.uid().into())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| format!("uid {}", m.uid()));
+            Err((
+                111,
+                format!(
+                    "mailbox {} belongs to {owner}, not {} (made by hand?): chown -R {}:{group} {} (ferryctl mailbox add makes new ones right)",
+                    dir.display(),
+                    cred.name,
+                    cred.name,
+                    dir.display()
+                ),
+            ))
+        }
+        Ok(_) => Err((
+            111,
+            format!(
+                "mailbox {} is not a directory: remove it, then ferryctl mailbox add",
+                dir.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err((111, format!("mailbox {}: {e}", dir.display()))),
+    }
+}
+
 /// Collects exited workers (their jobs were failed when their sockets closed).
 fn reap() {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -246,7 +293,10 @@ impl Lspawn {
     fn job(&mut self, rec: Record) {
         let job = rec.u64(0).unwrap_or(0);
         if let Err((code, why)) = self.start_job(&rec) {
-            log!("job {job}: {why}");
+            match rec.str(1).ok().and_then(MsgId::parse) {
+                Some(id) => log!("{id}: job {job}: {why}"),
+                None => log!("job {job}: {why}"),
+            }
             self.send.reply(&result(job, code, &why));
         }
     }
@@ -256,7 +306,7 @@ impl Lspawn {
         if rec.kind != b'D' {
             return Err((111, format!("unknown record {:?}", rec.kind as char)));
         }
-        if rec.fields.len() != 10 {
+        if rec.fields.len() != 11 {
             return Err((111, format!("bad job record: {} fields", rec.fields.len())));
         }
         for (i, f) in rec.fields.iter().enumerate() {
@@ -304,6 +354,7 @@ impl Lspawn {
             Some(t) => *t,
             None => self.spawn(kind, &name)?,
         };
+        let orig = rec.str(10).map_err(bad)?;
         let copy = self.copy_of(&id, &path)?;
         let mut out = Record::new(b'J').with_u64(job);
         for i in 6..=9 {
@@ -311,6 +362,8 @@ impl Lspawn {
         }
         out.push(ext);
         out.push(copy.1.to_string());
+        out.push(id.to_string());
+        out.push(orig);
         let w = self
             .workers
             .get_mut(&token)
@@ -399,7 +452,9 @@ impl Lspawn {
                     .mode
                     .cred(users::MAILBOX)
                     .map_err(|e| (111, e.to_string()))?;
-                (cred, self.root.mail().join(name), true)
+                let dir = self.root.mail().join(name);
+                mailbox_owner(&dir, &cred)?;
+                (cred, dir, true)
             }
             _ => return Err((111, "unknown delivery kind".into())),
         };
@@ -606,7 +661,10 @@ impl Lspawn {
             }
             self.by_key.remove(&w.key);
             for job in w.jobs {
-                log!("job {job}: {why} (worker {})", w.pid);
+                match self.job_msg.get(&job) {
+                    Some(id) => log!("{id}: job {job}: {why} (worker {})", w.pid),
+                    None => log!("job {job}: {why} (worker {})", w.pid),
+                }
                 self.send.reply(&result(job, 111, why));
                 self.release(job);
             }
