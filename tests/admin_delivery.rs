@@ -285,6 +285,12 @@ fn alias_expansion_is_logged_and_kept_as_x_original_to() {
         env.log("send.log")
     );
     env.wait_maildir(&env.mailbox("ann"), 2);
+    // Persisted (info/ keeps only the final addresses), so the restart recovers it from there.
+    env.wait_for(
+        "the message to be persisted",
+        Duration::from_secs(30),
+        || env.queue_files().iter().any(|f| f.starts_with("info/")),
+    );
     env.stop();
     std::fs::remove_file(&dave_ferry).unwrap();
     env.start_send();
