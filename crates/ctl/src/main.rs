@@ -2,7 +2,8 @@
 //!
 //! Usage: `ferryctl COMMAND [ARGS]`; `ferryctl help` and `ferryctl COMMAND --help` explain each.
 //! Works on the root it is installed in (the parent of its bin/ directory). Reads the queue
-//! directly but never changes it: queue actions are requests to send over queue/ctl/send.
+//! directly but never changes it: queue actions are requests to send over queue/ctl/send,
+//! and so is send's reload (`R`: its verdict); smtpd's reload verdict is read from its log.
 //! Exit codes: 0 success; 1 the command ran and found a problem (check FAIL, service down);
 //! 2 bad usage; 111 a temporary failure (send not running, cannot read the queue).
 
