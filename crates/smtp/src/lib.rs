@@ -6,6 +6,7 @@
 //! * [`reply`]: building server replies and parsing a server's replies.
 //! * [`data`]: the DATA decoder (end-of-data, dot-unstuffing, CRLF to LF),
 //!   written against SMTP smuggling: only CR LF "." CR LF ends a message.
+//! * [`sasl`]: SMTP AUTH's base64, PLAIN and LOGIN (RFC 4954, 4616).
 //!
 //! Every parser works on the bytes it is given and allocates at most in
 //! proportion to them.
@@ -18,6 +19,7 @@ mod domain;
 mod params;
 mod path;
 pub mod reply;
+pub mod sasl;
 
 pub use address::{
     AddressError, Domain, ForwardPath, Mailbox, ReversePath, parse_forward_path, parse_mailbox,
