@@ -2,9 +2,13 @@
 # run.sh ROOT PORT — `make run`: a complete ferry root in ROOT (default run/), laid out as
 # make install lays out a real one, with the embedded demo configuration, supervised by s6 in
 # the foreground. Ctrl-C stops everything; the queue and mailboxes stay for the next run.
+# Submission (STARTTLS, then AUTH) listens on SUBMISSION_PORT (2587), implicit TLS on
+# SMTPS_PORT (2465), both with the demo certificate.
 set -e
 root=$1
 port=$2
+submission_port=${SUBMISSION_PORT:-2587}
+smtps_port=${SMTPS_PORT:-2465}
 # Paths are printed as given: relative to here for the default run/, absolute for ROOT=/...
 case "$root" in /*) given=absolute ;; *) given=relative; root="$PWD/$root" ;; esac
 if [ "$(id -u)" = 0 ]; then
@@ -29,12 +33,19 @@ if [ -p "$root/service/.s6-svscan/control" ] && s6-svscanctl -a "$root/service" 
   exit 1
 fi
 # A port someone else holds would leave smtpd failing to bind in a loop: say it now.
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1', $port)) == 0 else 1)" 2>/dev/null; then
-  echo "make run: port $port on 127.0.0.1 is in use by another program; choose another: make run PORT=2600" >&2
-  exit 1
-fi
+for pv in "$port PORT" "$submission_port SUBMISSION_PORT" "$smtps_port SMTPS_PORT"; do
+  p=${pv% *}; var=${pv#* }
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1', $p)) == 0 else 1)" 2>/dev/null; then
+    echo "make run: port $p on 127.0.0.1 is in use by another program; choose another: make run $var=2600" >&2
+    exit 1
+  fi
+done
 scripts/layout-root.sh "$root" --demo "$port" >/dev/null
 echo "127.0.0.1:$port" > "$root/control/smtplisten"
+echo "127.0.0.1:$submission_port" > "$root/control/submissionlisten"
+echo "127.0.0.1:$smtps_port" > "$root/control/smtpslisten"
+# The demo has a certificate: submission and smtps run (a real install starts them down).
+rm -f "$root/service/submission/down" "$root/service/smtps/down"
 rel=$root
 [ "$given" = relative ] && rel=$(realpath --relative-to="$PWD" "$root" 2>/dev/null || echo "$root")
 cat <<INFO
@@ -43,6 +54,9 @@ ferry is starting ($mode)
   mail       any NAME@localhost lands in $rel/mail/NAME/Maildir/new/
   logs       $rel/log/smtpd/current, $rel/log/send/current ($rel/bin/ferryctl log)
   TLS        STARTTLS with a self-signed certificate for localhost ($rel/control/tlscert)
+  submission 127.0.0.1:$submission_port (STARTTLS, then AUTH PLAIN/LOGIN) and 127.0.0.1:$smtps_port (implicit TLS)
+             add a user: $rel/bin/ferryctl passwd you@localhost  (then swaks --server 127.0.0.1:$submission_port
+             --tls --auth PLAIN --auth-user you@localhost --from you@localhost --to x@localhost)
   status     $rel/bin/ferryctl stat     queue: $rel/bin/ferryctl queue     checks: $rel/bin/ferryctl check
   try        swaks --server 127.0.0.1:$port --to you@localhost
              printf 'Subject: hi\n\nhello\n' | $rel/bin/sendmail you@localhost

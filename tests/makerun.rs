@@ -168,7 +168,10 @@ fn run_sh(root: &Path, port: u16, out: PathBuf) -> Foreground {
     Foreground::start(
         Command::new("scripts/run.sh")
             .arg(root)
-            .arg(port.to_string()),
+            .arg(port.to_string())
+            // Tests run side by side: never the default submission ports.
+            .env("SUBMISSION_PORT", free_port().to_string())
+            .env("SMTPS_PORT", free_port().to_string()),
         root,
         out,
     )
@@ -271,7 +274,9 @@ fn make_run_target() {
     let mut cmd = Command::new("make");
     cmd.args(["--no-print-directory", "run", "CARGO=true"])
         .arg(format!("ROOT={}", root.display()))
-        .arg(format!("PORT={port}"));
+        .arg(format!("PORT={port}"))
+        .arg(format!("SUBMISSION_PORT={}", free_port()))
+        .arg(format!("SMTPS_PORT={}", free_port()));
     let mut run = Foreground::start(&mut cmd, &root, dir.path().join("out"));
     run.wait_ready();
     swaks(port, "erin@localhost", &[]);

@@ -199,6 +199,26 @@ impl Env {
         port
     }
 
+    /// Starts the submission services, `smtpd -submission` and `smtpd -smtps`, on free loopback
+    /// ports (with a test certificate for localhost when there is none; their `down` files
+    /// removed); output in ROOT/submission.log and ROOT/smtps.log. Returns (587-like, 465-like).
+    pub fn start_submission(&mut self) -> (u16, u16) {
+        if !self.root.join("control/tlscert").exists() {
+            write_test_certificate(&self.root, "localhost");
+        }
+        let (sub, smtps) = (free_port(), free_port());
+        self.control("submissionlisten", &format!("127.0.0.1:{sub}"));
+        self.control("smtpslisten", &format!("127.0.0.1:{smtps}"));
+        for (svc, log) in [("submission", "submission.log"), ("smtps", "smtps.log")] {
+            let _ = std::fs::remove_file(self.root.join("service").join(svc).join("down"));
+            self.supervise(svc, log);
+            self.wait_for(&format!("{svc} to listen"), Duration::from_secs(20), || {
+                self.log(log).contains("listening on")
+            });
+        }
+        (sub, smtps)
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.root.join(name)).unwrap_or_default()
     }
@@ -296,7 +316,12 @@ impl Env {
     }
 
     pub fn stop(&mut self) {
-        for name in ["service/smtpd", "service/send"] {
+        for name in [
+            "service/smtpd",
+            "service/submission",
+            "service/smtps",
+            "service/send",
+        ] {
             let svc = self.root.join(name);
             if svc.join("supervise/control").exists() {
                 let _ = Command::new("s6-svc")

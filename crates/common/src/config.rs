@@ -93,6 +93,9 @@ pub struct Route {
     pub port: Option<u16>,
 }
 
+/// The window of `authfailures`.
+pub const AUTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub me: String,
@@ -109,6 +112,13 @@ pub struct Config {
     pub maxrcpt: u64,
     pub maxhops: u64,
     pub smtplisten: Vec<SocketAddr>,
+    /// `smtpd -submission` (port 587) and `smtpd -smtps` (465).
+    pub submissionlisten: Vec<SocketAddr>,
+    pub smtpslisten: Vec<SocketAddr>,
+    /// Extra envelope senders of authenticated names: (lowercase address or `@domain`, name).
+    pub senders: Vec<(String, String)>,
+    /// Failed AUTHs per client address and per name (in [`AUTH_WINDOW`]) before AUTH is refused.
+    pub authfailures: u64,
     pub smtpgreeting: String,
     pub timeoutsmtpd: u64,
     pub concurrencyincoming: u64,
@@ -322,6 +332,22 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected address:port (IPv6 as [::]:25), got {s:?}"))
 }
 
+/// `address: name` (control/senders).
+fn parse_sender(s: &str) -> Result<(String, String), String> {
+    let (a, n) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected address: name, got {s:?}"))?;
+    let (a, n) = (a.trim().to_lowercase(), n.trim().to_string());
+    if a.is_empty()
+        || n.is_empty()
+        || a.contains(char::is_whitespace)
+        || n.contains(char::is_whitespace)
+    {
+        return Err(format!("expected address: name, got {s:?}"));
+    }
+    Ok((a, n))
+}
+
 fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -426,6 +452,20 @@ impl Config {
                     .filter_map(|a| a.parse().ok())
                     .collect()
             }),
+            submissionlisten: l.list("submissionlisten", parse_listen).unwrap_or_else(|| {
+                ["0.0.0.0:587", "[::]:587"]
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
+            }),
+            smtpslisten: l.list("smtpslisten", parse_listen).unwrap_or_else(|| {
+                ["0.0.0.0:465", "[::]:465"]
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
+            }),
+            senders: l.list("senders", parse_sender).unwrap_or_default(),
+            authfailures: l.number("authfailures", 5).max(1),
             smtpgreeting: l.text("smtpgreeting").unwrap_or_else(|| me.clone()),
             timeoutsmtpd: l.number("timeoutsmtpd", 300).max(1),
             concurrencyincoming: l.number("concurrencyincoming", 1000).max(1),

@@ -35,6 +35,10 @@ pub enum Kind {
     NameServers,
     /// A PEM file (certificate chain or private key); may be a symlink.
     Pem,
+    /// `name:hash` per line; read only by smtpd's password checker (never by Config).
+    Passwords,
+    /// `address: name` per line.
+    Senders,
 }
 
 pub struct ControlFile {
@@ -137,6 +141,41 @@ pub const FILES: &[ControlFile] = &[
         Kind::Listen,
         "0.0.0.0:25 and [::]:25",
         "addresses and ports smtpd listens on",
+        "smtpd",
+    ),
+    cf(
+        "submissionlisten",
+        Kind::Listen,
+        "0.0.0.0:587 and [::]:587",
+        "addresses and ports `smtpd -submission` listens on (STARTTLS, then AUTH)",
+        "smtpd",
+    ),
+    cf(
+        "smtpslisten",
+        Kind::Listen,
+        "0.0.0.0:465 and [::]:465",
+        "addresses and ports `smtpd -smtps` listens on (TLS from the first byte, then AUTH)",
+        "smtpd",
+    ),
+    cf(
+        "passwords",
+        Kind::Passwords,
+        "none: nobody can authenticate",
+        "name:$argon2id$... per line (ferryctl passwd NAME); name is a local user or a virtual mailbox address; mode 0640 root:ferrya, read only by smtpd's checker",
+        "smtpd -auth",
+    ),
+    cf(
+        "senders",
+        Kind::Senders,
+        "NAME@each local domain and NAME-ext@; an address NAME: it and its +ext/-ext forms",
+        "address: name per line (or @domain: name): the envelope senders an authenticated name may use besides its own",
+        "smtpd",
+    ),
+    cf(
+        "authfailures",
+        Kind::Number,
+        "5",
+        "failed AUTHs per client address, and per user name, in 10 minutes before AUTH is refused (421 4.7.0 / 454 4.7.0); each failure is delayed 2 s",
         "smtpd",
     ),
     cf(

@@ -72,6 +72,8 @@ pub fn manifest() -> Vec<Entry> {
         e("log", Kind::Dir, ROOT, ROOT, 0o755),
         e("log/smtpd", Kind::Dir, LOG, LOG, 0o750),
         e("log/send", Kind::Dir, LOG, LOG, 0o750),
+        e("log/submission", Kind::Dir, LOG, LOG, 0o750),
+        e("log/smtps", Kind::Dir, LOG, LOG, 0o750),
         e("mail", Kind::Dir, MAILBOX, MAILBOX, 0o755),
         e("queue", Kind::Dir, QUEUE, GROUP, 0o750),
         // Set-group-id: queue files get the group ferry, whoever runs the setuid queue.

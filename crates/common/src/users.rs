@@ -19,6 +19,8 @@ pub const REMOTE: &str = "ferryr";
 pub const LOG: &str = "ferryl";
 /// Owner of the virtual mailboxes under `mail/`.
 pub const MAILBOX: &str = "ferrym";
+/// smtpd's password checker (`smtpd -auth`): the only reader of `control/passwords`.
+pub const AUTH: &str = "ferrya";
 /// The group of the programs that read queue files (queue, send, remote).
 pub const GROUP: &str = "ferry";
 
@@ -30,6 +32,10 @@ pub const ALL: &[(&str, &str)] = &[
     (REMOTE, "remote delivery"),
     (LOG, "the loggers (s6-log)"),
     (MAILBOX, "owns the virtual mailboxes under mail/"),
+    (
+        AUTH,
+        "smtpd's password checker: the only reader of control/passwords",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

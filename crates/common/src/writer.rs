@@ -4,8 +4,9 @@
 //! smtpd → qwriter:
 //! - `B txn helo ip protocol tls flags sender rcpt...` begin a message; `txn` is smtpd's number
 //!   for it; helo, ip, protocol (ESMTP, ESMTPS, ...) and tls (version and cipher, or empty) go
-//!   into the Received line; flags is `U` when the transaction had the SMTPUTF8 parameter
-//!   (recorded in the envelope, crate::envelope) and empty otherwise. smtpd keeps every `B`
+//!   into the Received line; flags is a space-separated list of: `U` when the transaction had
+//!   the SMTPUTF8 parameter (recorded in the envelope, crate::envelope), `auth=NAME` when the
+//!   client authenticated (submission; NAME goes into the Received line); empty for neither. smtpd keeps every `B`
 //!   within [`MAX_RCPT_BYTES`] of recipients, so that it always fits in one record.
 //! - `C txn bytes` the next piece of the message (LF line ends, dot-unstuffed).
 //! - `E txn` the message is complete: commit it.
@@ -40,6 +41,34 @@ pub const MAX_RECEIVED: usize = 2048;
 
 /// flags field of `B` for an SMTPUTF8 transaction.
 pub const FLAG_SMTPUTF8: &str = "U";
+/// The prefix of the authenticated name in the flags field of `B`.
+pub const FLAG_AUTH: &str = "auth=";
+
+/// The flags field of `B`.
+pub fn flags(smtputf8: bool, auth: Option<&str>) -> String {
+    let mut f = Vec::new();
+    if smtputf8 {
+        f.push(FLAG_SMTPUTF8.to_string());
+    }
+    if let Some(a) = auth {
+        f.push(format!("{FLAG_AUTH}{}", clean(a, 300).replace(' ', "?")));
+    }
+    f.join(" ")
+}
+
+/// (SMTPUTF8, authenticated name) of a flags field.
+pub fn parse_flags(flags: &str) -> (bool, Option<&str>) {
+    let mut utf8 = false;
+    let mut auth = None;
+    for f in flags.split(' ') {
+        if f == FLAG_SMTPUTF8 {
+            utf8 = true;
+        } else if let Some(a) = f.strip_prefix(FLAG_AUTH) {
+            auth = Some(a);
+        }
+    }
+    (utf8, auth)
+}
 
 /// The Received line qwriter puts on top of each message (RFC 5321 §4.4). Every field is
 /// reduced to printable ASCII without spaces at the edges and bounded, so that nothing a
@@ -53,6 +82,8 @@ pub struct Received<'a> {
     pub protocol: &'a str,
     /// "TLSv1.3 TLS13_..." or empty.
     pub tls: &'a str,
+    /// The name the client authenticated as (submission).
+    pub auth: Option<&'a str>,
     pub id: &'a str,
     /// The recipient, when there is only one.
     pub rcpt: Option<&'a str>,
@@ -70,6 +101,9 @@ impl Received<'_> {
         );
         if !self.tls.is_empty() {
             s.push_str(&format!(" ({})", clean(self.tls, 100)));
+        }
+        if let Some(a) = self.auth {
+            s.push_str(&format!("\n\t(authenticated as {})", clean(a, 300)));
         }
         s.push_str(&format!("\n\tid {}", clean(self.id, 40)));
         if let Some(r) = self.rcpt {
@@ -138,6 +172,7 @@ mod tests {
             by: "mx.example",
             protocol: "ESMTPS",
             tls: "TLSv1.3 TLS13_AES_128_GCM_SHA256",
+            auth: None,
             id: "abc",
             rcpt: Some("a@b"),
             now: 0,
@@ -167,6 +202,7 @@ mod tests {
             by: &long,
             protocol: &long,
             tls: &long,
+            auth: None,
             id: &long,
             rcpt: Some(&long),
             now: u64::from(u32::MAX),
@@ -187,7 +223,7 @@ mod tests {
                 proptest::prop_assert_eq!(h.matches('[').count() + h.matches(']').count(), 2);
             }
             let r = Received { helo: &helo, ip: "192.0.2.1", by: "mx", protocol: "ESMTP",
-                tls: "", id: "abc", rcpt: None, now: 0 }.line();
+                tls: "", auth: None, id: "abc", rcpt: None, now: 0 }.line();
             proptest::prop_assert_eq!(r.matches('\n').count(), 4);
         }
     }

@@ -53,7 +53,51 @@ pub const SERVICES: &[(&str, &str, u32)] = &[
         include_str!("../../../supervise/smtpd/log/run"),
         0o755,
     ),
+    (
+        "submission/run",
+        include_str!("../../../supervise/submission/run"),
+        0o755,
+    ),
+    (
+        "submission/notification-fd",
+        include_str!("../../../supervise/submission/notification-fd"),
+        0o644,
+    ),
+    (
+        "submission/timeout-kill",
+        include_str!("../../../supervise/submission/timeout-kill"),
+        0o644,
+    ),
+    (
+        "submission/log/run",
+        include_str!("../../../supervise/submission/log/run"),
+        0o755,
+    ),
+    (
+        "smtps/run",
+        include_str!("../../../supervise/smtps/run"),
+        0o755,
+    ),
+    (
+        "smtps/notification-fd",
+        include_str!("../../../supervise/smtps/notification-fd"),
+        0o644,
+    ),
+    (
+        "smtps/timeout-kill",
+        include_str!("../../../supervise/smtps/timeout-kill"),
+        0o644,
+    ),
+    (
+        "smtps/log/run",
+        include_str!("../../../supervise/smtps/log/run"),
+        0o755,
+    ),
 ];
+
+/// Services that start down (a `down` file when their directory is first written): they need
+/// a certificate and at least one password first.
+pub const DOWN_UNTIL_CONFIGURED: &[&str] = &["submission", "smtps"];
 
 /// The configuration `make run` starts with: a catch-all demo domain `localhost`, loopback
 /// only, never an open relay.
@@ -125,6 +169,16 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
     for (path, text, m) in SERVICES {
         if write_new(&root.service().join(path), text, *m)? {
             done.push(format!("wrote service/{path}"));
+            // A new submission service stays down until the admin has a certificate and a
+            // password (an existing one keeps whatever the admin chose).
+            if let Some(svc) = path.strip_suffix("/run")
+                && DOWN_UNTIL_CONFIGURED.contains(&svc)
+                && write_new(&root.service().join(svc).join("down"), "", 0o644)?
+            {
+                done.push(format!(
+                    "wrote service/{svc}/down (remove it and s6-svc -u service/{svc} once control/tlscert and a password exist)"
+                ));
+            }
         }
     }
     if let Some(port) = demo_port {

@@ -15,6 +15,7 @@ mod init;
 mod logcmd;
 mod logverdict;
 mod mailbox;
+mod passwd;
 mod queuecmd;
 mod run;
 mod s6;
@@ -128,6 +129,12 @@ const COMMANDS: &[Command] = &[
         "mailbox add NAME",
         "create a virtual mailbox mail/NAME with the right owner",
         "Creates ROOT/mail/NAME/ and its Maildir/ (tmp, new, cur), mode 0700, owned by the mailbox user (ferrym with privilege separation, the root's owner single-user), and says which addresses it receives (NAME@ each DOMAIN:mail/ of virtualdomains). A directory made by hand with another owner is never changed: the command fails with the chown to run (ferryctl check fails it too). Exit 1 then, 2 for a name that is no mailbox name.",
+    ),
+    cmd(
+        "passwd",
+        "passwd NAME | passwd --delete NAME | passwd --list",
+        "set, delete or list the passwords of submission (SMTP AUTH)",
+        "Sets the password of NAME in control/passwords (argon2id), read from stdin: its first line, or typed twice without echo on a terminal. NAME is a local user (then it may send as NAME and NAME-ext at each local domain) or a virtual mailbox address (itself and its +ext/-ext forms); control/senders adds more. The file is mode 0640 root:ferrya (with privilege separation): only smtpd's password checker reads it. Takes effect at once, no reload. --delete NAME removes it (exit 1 if it had none), --list prints the names.",
     ),
     Command {
         name: "tls-selfsigned",
@@ -388,6 +395,21 @@ fn run(root: &Root, c: &Command, args: &[String]) -> Result<i32> {
                     print_lines(lines, code)
                 }
                 _ => Err(usage("expected: mailbox add NAME")),
+            }
+        }
+        "passwd" => {
+            let a = Args::parse(args, &[], &["--delete", "--list"])?;
+            a.at_most(1)?;
+            match (a.has("--list"), a.has("--delete"), a.pos.first()) {
+                (true, false, None) => print_lines(passwd::list(root)?, 0),
+                (false, true, Some(name)) => {
+                    let (lines, code) = passwd::delete(root, name)?;
+                    print_lines(lines, code)
+                }
+                (false, false, Some(name)) => print_lines(passwd::set(root, name)?, 0),
+                _ => Err(usage(
+                    "expected: passwd NAME, passwd --delete NAME or passwd --list",
+                )),
             }
         }
         "tls-selfsigned" => {

@@ -47,7 +47,13 @@ pub fn ensure() -> Result<Vec<String>> {
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e)?;
     let mut made = Vec::new();
     let group_exists = |g: &str| nix::unistd::Group::from_name(g).ok().flatten().is_some();
-    for g in [users::GROUP, users::SMTPD, users::LOG, users::MAILBOX] {
+    for g in [
+        users::GROUP,
+        users::SMTPD,
+        users::LOG,
+        users::MAILBOX,
+        users::AUTH,
+    ] {
         if !group_exists(g) {
             run(Command::new("groupadd").arg("--system").arg(g))?;
             made.push(format!("created group {g}"));

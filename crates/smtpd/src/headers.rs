@@ -1,7 +1,8 @@
 //! Missing header fields of submitted mail (RFC 6409 §8.1-8.3): a message from a client in
-//! `relayclients`, or injected with `smtpd -bs`, gets `Date`, `Message-ID` and `From` at the
-//! end of its header when it has none, as sendmail adds them (Postfix's
-//! `local_header_rewrite_clients`). Mail from anybody else is passed on as it came.
+//! `relayclients`, from an authenticated client (submission) or injected with `smtpd -bs`,
+//! gets `Date`, `Message-ID` and `From` at the end of its header when it has none, as
+//! sendmail adds them (Postfix's `local_header_rewrite_clients`); an authenticated client's
+//! message also loses its `Bcc` fields. Mail from anybody else is passed on as it came.
 //!
 //! The header is found as the message streams: [`Fixer::feed`] holds back the bytes until the
 //! header section has ended (an empty line, or the first line that is not a field), at most
@@ -18,15 +19,19 @@ pub struct Fixer {
     /// The envelope sender (for From), and this host (`me`, for Message-ID and a null sender).
     sender: String,
     me: String,
+    /// Submission by an authenticated client: Bcc fields are removed (RFC 6409 §8.1 leaves
+    /// it to the client; many do not).
+    strip_bcc: bool,
 }
 
 impl Fixer {
-    pub fn new(sender: &str, me: &str) -> Fixer {
+    pub fn new(sender: &str, me: &str, strip_bcc: bool) -> Fixer {
         Fixer {
             held: Vec::new(),
             done: false,
             sender: sender.to_string(),
             me: me.to_string(),
+            strip_bcc,
         }
     }
 
@@ -43,7 +48,11 @@ impl Fixer {
                 self.done = true;
                 let held = std::mem::take(&mut self.held);
                 let mut out = Vec::with_capacity(held.len() + 256);
-                out.extend_from_slice(&held[..at]);
+                if self.strip_bcc {
+                    out.extend_from_slice(&without_bcc(&held[..at]));
+                } else {
+                    out.extend_from_slice(&held[..at]);
+                }
                 if at > 0 && !out.ends_with(b"\n") {
                     out.push(b'\n');
                 }
@@ -95,6 +104,23 @@ impl Fixer {
     }
 }
 
+/// The header without its Bcc fields (with their continuation lines).
+fn without_bcc(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len());
+    let mut skipping = false;
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        let cont = line.starts_with(b" ") || line.starts_with(b"\t");
+        if !cont {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            skipping = line.contains(&b':') && name.trim_ascii_end().eq_ignore_ascii_case(b"bcc");
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
 /// Where the header section of `msg` ends: (offset where the fields go, whether a blank line
 /// follows there). None while it may still go on (`last` false).
 fn header_end(msg: &[u8], last: bool) -> Option<(usize, bool)> {
@@ -136,7 +162,7 @@ mod tests {
     use super::*;
 
     fn fix(msg: &[u8]) -> String {
-        let mut f = Fixer::new("a@ours.example", "mx.ours.example");
+        let mut f = Fixer::new("a@ours.example", "mx.ours.example", true);
         let mut out = Vec::new();
         for piece in msg.chunks(3) {
             out.extend(f.feed(piece.to_vec(), false));
@@ -157,6 +183,15 @@ mod tests {
     fn present_fields_are_kept_and_nothing_added() {
         let m = b"From: x@y\nDate: Thu, 1 Jan 1970 00:00:00 +0000\nMessage-Id: <1@y>\n\nbody\n";
         assert_eq!(fix(m), String::from_utf8_lossy(m));
+    }
+
+    #[test]
+    fn bcc_is_removed_with_its_continuation() {
+        let m = b"From: x@y\nBcc: a@b,\n c@d\nDate: Thu, 1 Jan 1970 00:00:00 +0000\nBCC: e@f\nMessage-Id: <1@y>\nSubject: Bcc: no\n\nBcc: body stays\n";
+        assert_eq!(
+            fix(m),
+            "From: x@y\nDate: Thu, 1 Jan 1970 00:00:00 +0000\nMessage-Id: <1@y>\nSubject: Bcc: no\n\nBcc: body stays\n"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! 4.3.0 and every session 421, and exits (s6 restarts both). Sessions are bounded in memory
 //! (backpressure on unread replies) and tarpitted past 10 errors (server.rs).
 
+mod auth;
 mod conn;
 mod headers;
 mod listen;
@@ -40,6 +41,7 @@ use ferry_common::config::Config;
 use ferry_common::log;
 use ferry_common::root::Root;
 use ferry_common::users::{self, Mode};
+use session::Service;
 use std::process::{Command, Stdio};
 
 fn main() {
@@ -62,12 +64,16 @@ fn single_user_owner(root: &Root) -> u32 {
 }
 
 fn run() -> std::io::Result<i32> {
-    let arg = std::env::args().nth(1);
+    let mut args = std::env::args().skip(1);
+    let mut arg = args.next();
     let root = Root::from_exe()?;
     let cfg = Config::load(&root)
         .map_err(|e| std::io::Error::other(format!("{e} (ferryctl check lists every problem)")))?;
     if arg.as_deref() == Some("-tlskeys") {
         return Ok(tlskeys::serve(&root));
+    }
+    if arg.as_deref() == Some("-auth") {
+        return Ok(auth::serve(&root));
     }
     if arg.as_deref() == Some("-bs") {
         // Routing follows the install's mode, not the caller's uid: in a privilege-separated
@@ -76,15 +82,30 @@ fn run() -> std::io::Result<i32> {
         let policy = policy::ConfigPolicy::new(cfg, root.mail(), only_uid);
         return stdio::run(&root, &policy);
     }
+    let service = match arg.as_deref() {
+        Some("-submission") => Service::Submission,
+        Some("-smtps") => Service::Smtps,
+        _ => Service::Smtp,
+    };
+    if service != Service::Smtp {
+        arg = args.next();
+    }
     let ready_fd = match arg.as_deref() {
         None => None,
         Some(a) => Some(a.parse::<i32>().map_err(|_| {
-            std::io::Error::other(format!("usage: smtpd [READY-FD] | smtpd -bs (not {a:?})"))
+            std::io::Error::other(format!(
+                "usage: smtpd [-submission | -smtps] [READY-FD] | smtpd -bs (not {a:?})"
+            ))
         })?),
+    };
+    let addrs = match service {
+        Service::Smtp => cfg.smtplisten.clone(),
+        Service::Submission => cfg.submissionlisten.clone(),
+        Service::Smtps => cfg.smtpslisten.clone(),
     };
     let mode = Mode::current();
     let mut listeners = Vec::new();
-    for addr in &cfg.smtplisten {
+    for addr in &addrs {
         listeners.push(listen::bind_tcp(*addr)?);
     }
     let tls = match tlskeys::read_pair(&root)
@@ -96,6 +117,17 @@ fn run() -> std::io::Result<i32> {
             None
         }
     };
+    if service.submission() && tls.is_none() {
+        // AUTH only over TLS: without a certificate the service has nothing to offer.
+        return Err(std::io::Error::other(format!(
+            "{} needs a certificate: control/tlscert and control/tlskey (the service stays down until they exist)",
+            if service == Service::Smtps {
+                "smtpd -smtps"
+            } else {
+                "smtpd -submission"
+            }
+        )));
+    }
     let nofile = ferry_sys::raise_nofile(cfg.concurrencyincoming * 2 + 256);
     if nofile < cfg.concurrencyincoming + 64 {
         log!(
@@ -134,25 +166,54 @@ fn run() -> std::io::Result<i32> {
         .map_err(|e| std::io::Error::other(format!("cannot start smtpd -tlskeys: {e}")))?;
     drop(keys_cmd);
     let keeper = tlskeys::Keeper::new(keys_mine)?;
+    // The password checker: started as root, runs as ferrya (the only reader of
+    // control/passwords), on a socket pair (crates/smtpd/src/auth.rs).
+    let mut checker_child = None;
+    let checker = if service.submission() {
+        let (auth_mine, auth_theirs) = std::os::unix::net::UnixStream::pair()?;
+        let mut auth_cmd = Command::new(root.bin("smtpd"));
+        auth_cmd
+            .arg("-auth")
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(auth_theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if mode == Mode::Separated {
+            ferry_sys::command_as(&mut auth_cmd, &mode.cred(users::AUTH)?);
+        }
+        checker_child = Some(
+            auth_cmd
+                .spawn()
+                .map_err(|e| std::io::Error::other(format!("cannot start smtpd -auth: {e}")))?,
+        );
+        drop(auth_cmd);
+        Some(auth::Checker::new(auth_mine)?)
+    } else {
+        None
+    };
     if mode == Mode::Separated {
         ferry_sys::drop_privileges(&mode.cred(users::SMTPD)?)?;
     }
     let only_uid = (mode == Mode::SingleUser).then(|| ferry_sys::uids().0);
     let policy = policy::ConfigPolicy::new(cfg, root.mail(), only_uid);
-    let listening: Vec<String> = policy
-        .cfg
-        .smtplisten
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let listening: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let starttls = tls.is_some();
-    let mut server = server::Server::new(root, policy, tls, keeper, listeners, mine)?;
+    let mut server =
+        server::Server::new(root, policy, tls, keeper, listeners, mine, service, checker)?;
     let code = server.run(|| {
+        let what = match service {
+            Service::Smtp => "",
+            Service::Submission => "submission: AUTH after STARTTLS; ",
+            Service::Smtps => "smtps: implicit TLS, then AUTH; ",
+        };
         log!(
-            "listening on {} ({}; STARTTLS {})",
+            "listening on {} ({what}{}; STARTTLS {})",
             listening.join(", "),
             mode.describe(),
-            if starttls {
+            if service == Service::Smtps {
+                "n/a"
+            } else if starttls {
                 "on"
             } else {
                 "off: no control/tlscert"
@@ -165,5 +226,8 @@ fn run() -> std::io::Result<i32> {
     drop(server);
     let _ = writer.wait();
     let _ = keys_helper.wait();
+    if let Some(mut c) = checker_child {
+        let _ = c.wait();
+    }
     code
 }

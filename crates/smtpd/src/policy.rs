@@ -56,6 +56,35 @@ pub trait Policy {
     fn postmaster(&self) -> String;
     fn check_mail(&self, sender: &str, client: &Client) -> Result<(), Reply>;
     fn check_rcpt(&self, rcpt: &str, client: &Client) -> Result<(), Reply>;
+    /// May the authenticated `name` use `sender` as envelope sender? (553 5.7.1 if not.)
+    fn check_auth_sender(&self, sender: &str, name: &str) -> Result<(), Reply>;
+}
+
+/// The senders an authenticated name owns by default: a virtual mailbox address is itself
+/// and its `+ext`/`-ext` forms; a local user NAME is NAME and NAME-ext (and NAME+ext) at each
+/// local domain. Then control/senders (`address: name`, or `@domain: name`).
+pub fn sender_allowed(cfg: &Config, sender: &str, name: &str) -> bool {
+    if sender.is_empty() {
+        // Bounces and notifications (RFC 3798) of the user's own client.
+        return true;
+    }
+    let s = sender.to_lowercase();
+    let n = name.to_lowercase();
+    let (local, domain) = addr::split(&s);
+    let own_local = |mine: &str| {
+        local == mine
+            || local
+                .strip_prefix(mine)
+                .is_some_and(|r| r.starts_with('-') || r.starts_with('+'))
+    };
+    let owned = match n.rsplit_once('@') {
+        Some((nl, nd)) => domain == nd && own_local(nl),
+        None => cfg.is_local_domain(domain) && own_local(&n),
+    };
+    owned
+        || cfg.senders.iter().any(|(a, who)| {
+            who.to_lowercase() == n && (*a == s || a.strip_prefix('@') == Some(domain))
+        })
 }
 
 pub struct ConfigPolicy {
@@ -175,6 +204,18 @@ impl Policy for ConfigPolicy {
             ));
         }
         Ok(())
+    }
+
+    fn check_auth_sender(&self, sender: &str, name: &str) -> Result<(), Reply> {
+        if sender_allowed(&self.cfg, sender, name) {
+            Ok(())
+        } else {
+            Err(Reply::new(
+                553,
+                "5.7.1",
+                &format!("<{sender}>: Sender address not owned by user {name}"),
+            ))
+        }
     }
 
     fn check_rcpt(&self, rcpt: &str, client: &Client) -> Result<(), Reply> {

@@ -9,9 +9,10 @@
 //! loop goes on). If the queue writer dies, every session is told (451 4.3.0 for a message in
 //! flight, then 421) and smtpd exits 111, so that s6 starts it and a new writer again.
 
+use crate::auth::{Checker, Verdict};
 use crate::conn::{Conn, ReadResult};
 use crate::policy::{Client, ConfigPolicy};
-use crate::session::{Event, OUT_CAP, Session};
+use crate::session::{AuthOutcome, Event, OUT_CAP, Service, Session};
 use ferry_common::config::{Config, canonical_ip};
 use ferry_common::log;
 use ferry_common::record::{Outbox, Reader, Record};
@@ -19,7 +20,7 @@ use ferry_common::root::Root;
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 const WRITER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+const CHECKER: Token = Token(2);
 const FIRST_LISTENER: usize = 10;
 const FIRST_CONN: usize = 1000;
 /// Input read ahead per session while it waits (commit, TLS switch).
@@ -39,6 +41,10 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const TURN_BYTES: usize = 256 * 1024;
 /// The delay of each error reply past the soft error limit (Postfix: smtpd_error_sleep_time).
 pub const TARPIT: Duration = Duration::from_secs(1);
+/// The delay of each failed AUTH's 535 (the session waits; the loop goes on).
+pub const AUTH_DELAY: Duration = Duration::from_secs(2);
+/// Most client addresses and names whose failures are remembered (the oldest go first).
+const AUTH_MEMORY: usize = 100_000;
 
 pub struct Server {
     pub root: Root,
@@ -62,9 +68,51 @@ pub struct Server {
     again: Vec<usize>,
     scratch: Vec<u8>,
     stopping: Option<Instant>,
+    service: Service,
+    /// The password checker (submission services only).
+    checker: Option<Checker>,
+    /// Sessions waiting for the checker, with the name they gave.
+    auth_pending: HashMap<usize, String>,
+    /// Recent failed AUTHs (within AUTH_WINDOW) per client address and per lowercase name.
+    fail_ip: HashMap<IpAddr, VecDeque<Instant>>,
+    fail_user: HashMap<String, VecDeque<Instant>>,
+}
+
+/// Failures of `key` still within the window (older ones are forgotten).
+fn recent<K: std::hash::Hash + Eq>(map: &mut HashMap<K, VecDeque<Instant>>, key: &K) -> usize {
+    let now = Instant::now();
+    match map.get_mut(key) {
+        Some(q) => {
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > ferry_common::config::AUTH_WINDOW)
+            {
+                q.pop_front();
+            }
+            if q.is_empty() {
+                map.remove(key);
+                0
+            } else {
+                q.len()
+            }
+        }
+        None => 0,
+    }
+}
+
+fn remember<K: std::hash::Hash + Eq>(map: &mut HashMap<K, VecDeque<Instant>>, key: K, most: usize) {
+    if map.len() >= AUTH_MEMORY {
+        map.clear();
+    }
+    let q = map.entry(key).or_default();
+    q.push_back(Instant::now());
+    while q.len() > most {
+        q.pop_front();
+    }
 }
 
 impl Server {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         root: Root,
         policy: ConfigPolicy,
@@ -72,6 +120,8 @@ impl Server {
         keeper: crate::tlskeys::Keeper,
         listeners: Vec<std::net::TcpListener>,
         writer: std::os::unix::net::UnixStream,
+        service: Service,
+        checker: Option<Checker>,
     ) -> io::Result<Server> {
         writer.set_nonblocking(true)?;
         Ok(Server {
@@ -94,6 +144,11 @@ impl Server {
             again: Vec::new(),
             scratch: vec![0u8; 64 * 1024],
             stopping: None,
+            service,
+            checker,
+            auth_pending: HashMap::new(),
+            fail_ip: HashMap::new(),
+            fail_user: HashMap::new(),
         })
     }
 
@@ -112,6 +167,11 @@ impl Server {
             WRITER,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        if let Some(ch) = self.checker.as_mut() {
+            self.poll
+                .registry()
+                .register(&mut ch.sock, CHECKER, Interest::READABLE)?;
+        }
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
         self.poll
@@ -138,6 +198,13 @@ impl Server {
                 match ev.token() {
                     WRITER => {
                         if let Err(e) = self.writer_event() {
+                            self.writer_lost();
+                            return Err(e);
+                        }
+                    }
+                    CHECKER => {
+                        if let Err(e) = self.checker_event() {
+                            log!("{e}; exiting so that s6 restarts smtpd and its checker");
                             self.writer_lost();
                             return Err(e);
                         }
@@ -230,10 +297,26 @@ impl Server {
                 *self.per_ip.entry(ip).or_insert(0) += 1;
             }
             let mut session = Session::new(Client { ip, relay }, self.tls.is_some());
+            session.service = self.service;
             session.greeting(&self.policy.cfg.smtpgreeting);
             let deadline = Instant::now() + self.timeout();
-            self.conns
-                .insert(token, Conn::new(stream, peer, session, deadline, limited));
+            let mut conn = Conn::new(stream, peer, session, deadline, limited);
+            if self.service == Service::Smtps {
+                // RFC 8314: TLS from the first byte; the greeting waits in rustls.
+                let started = match &self.tls {
+                    Some(cfg) => conn.start_tls(cfg.clone()).map_err(|e| e.to_string()),
+                    None => Err("no certificate (control/tlscert)".to_string()),
+                };
+                if let Err(e) = started {
+                    log!("refused {ip}: implicit TLS impossible: {e}");
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                    if limited && let Some(n) = self.per_ip.get_mut(&ip) {
+                        *n = n.saturating_sub(1);
+                    }
+                    continue;
+                }
+            }
+            self.conns.insert(token, conn);
             self.conn_event(token);
         }
     }
@@ -367,6 +450,7 @@ impl Server {
                         sender,
                         smtputf8,
                         rcpts,
+                        auth,
                     } => {
                         let txn = self.next_txn;
                         self.next_txn += 1;
@@ -378,11 +462,7 @@ impl Server {
                             .with(c.peer.ip().to_string())
                             .with(protocol)
                             .with(c.session.tls.clone().unwrap_or_default())
-                            .with(if smtputf8 {
-                                ferry_common::writer::FLAG_SMTPUTF8
-                            } else {
-                                ""
-                            })
+                            .with(ferry_common::writer::flags(smtputf8, auth.as_deref()))
                             .with(sender);
                         for rc in rcpts {
                             r.push(rc);
@@ -407,6 +487,34 @@ impl Server {
                         }
                     }
                     Event::StartTls => c.tls_pending = true,
+                    Event::Auth(cred) => {
+                        let ip = canonical_ip(c.peer.ip());
+                        let user = cred.user.to_lowercase();
+                        let most = self.policy.cfg.authfailures as usize;
+                        let outcome = if recent(&mut self.fail_ip, &ip) >= most {
+                            Some(AuthOutcome::IpThrottled)
+                        } else if recent(&mut self.fail_user, &user) >= most {
+                            Some(AuthOutcome::UserThrottled)
+                        } else {
+                            None
+                        };
+                        match (outcome, self.checker.as_mut()) {
+                            (Some(o), _) => {
+                                log!(
+                                    "auth refused ip={ip} user={} reply=throttled ({o:?}, authfailures {most})",
+                                    log::quote(&cred.user, 300)
+                                );
+                                c.session.auth_result(o, &mut Vec::new());
+                            }
+                            (None, Some(ch)) => {
+                                ch.ask(token as u64, &cred.user, &cred.password);
+                                self.auth_pending.insert(token, cred.user.clone());
+                            }
+                            (None, None) => c
+                                .session
+                                .auth_result(AuthOutcome::Temporary, &mut Vec::new()),
+                        }
+                    }
                     Event::Close => {}
                     Event::Denied {
                         sender,
@@ -479,7 +587,7 @@ impl Server {
         let done = (c.session.is_closed() || c.eof) && c.hold_until.is_none();
         if let Some(why) = failed {
             self.close(token, &format!("error: {why}"));
-        } else if done && !c.session.waiting_for_commit() {
+        } else if done && !c.session.waiting_for_commit() && !c.session.waiting_for_auth() {
             let why = if c.session.is_closed() {
                 "quit"
             } else {
@@ -502,6 +610,7 @@ impl Server {
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.paused.remove(&token);
         self.held.remove(&token);
+        self.auth_pending.remove(&token);
         let ip = canonical_ip(c.peer.ip());
         if c.limited
             && let Some(n) = self.per_ip.get_mut(&ip)
@@ -512,9 +621,10 @@ impl Server {
             }
         }
         log!(
-            "session ip={ip} helo={} tls={} messages={} rejected_rcpts={} seconds={} end={why}",
+            "session ip={ip} helo={} tls={}{} messages={} rejected_rcpts={} seconds={} end={why}",
             log::quote(c.session.helo.as_deref().unwrap_or("-"), 100),
             c.tls_description(),
+            auth_field(&c.session.auth),
             c.session.messages,
             c.session.rejected_rcpts,
             c.started.elapsed().as_secs()
@@ -565,10 +675,11 @@ impl Server {
                     ),
                 };
                 log!(
-                    "message ip={} from=<{}> rcpts={rcpts} size={bytes} tls={} result={res}",
+                    "message ip={} from=<{}> rcpts={rcpts} size={bytes} tls={}{} result={res}",
                     c.peer.ip(),
                     log::quote(&sender, 300),
-                    c.tls_description()
+                    c.tls_description(),
+                    auth_field(&c.session.auth)
                 );
                 c.deadline = Instant::now() + timeout;
                 // Pipelined commands that waited for this answer go on now.
@@ -581,6 +692,55 @@ impl Server {
             for t in resume {
                 self.conn_event(t);
             }
+        }
+        Ok(())
+    }
+
+    /// The password checker's answers: each waiting session gets its reply (a failure after
+    /// [`AUTH_DELAY`]).
+    fn checker_event(&mut self) -> io::Result<()> {
+        let Some(ch) = self.checker.as_mut() else {
+            return Ok(());
+        };
+        let answers = ch.event()?;
+        let most = self.policy.cfg.authfailures as usize;
+        let timeout = self.timeout();
+        for (id, verdict) in answers {
+            let token = id as usize;
+            let Some(user) = self.auth_pending.remove(&token) else {
+                continue;
+            };
+            let Some(c) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            let ip = canonical_ip(c.peer.ip());
+            let outcome = match verdict {
+                Verdict::Ok(name) => {
+                    log!("auth ip={ip} user={} ok", log::quote(&name, 300));
+                    AuthOutcome::Ok(name)
+                }
+                Verdict::Bad => {
+                    remember(&mut self.fail_ip, ip, most);
+                    remember(&mut self.fail_user, user.to_lowercase(), most);
+                    log!(
+                        "auth failed ip={ip} user={} reply=535 5.7.8",
+                        log::quote(&user, 300)
+                    );
+                    c.hold_until = Some(Instant::now() + AUTH_DELAY);
+                    self.held.insert(token);
+                    AuthOutcome::Bad
+                }
+                Verdict::Temporary => {
+                    log!(
+                        "auth failed ip={ip} user={} reply=454 4.7.0 (the checker cannot read control/passwords)",
+                        log::quote(&user, 300)
+                    );
+                    AuthOutcome::Temporary
+                }
+            };
+            c.session.auth_result(outcome, &mut Vec::new());
+            c.deadline = Instant::now() + timeout;
+            self.conn_event(token);
         }
         Ok(())
     }
@@ -659,5 +819,13 @@ impl Server {
             }
             self.close(t, "shutdown");
         }
+    }
+}
+
+/// ` auth=NAME` for the log lines of an authenticated session.
+fn auth_field(auth: &Option<String>) -> String {
+    match auth {
+        Some(a) => format!(" auth={}", log::quote(a, 300)),
+        None => String::new(),
     }
 }

@@ -9,9 +9,41 @@
 use crate::headers::Fixer;
 use crate::policy::{Client, Policy};
 use ferry_common::hops::HopCounter;
+use ferry_smtp::sasl::{self, Credentials, Exchange, Step};
 use ferry_smtp::{
     Body, Command, CommandError, DataDecoder, DataEvent, ForwardPath, Reply, ReversePath,
 };
+
+/// Which service this smtpd is: port 25, submission (587, STARTTLS then AUTH) or implicit
+/// TLS (465, then AUTH). Both submission services require AUTH before MAIL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Smtp,
+    Submission,
+    Smtps,
+}
+
+impl Service {
+    /// AUTH is offered (over TLS) and required before MAIL.
+    pub fn submission(self) -> bool {
+        self != Service::Smtp
+    }
+}
+
+/// The answer to an [`Event::Auth`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Authenticated as this name (as the password file spells it).
+    Ok(String),
+    /// Wrong name or password (535 5.7.8).
+    Bad,
+    /// The checker cannot answer now (454 4.7.0).
+    Temporary,
+    /// Too many failures for this name lately (454 4.7.0, without checking).
+    UserThrottled,
+    /// Too many failures from this client lately (421 4.7.0, closed).
+    IpThrottled,
+}
 
 /// Longest command line (RFC 5321 allows 512; extensions make it longer).
 pub const MAX_LINE: usize = ferry_smtp::MAX_COMMAND_LINE;
@@ -34,8 +66,12 @@ pub enum Event {
         sender: String,
         smtputf8: bool,
         rcpts: Vec<String>,
+        /// The authenticated name (submission).
+        auth: Option<String>,
     },
     Chunk(Vec<u8>),
+    /// AUTH gave these credentials: check them and call [`Session::auth_result`].
+    Auth(Credentials),
     /// The message is complete: commit it and call `committed`.
     End,
     /// Forget the message being written.
@@ -69,6 +105,10 @@ enum Phase {
     },
     /// Waiting for the writer's answer.
     Commit,
+    /// AUTH: waiting for the client's next line of the exchange.
+    AuthLine,
+    /// AUTH: waiting for the password checker.
+    AuthCheck,
     Closed,
 }
 
@@ -107,6 +147,10 @@ impl Txn {
 
 pub struct Session {
     pub client: Client,
+    pub service: Service,
+    /// The name the client authenticated as (AUTH, submission only).
+    pub auth: Option<String>,
+    sasl: Option<Exchange>,
     pub helo: Option<String>,
     esmtp: bool,
     pub tls: Option<String>,
@@ -136,6 +180,9 @@ impl Session {
     pub fn new(client: Client, tls_offered: bool) -> Session {
         Session {
             client,
+            service: Service::Smtp,
+            auth: None,
+            sasl: None,
             helo: None,
             esmtp: false,
             tls: None,
@@ -169,6 +216,10 @@ impl Session {
     pub fn waiting_for_commit(&self) -> bool {
         self.phase == Phase::Commit
     }
+    /// Waiting for the password checker's answer.
+    pub fn waiting_for_auth(&self) -> bool {
+        self.phase == Phase::AuthCheck
+    }
     /// True while streaming DATA or BDAT: input is message content, not commands.
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Data | Phase::Bdat { .. })
@@ -177,6 +228,7 @@ impl Session {
     /// After STARTTLS: the session starts over (RFC 3207 §4.2), now over TLS.
     pub fn tls_started(&mut self, description: String) {
         self.tls = Some(description);
+        self.sasl = None;
         self.helo = None;
         self.esmtp = false;
         self.txn = None;
@@ -221,15 +273,17 @@ impl Session {
         let before = input.len();
         while used < input.len() && self.out.len() < OUT_CAP && !self.tarpit {
             match self.phase {
-                Phase::Closed | Phase::Commit => break,
+                Phase::Closed | Phase::Commit | Phase::AuthCheck => break,
                 Phase::Data => used += self.data(&input[used..], p, events),
                 Phase::Bdat { .. } => used += self.bdat(&input[used..], p, events),
-                Phase::Command => {
+                Phase::Command | Phase::AuthLine => {
                     let rest = &input[used..];
                     let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
                         if rest.len() > MAX_LINE {
                             // A line too long to be a command: say so once, drop it to its end.
                             if !self.discarding_line {
+                                self.sasl = None;
+                                self.phase = Phase::Command;
                                 self.error(500, "5.5.2", "Error: line too long", events);
                             }
                             self.discarding_line = true;
@@ -244,7 +298,13 @@ impl Session {
                     }
                     let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
                     if line.len() > MAX_LINE {
+                        self.sasl = None;
+                        self.phase = Phase::Command;
                         self.error(500, "5.5.2", "Error: line too long", events);
+                        continue;
+                    }
+                    if self.phase == Phase::AuthLine {
+                        self.auth_line(&line, events);
                         continue;
                     }
                     if self.command(&line, p, events) {
@@ -347,6 +407,10 @@ impl Session {
                 if self.tls_offered && self.tls.is_none() {
                     lines.push("STARTTLS".into());
                 }
+                // RFC 4954 §4 and RFC 8314: only over TLS.
+                if self.service.submission() && self.tls.is_some() && self.auth.is_none() {
+                    lines.push(format!("AUTH {}", sasl::MECHANISMS));
+                }
                 lines.push("HELP".into());
                 self.helo = Some(h);
                 let n = lines.len();
@@ -363,10 +427,18 @@ impl Session {
                 if self.txn.is_some() {
                     return self.sequence("Error: nested MAIL command", events);
                 }
-                // Not advertised (no DSN, no BINARYMIME, no AUTH): refused until implemented.
+                if self.service.submission() && self.tls.is_none() {
+                    self.error(530, "5.7.0", "Must issue a STARTTLS command first", events);
+                    return false;
+                }
+                if self.service.submission() && self.auth.is_none() {
+                    self.error(530, "5.7.0", "Authentication required", events);
+                    return false;
+                }
+                // Not advertised (no DSN, no BINARYMIME; AUTH= only where AUTH is): refused.
                 if params.ret.is_some()
                     || params.envid.is_some()
-                    || params.auth.is_some()
+                    || (params.auth.is_some() && !self.service.submission())
                     || params.body == Some(Body::BinaryMime)
                 {
                     self.error(555, "5.5.4", "Error: MAIL parameter not supported", events);
@@ -390,9 +462,17 @@ impl Session {
                     self.refuse(r, events);
                     return false;
                 }
+                if let Some(name) = &self.auth
+                    && let Err(r) = p.check_auth_sender(&sender, name)
+                {
+                    denied(events, &sender, None, &r);
+                    self.refuse(r, events);
+                    return false;
+                }
                 let mut txn = Txn::new(sender, params.smtputf8);
-                if self.client.relay {
-                    txn.fix = Some(Fixer::new(&txn.sender, p.me()));
+                if self.client.relay || self.auth.is_some() {
+                    // Submitted mail (RFC 6409 §8): missing fields added; Bcc removed.
+                    txn.fix = Some(Fixer::new(&txn.sender, p.me(), self.auth.is_some()));
                 }
                 self.txn = Some(txn);
                 self.send(250, "2.1.0", "Ok");
@@ -499,7 +579,30 @@ impl Session {
                 "2.0.0",
                 "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
             ),
-            Command::Auth { .. } => self.send(503, "5.5.1", "Error: authentication not enabled"),
+            Command::Auth { .. } if !self.service.submission() => {
+                self.send(503, "5.5.1", "Error: authentication not enabled")
+            }
+            Command::Auth { .. } if self.tls.is_none() => self.send(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ),
+            Command::Auth { .. } if self.auth.is_some() => {
+                self.sequence("Error: already authenticated", events);
+            }
+            Command::Auth { .. } if self.txn.is_some() => {
+                self.sequence(
+                    "Error: AUTH not permitted during a mail transaction",
+                    events,
+                );
+            }
+            Command::Auth { .. } if self.helo.is_none() => {
+                self.sequence("Error: send EHLO first", events);
+            }
+            Command::Auth { mechanism, initial } => {
+                let started = Exchange::start(&mechanism, initial.as_deref());
+                self.sasl_step(started, events);
+            }
             Command::StartTls => {
                 if !self.tls_offered {
                     self.send(502, "5.5.1", "Error: STARTTLS not available");
@@ -517,6 +620,72 @@ impl Session {
             }
         }
         false
+    }
+
+    /// The next step of an AUTH exchange.
+    fn sasl_step(
+        &mut self,
+        step: Result<(Option<Exchange>, Step), sasl::SaslError>,
+        events: &mut Vec<Event>,
+    ) {
+        self.phase = Phase::Command;
+        match step {
+            Err(e) => {
+                let (code, enhanced, text) = e.reply();
+                self.error(code, enhanced, text, events);
+            }
+            Ok((ex, Step::Challenge(c))) => {
+                self.sasl = ex;
+                self.phase = Phase::AuthLine;
+                self.out.extend(format!("334 {c}\r\n").as_bytes());
+            }
+            Ok((_, Step::Done(c))) => {
+                // No proxy authorization: an authzid must be the user itself.
+                if !c.authzid.is_empty() && !c.authzid.eq_ignore_ascii_case(&c.user) {
+                    self.error(535, "5.7.8", "Authentication credentials invalid", events);
+                } else {
+                    self.phase = Phase::AuthCheck;
+                    events.push(Event::Auth(c));
+                }
+            }
+        }
+    }
+
+    fn auth_line(&mut self, line: &[u8], events: &mut Vec<Event>) {
+        match self.sasl.take() {
+            Some(ex) => self.sasl_step(ex.line(line), events),
+            None => self.phase = Phase::Command,
+        }
+    }
+
+    /// The checker's verdict on the credentials of [`Event::Auth`].
+    pub fn auth_result(&mut self, outcome: AuthOutcome, events: &mut Vec<Event>) {
+        if self.phase != Phase::AuthCheck {
+            return;
+        }
+        self.phase = Phase::Command;
+        match outcome {
+            AuthOutcome::Ok(name) => {
+                self.auth = Some(name);
+                // Authenticated clients may relay.
+                self.client.relay = true;
+                self.send(235, "2.7.0", "Authentication successful");
+            }
+            AuthOutcome::Bad => {
+                self.error(535, "5.7.8", "Authentication credentials invalid", events)
+            }
+            AuthOutcome::Temporary => self.send(454, "4.7.0", "Temporary authentication failure"),
+            AuthOutcome::UserThrottled => self.send(
+                454,
+                "4.7.0",
+                "Temporary authentication failure: too many failures; try later",
+            ),
+            AuthOutcome::IpThrottled => self.close_with(
+                "4.7.0",
+                "Error: too many failed authentications from your address; try later",
+                events,
+            ),
+        }
     }
 
     fn sequence(&mut self, text: &str, events: &mut Vec<Event>) -> bool {
@@ -544,6 +713,11 @@ impl Session {
             (false, true, false) => "ESMTP",
             (false, true, true) => "ESMTPS",
         };
+        let protocol = if self.auth.is_some() {
+            format!("{protocol}A")
+        } else {
+            protocol.to_string()
+        };
         let helo = self.helo.clone().unwrap_or_default();
         if let Some(t) = self.txn.as_mut() {
             t.begun = true;
@@ -551,10 +725,11 @@ impl Session {
             t.hops = HopCounter::new();
             events.push(Event::Begin {
                 helo,
-                protocol: protocol.into(),
+                protocol,
                 sender: t.sender.clone(),
                 smtputf8: t.smtputf8,
                 rcpts: t.rcpts.clone(),
+                auth: self.auth.clone(),
             });
         }
         self.chunk.clear();

@@ -70,7 +70,9 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                         message.clear();
                         session.committed(result.as_deref().map_err(|c| *c));
                     }
+                    // No TLS here, so no AUTH (smtpd -bs is never a submission service).
                     Event::StartTls
+                    | Event::Auth(_)
                     | Event::Close
                     | Event::Refused { .. }
                     | Event::Denied { .. } => {}

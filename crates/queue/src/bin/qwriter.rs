@@ -154,7 +154,7 @@ impl Writer {
         match r.kind {
             b'B' => {
                 let (helo, ip, proto, tls) = (r.str(1)?, r.str(2)?, r.str(3)?, r.str(4)?);
-                let smtputf8 = r.str(5)?.contains(writer::FLAG_SMTPUTF8);
+                let (smtputf8, auth) = writer::parse_flags(r.str(5)?);
                 let sender = r.str(6)?.to_string();
                 let mut rcpts = Vec::with_capacity(r.fields.len().saturating_sub(7));
                 for i in 7..r.fields.len() {
@@ -187,6 +187,7 @@ impl Writer {
                             by: &self.me,
                             protocol: proto,
                             tls,
+                            auth,
                             id: &id,
                             rcpt: one,
                             now: date::now_secs(),

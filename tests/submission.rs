@@ -1,0 +1,325 @@
+//! Submission with SMTP AUTH (issue 9): `smtpd -submission` (STARTTLS, then AUTH) and
+//! `smtpd -smtps` (implicit TLS), the password checker as ferrya, sender binding, relaying by
+//! authenticated users, the fix-ups of submitted mail, throttling of failed AUTHs. Real
+//! clients: swaks and Python's smtplib, against the real binaries in a temporary root.
+
+#![allow(clippy::unwrap_used)]
+
+use ferry_e2e::remote::Scripted;
+use ferry_e2e::{Env, free_port, is_root};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery";
+
+fn passwd(env: &Env, name: &str, password: &str) {
+    let mut c = Command::new(env.root.join("bin/ferryctl"))
+        .args(["passwd", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ferryctl passwd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A root with the submission services and send running, and bob@localhost's password.
+fn setup() -> (Env, u16, u16) {
+    setup_with(&[])
+}
+
+fn setup_with(controls: &[(&str, &str)]) -> (Env, u16, u16) {
+    let mut env = Env::new();
+    for (name, value) in controls {
+        env.control(name, value);
+    }
+    passwd(&env, "bob@localhost", PASSWORD);
+    env.start_send();
+    let (sub, smtps) = env.start_submission();
+    (env, sub, smtps)
+}
+
+fn swaks(args: &[&str]) -> Output {
+    Command::new("swaks")
+        .args(["--timeout", "20"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs a Python snippet with `smtplib`, `ssl` and `ctx` (no verification) imported; what it
+/// prints.
+fn python(code: &str) -> String {
+    let script = format!(
+        "import smtplib, ssl, sys\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n{code}\n"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "python: {t}\n{script}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn swaks_plain_over_starttls_and_login_over_implicit_tls_deliver() {
+    let (env, sub, smtps) = setup();
+    let o = swaks(&[
+        "--server",
+        &format!("127.0.0.1:{sub}"),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "bob@localhost",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "bob@localhost",
+        "--to",
+        "alice@localhost",
+        "--header",
+        "Subject: plain",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("235 2.7.0"), "{t}");
+    let o = swaks(&[
+        "--server",
+        &format!("127.0.0.1:{smtps}"),
+        "--tlsc",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "bob@localhost",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "bob+lists@localhost",
+        "--to",
+        "alice@localhost",
+        "--header",
+        "Subject: login",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("334 VXNlcm5hbWU6") && t.contains("235 2.7.0"),
+        "{t}"
+    );
+    let got = env.wait_maildir(&env.mailbox("alice"), 2);
+    for m in &got {
+        let m = String::from_utf8_lossy(m);
+        assert!(m.contains("with ESMTPSA ("), "{m}");
+        assert!(m.contains("(authenticated as bob@localhost)"), "{m}");
+    }
+    let log = env.log("submission.log");
+    assert!(
+        log.contains("auth ip=127.0.0.1 user=bob@localhost ok"),
+        "{log}"
+    );
+    assert!(log.contains("auth=bob@localhost"), "{log}");
+    assert!(env.log("smtps.log").contains("auth=bob@localhost"));
+}
+
+#[test]
+fn smtplib_starttls_login_and_the_refusals() {
+    let (env, sub, _) = setup();
+    let out = python(&format!(
+        r#"
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=20)
+code, ehlo = s.ehlo()
+print("before-tls-auth" if b"AUTH" in ehlo else "before-tls-no-auth")
+print("auth-before-tls", s.docmd("AUTH", "PLAIN AGJvYgB4")[0])
+print("mail-before-tls", s.docmd("MAIL", "FROM:<bob@localhost>")[0])
+s.starttls(context=ctx)
+code, ehlo = s.ehlo()
+print("after-tls-auth" if b"AUTH PLAIN LOGIN" in ehlo else "after-tls-no-auth")
+print("mail-before-auth", s.docmd("MAIL", "FROM:<bob@localhost>")[0])
+try:
+    s.login("bob@localhost", "wrong")
+except smtplib.SMTPAuthenticationError as e:
+    print("wrong", e.smtp_code, e.smtp_error.decode()[:5])
+print("bad-base64", s.docmd("AUTH", "PLAIN !!!!")[0])
+print("cancel", s.docmd("AUTH", "LOGIN")[0], s.docmd("*")[0])
+s.login("bob@localhost", "{PASSWORD}")
+print("spoofed", s.docmd("MAIL", "FROM:<carol@localhost> AUTH=<>")[0])
+print("own-ext", s.docmd("MAIL", "FROM:<bob-x@localhost> AUTH=bob@localhost")[0])
+s.rset()
+s.sendmail("bob@localhost", ["alice@localhost", "hidden@localhost"], b"Subject: smtplib\r\nTo: alice@localhost\r\nBcc: hidden@localhost\r\n\r\nhi\r\n")
+s.quit()
+"#
+    ));
+    for want in [
+        "before-tls-no-auth",
+        "auth-before-tls 538",
+        "mail-before-tls 530",
+        "after-tls-auth",
+        "mail-before-auth 530",
+        "wrong 535 5.7.8",
+        "bad-base64 501",
+        "cancel 334 501",
+        "spoofed 553",
+        "own-ext 250",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    // Submitted mail is fixed up: Date, Message-ID and From added, Bcc removed.
+    for who in ["alice", "hidden"] {
+        let m = String::from_utf8_lossy(&env.wait_maildir(&env.mailbox(who), 1)[0]).into_owned();
+        assert!(!m.contains("Bcc:"), "{m}");
+        assert!(
+            m.contains("\nDate: ") && m.contains("\nMessage-ID: <"),
+            "{m}"
+        );
+        assert!(m.contains("\nFrom: <bob@localhost>"), "{m}");
+    }
+    let log = env.log("submission.log");
+    assert!(
+        log.contains("auth failed ip=127.0.0.1 user=bob@localhost reply=535 5.7.8"),
+        "{log}"
+    );
+    assert!(
+        log.contains("from=<carol@localhost>") && log.contains("553 5.7.1"),
+        "{log}"
+    );
+}
+
+#[test]
+fn control_senders_adds_addresses() {
+    let (_env, sub, _) = setup_with(&[("senders", "team@virt.example: bob@localhost")]);
+    let out = python(&format!(
+        r#"
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=20)
+s.starttls(context=ctx)
+s.login("BOB@localhost", "{PASSWORD}")
+print("team", s.docmd("MAIL", "FROM:<team@virt.example>")[0])
+s.rset()
+print("other", s.docmd("MAIL", "FROM:<x@virt.example>")[0])
+"#
+    ));
+    assert!(
+        out.contains("team 250") && out.contains("other 553"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_authenticated_user_relays_through_smtproutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Scripted::start(dir.path().join("rx"), "127.0.0.1", free_port(), "{}");
+    let route = format!("far.example:[127.0.0.1]:{}", rx.port);
+    let (env, sub, _) = setup_with(&[("smtproutes", &route)]);
+    let out = python(&format!(
+        r#"
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=20)
+s.starttls(context=ctx)
+s.login("bob@localhost", "{PASSWORD}")
+print(s.sendmail("bob@localhost", ["friend@far.example"], b"Subject: out\r\n\r\nhi\r\n"))
+"#
+    ));
+    assert!(out.contains("{}"), "{out}");
+    env.wait_for("relayed mail", Duration::from_secs(30), || {
+        rx.received().iter().any(|m| m.contains("Subject: out"))
+    });
+    let m = rx.received().join("");
+    assert!(m.contains("(authenticated as bob@localhost)"), "{m}");
+}
+
+#[test]
+fn failed_auths_are_throttled_per_ip() {
+    let mut env = Env::new();
+    passwd(&env, "bob@localhost", PASSWORD);
+    env.control("authfailures", "3");
+    let (sub, _) = env.start_submission();
+    // Three wrong passwords (each 535 after a delay), then even the right one is refused.
+    let out = python(&format!(
+        r#"
+import base64
+def plain(pw):
+    return "PLAIN " + base64.b64encode(b"\0bob@localhost\0" + pw.encode()).decode()
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=30)
+s.starttls(context=ctx)
+s.ehlo()
+for i in range(3):
+    print("fail", s.docmd("AUTH", plain("wrong"))[0])
+try:
+    print("fourth", s.docmd("AUTH", plain("{PASSWORD}"))[0])
+except smtplib.SMTPServerDisconnected:
+    print("fourth closed")
+"#
+    ));
+    assert_eq!(out.matches("fail 535").count(), 3, "{out}");
+    assert!(out.contains("fourth 421"), "{out}");
+    let log = env.log("submission.log");
+    assert!(
+        log.contains("auth refused ip=127.0.0.1 user=bob@localhost reply=throttled"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_password_file_is_for_the_checker_only() {
+    let env = Env::new();
+    passwd(&env, "bob", PASSWORD);
+    let path = env.path("control/passwords");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("bob:$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD));
+    let list = env.ferryctl(&["passwd", "--list"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "bob");
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o640);
+    assert_eq!(m.uid(), 0);
+    let ferrya = nix::unistd::Group::from_name("ferrya").unwrap().unwrap();
+    assert_eq!(m.gid(), ferrya.gid.as_raw());
+    let can_read = |user: &str| {
+        let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+        Command::new("cat")
+            .arg(&path)
+            .uid(u.uid.as_raw())
+            .gid(u.gid.as_raw())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    use std::os::unix::process::CommandExt;
+    assert!(!can_read("ferryd"), "smtpd's user reads the password file");
+    assert!(!can_read("ferryq"));
+    assert!(can_read("ferrya"));
+    let del = env.ferryctl(&["passwd", "--delete", "bob"]);
+    assert!(del.status.success());
+    assert_eq!(
+        env.ferryctl(&["passwd", "--delete", "bob"]).status.code(),
+        Some(1)
+    );
+}
