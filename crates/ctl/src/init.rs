@@ -166,20 +166,33 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
     done.extend(summarise(
         layout::apply(root, mode).context("laying out the root")?,
     ));
+    // One line per service directory: "wrote service/smtpd (run, notification-fd, ...)".
+    let mut wrote: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut down: Vec<&str> = Vec::new();
     for (path, text, m) in SERVICES {
         if write_new(&root.service().join(path), text, *m)? {
-            done.push(format!("wrote service/{path}"));
+            let (svc, file) = path.split_once('/').unwrap_or((path, ""));
+            match wrote.iter_mut().find(|(s, _)| *s == svc) {
+                Some((_, files)) => files.push(file),
+                None => wrote.push((svc, vec![file])),
+            }
             // A new submission service stays down until the admin has a certificate and a
             // password (an existing one keeps whatever the admin chose).
-            if let Some(svc) = path.strip_suffix("/run")
+            if file == "run"
                 && DOWN_UNTIL_CONFIGURED.contains(&svc)
                 && write_new(&root.service().join(svc).join("down"), "", 0o644)?
             {
-                done.push(format!(
-                    "wrote service/{svc}/down (remove it and s6-svc -u service/{svc} once control/tlscert and a password exist)"
-                ));
+                down.push(svc);
             }
         }
+    }
+    for (svc, files) in wrote {
+        let note = if down.contains(&svc) {
+            "; down until control/tlscert and a password exist: docs/SMTP.md"
+        } else {
+            ""
+        };
+        done.push(format!("wrote service/{svc} ({}{note})", files.join(", ")));
     }
     if let Some(port) = demo_port {
         for (name, value) in demo_control(port) {

@@ -1,29 +1,43 @@
-//! smtpd — the ESMTP server of ferry.
+//! smtpd — the ESMTP server of ferry, for port 25 and for submission.
 //!
-//! Usage: `smtpd [READY-FD]`, run by s6 from service/smtpd/run as root (or as a normal user in
-//! single-user mode). READY-FD is s6's notification fd: it gets a newline once smtpd listens.
+//! Usage: `smtpd [-submission | -smtps] [READY-FD]`, run by s6 from service/smtpd/run (and
+//! service/submission/run, service/smtps/run) as root (or as a normal user in single-user
+//! mode). READY-FD is s6's notification fd: it gets a newline once smtpd listens.
 //! `smtpd -bs` (run by `sendmail -bs`) instead speaks SMTP on stdin/stdout as the caller and
-//! queues each message with `queue` (crates/smtpd/src/stdio.rs).
+//! queues each message with `queue` (crates/smtpd/src/stdio.rs). `smtpd -tlskeys` and
+//! `smtpd -auth` are smtpd's own helpers (below), never run by hand.
 //!
-//! Start: reads the control files, binds every address of `smtplisten` (backlog 4096),
+//! Modes (crates/smtpd/src/session.rs `Service`): without an option, port 25 (`smtplisten`),
+//! no AUTH. `-submission` (RFC 6409, `submissionlisten`, default port 587): STARTTLS, then
+//! AUTH PLAIN/LOGIN, both before MAIL; `-smtps` (RFC 8314, `smtpslisten`, 465): TLS from the
+//! first byte, then AUTH. Both need control/tlscert (else exit 111) and check passwords with
+//! their checker; authenticated sessions relay, may use only their own senders (policy.rs,
+//! control/senders), get ESMTPSA and `(authenticated as NAME)` in the Received line, and their
+//! messages the fix-ups of headers.rs (Bcc removed). Failed AUTHs are delayed and throttled per
+//! address and per name (`authfailures`; server.rs).
+//!
+//! Start: reads the control files, binds every address of its listen file (backlog 4096),
 //! loads `tlscert`/`tlskey` if both exist (then STARTTLS is offered), raises its open-file
 //! limit, starts the queue writer `qwriter` as ferryq on a socket pair, starts `smtpd -tlskeys`
 //! (which stays root, to read the key pair again on HUP: crates/smtpd/src/tlskeys.rs) on another,
-//! and drops to ferryd.
+//! in the submission modes starts `smtpd -auth` as ferrya on a third (the password checker, the
+//! only reader of control/passwords; protocol: crates/smtpd/src/auth.rs), and drops to ferryd.
 //! Then it serves every session in one mio event loop (crates/smtpd/src/server.rs) and streams
 //! each message, as it arrives, to qwriter (protocol: crates/common/src/writer.rs); a message
 //! gets 250 only after qwriter has committed it durably.
 //!
 //! The SMTP dialogue is crates/smtpd/src/session.rs (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, STARTTLS); who may send what is policy.rs.
-//! Control files: me, smtpgreeting, smtplisten, databytes, maxrcpt, maxhops, timeoutsmtpd,
-//! concurrencyincoming, concurrencyperip, rcpthosts, relayclients, locals, virtualdomains,
-//! aliases, badmailfrom, badrcptto, tlscert, tlskey. Signals: HUP reloads the control files
-//! (all but smtplisten and the open-file limit, which need a restart), has qwriter reload its
+//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, STARTTLS; AUTH in the submission modes, SASL
+//! parsing in crates/smtp/src/sasl.rs); who may send what is policy.rs.
+//! Control files: me, smtpgreeting, smtplisten, submissionlisten, smtpslisten, databytes,
+//! maxrcpt, maxhops, timeoutsmtpd, concurrencyincoming, concurrencyperip, rcpthosts,
+//! relayclients, locals, virtualdomains, aliases, badmailfrom, badrcptto, tlscert, tlskey,
+//! senders, authfailures (and passwords, read by the checker only). Signals: HUP reloads the control files
+//! (all but the listen files and the open-file limit, which need a restart), has qwriter reload its
 //! own (`R`), and loads the certificate the key helper read; TERM stops (idle sessions get 421, messages in flight finish).
-//! Logs one line per session, per message and per refused sender or recipient on stderr. Exit 111 on a setup error or when the
-//! queue writer dies: smtpd sees its socket close at once, answers a message in flight 451
-//! 4.3.0 and every session 421, and exits (s6 restarts both). Sessions are bounded in memory
+//! Logs one line per session, per message, per AUTH and per refused sender or recipient on stderr. Exit 111 on a setup error or when the
+//! queue writer or the checker dies: smtpd sees its socket close at once, answers a message in flight 451
+//! 4.3.0 and every session 421, and exits (s6 restarts all). Sessions are bounded in memory
 //! (backpressure on unread replies) and tarpitted past 10 errors (server.rs).
 
 mod auth;
