@@ -323,3 +323,39 @@ fn the_password_file_is_for_the_checker_only() {
         Some(1)
     );
 }
+
+#[test]
+fn failed_auths_are_throttled_per_name_from_any_address() {
+    let mut env = Env::new();
+    passwd(&env, "bob@localhost", PASSWORD);
+    env.control("authfailures", "2");
+    let (sub, _) = env.start_submission();
+    // Two failures for bob from 127.0.0.2, then bob's right password from 127.0.0.3: 454.
+    let out = python(&format!(
+        r#"
+import base64
+def plain(pw):
+    return "PLAIN " + base64.b64encode(b"\0bob@localhost\0" + pw.encode()).decode()
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=30, source_address=("127.0.0.2", 0))
+s.starttls(context=ctx)
+s.ehlo()
+for i in range(2):
+    print("fail", s.docmd("AUTH", plain("wrong"))[0])
+t = smtplib.SMTP("127.0.0.1", {sub}, timeout=30, source_address=("127.0.0.3", 0))
+t.starttls(context=ctx)
+t.ehlo()
+print("other-address", t.docmd("AUTH", plain("{PASSWORD}"))[0])
+"#
+    ));
+    assert_eq!(out.matches("fail 535").count(), 2, "{out}");
+    assert!(out.contains("other-address 454"), "{out}");
+    let log = env.log("submission.log");
+    assert!(
+        log.contains("auth failed ip=127.0.0.2 user=bob@localhost"),
+        "{log}"
+    );
+    assert!(
+        log.contains("auth refused ip=127.0.0.3 user=bob@localhost"),
+        "{log}"
+    );
+}

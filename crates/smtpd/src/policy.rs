@@ -278,6 +278,36 @@ mod tests {
     }
 
     #[test]
+    fn senders_of_authenticated_names() {
+        let d = tempfile::tempdir().unwrap();
+        let root = ferry_common::root::Root::at(d.path());
+        std::fs::create_dir_all(root.control()).unwrap();
+        std::fs::write(root.control_file("locals"), "ours.example\nalso.example\n").unwrap();
+        std::fs::write(
+            root.control_file("senders"),
+            "team@ours.example: bob\n@shared.example: ann@virt.example\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&root).unwrap();
+        let ok = |s: &str, n: &str| sender_allowed(&cfg, s, n);
+        assert!(ok("bob@ours.example", "bob"));
+        assert!(ok("Bob-lists@ALSO.example", "bob"));
+        assert!(ok("bob+x@ours.example", "bob"));
+        assert!(ok("team@ours.example", "bob"));
+        assert!(ok("", "bob"));
+        assert!(!ok("bobby@ours.example", "bob"));
+        assert!(!ok("bob@virt.example", "bob"));
+        assert!(!ok("alice@ours.example", "bob"));
+        assert!(ok("ann@virt.example", "ann@virt.example"));
+        assert!(ok("ann+x@virt.example", "Ann@Virt.example"));
+        assert!(ok("ann-x@virt.example", "ann@virt.example"));
+        assert!(ok("any@shared.example", "ann@virt.example"));
+        assert!(!ok("ann@ours.example", "ann@virt.example"));
+        assert!(!ok("anne@virt.example", "ann@virt.example"));
+        assert!(!ok("team@ours.example", "ann@virt.example"));
+    }
+
+    #[test]
     fn lookups_per_address_are_bounded_and_cached() {
         let cache = PasswdCache::default();
         let b = Bounded {
