@@ -359,3 +359,45 @@ print("other-address", t.docmd("AUTH", plain("{PASSWORD}"))[0])
         "{log}"
     );
 }
+
+#[test]
+fn a_checkpassword_program_answers_for_names_not_in_the_file() {
+    let mut env = Env::new();
+    passwd(&env, "bob@localhost", PASSWORD);
+    // qmail's interface: name NUL password NUL timestamp NUL on fd 3, then exec the rest.
+    let script = env.path("checkpw.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\nIFS= read -r -d '' user <&3; IFS= read -r -d '' pw <&3\n\
+         [ \"$user\" = carol@localhost ] && [ \"$pw\" = s3cret ] && exec \"$@\"\n\
+         [ \"$user\" = down@localhost ] && exit 111\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.control("checkpassword", &script.display().to_string());
+    let (sub, _) = env.start_submission();
+    let out = python(&format!(
+        r#"
+import base64
+def auth(s, user, pw):
+    return s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0" + user.encode() + b"\0" + pw.encode()).decode())[0]
+for user, pw in [("carol@localhost", "s3cret"), ("carol@localhost", "nope"), ("down@localhost", "x"), ("bob@localhost", "{PASSWORD}"), ("bob@localhost", "s3cret")]:
+    s = smtplib.SMTP("127.0.0.1", {sub}, timeout=30)
+    s.starttls(context=ctx)
+    s.ehlo()
+    print(user, pw, auth(s, user, pw))
+    s.close()
+"#
+    ));
+    for want in [
+        "carol@localhost s3cret 235",
+        "carol@localhost nope 535",
+        "down@localhost x 454",
+        // Names in control/passwords are decided by the file alone.
+        &format!("bob@localhost {PASSWORD} 235"),
+        "bob@localhost s3cret 535",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+}

@@ -117,6 +117,9 @@ pub struct Config {
     pub smtpslisten: Vec<SocketAddr>,
     /// Extra envelope senders of authenticated names: (lowercase address or `@domain`, name).
     pub senders: Vec<(String, String)>,
+    /// qmail's checkpassword interface: a program and its arguments (empty: none), asked by
+    /// smtpd's checker for names that are not in control/passwords.
+    pub checkpassword: Vec<String>,
     /// Failed AUTHs per client address and per name (in [`AUTH_WINDOW`]) before AUTH is refused.
     pub authfailures: u64,
     pub smtpgreeting: String,
@@ -466,6 +469,10 @@ impl Config {
             }),
             senders: l.list("senders", parse_sender).unwrap_or_default(),
             authfailures: l.number("authfailures", 5).max(1),
+            checkpassword: l
+                .text("checkpassword")
+                .map(|t| t.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
             smtpgreeting: l.text("smtpgreeting").unwrap_or_else(|| me.clone()),
             timeoutsmtpd: l.number("timeoutsmtpd", 300).max(1),
             concurrencyincoming: l.number("concurrencyincoming", 1000).max(1),

@@ -165,6 +165,13 @@ pub const FILES: &[ControlFile] = &[
         "smtpd -auth",
     ),
     cf(
+        "checkpassword",
+        Kind::Text,
+        "none",
+        "a checkpassword program and its arguments (qmail's interface: name, password on fd 3; exit 0 good, 1 bad, 111 temporary), run as ferrya for names not in passwords",
+        "smtpd -auth",
+    ),
+    cf(
         "senders",
         Kind::Senders,
         "NAME@each local domain and NAME-ext@; an address NAME: it and its +ext/-ext forms",

@@ -14,7 +14,9 @@
 //! `control/passwords`: `name:$argon2id$v=19$m=...` per line (ferryctl passwd writes it);
 //! names compare without regard to case. The file is read again when its mtime or size
 //! changes. An unknown name is checked against a fixed dummy hash, so that it costs what a
-//! wrong password costs.
+//! wrong password costs — unless `control/checkpassword` names a program: then a name that is
+//! not in the file is asked of it (qmail's checkpassword interface, [`checkpassword`]: so that
+//! vpopmail's vchkpw or an LDAP wrapper plug in), as ferrya, at most [`CHECKPASSWORD_WAIT`].
 
 use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
 use ferry_common::log;
@@ -23,7 +25,9 @@ use ferry_common::root::Root;
 use mio::net::UnixStream;
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
 
 /// The longest password file read (a line is about 120 bytes).
 pub const MAX_FILE: u64 = 16 << 20;
@@ -94,8 +98,79 @@ pub fn check(table: &Table, name: &str, password: &str) -> Option<String> {
     }
 }
 
+/// How long a checkpassword program may take before the answer is "temporary".
+pub const CHECKPASSWORD_WAIT: Duration = Duration::from_secs(10);
+
+/// qmail's checkpassword interface: `program args... /bin/true` with `name\0password\0\0` on
+/// fd 3 (at most 512 bytes). Exit 0: good; 1 (or any other failure of the program): bad;
+/// 111, a timeout, or a program that cannot be started: temporary.
+pub fn checkpassword(argv: &[String], name: &str, password: &str) -> Verdict {
+    let Some((prog, args)) = argv.split_first() else {
+        return Verdict::Bad;
+    };
+    let mut data = Vec::with_capacity(name.len() + password.len() + 3);
+    data.extend_from_slice(name.as_bytes());
+    data.push(0);
+    data.extend_from_slice(password.as_bytes());
+    data.extend_from_slice(b"\0\0");
+    if data.len() > 512 || name.contains('\0') || password.contains('\0') {
+        return Verdict::Bad;
+    }
+    let (rd, mut wr) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            log!("auth: checkpassword: {e}");
+            return Verdict::Temporary;
+        }
+    };
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args)
+        .arg("/bin/true")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    ferry_sys::command_fds(&mut cmd, vec![(rd.as_raw_fd(), 3)]);
+    ferry_sys::command_close_from(&mut cmd, 4);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            log!("auth: cannot run checkpassword {prog}: {e}");
+            return Verdict::Temporary;
+        }
+    };
+    drop(cmd);
+    drop(rd);
+    // 512 bytes fit in any pipe: this never blocks.
+    let _ = std::io::Write::write_all(&mut wr, &data);
+    drop(wr);
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => {
+                return match st.code() {
+                    Some(0) => Verdict::Ok(name.to_string()),
+                    Some(111) => Verdict::Temporary,
+                    _ => Verdict::Bad,
+                };
+            }
+            Ok(None) if start.elapsed() < CHECKPASSWORD_WAIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => {
+                log!("auth: checkpassword {prog} took longer than {CHECKPASSWORD_WAIT:?}: killed");
+                let _ = child.kill();
+                let _ = child.wait();
+                return Verdict::Temporary;
+            }
+        }
+    }
+}
+
 /// `smtpd -auth`: answers requests on fd 0 until smtpd closes it. Exit code.
-pub fn serve(root: &Root) -> i32 {
+pub fn serve(root: &Root, checkpassword_argv: &[String]) -> i32 {
     let _ = nix::sys::prctl::set_name(c"smtpd-auth");
     let Some(fd) = ferry_sys::take_fd(0) else {
         return 111;
@@ -131,6 +206,18 @@ pub fn serve(root: &Root) -> i32 {
             None => Record::new(b'T')
                 .with_u64(id)
                 .with("the password file cannot be read"),
+            // A name not in the file goes to the checkpassword program, if there is one.
+            Some((_, t))
+                if !checkpassword_argv.is_empty() && !t.contains_key(&name.to_lowercase()) =>
+            {
+                match checkpassword(checkpassword_argv, name, password) {
+                    Verdict::Ok(n) => Record::new(b'Y').with_u64(id).with(n),
+                    Verdict::Bad => Record::new(b'N').with_u64(id),
+                    Verdict::Temporary => Record::new(b'T')
+                        .with_u64(id)
+                        .with("checkpassword failed temporarily"),
+                }
+            }
             Some((_, t)) => match check(t, name, password) {
                 Some(n) => Record::new(b'Y').with_u64(id).with(n),
                 None => Record::new(b'N').with_u64(id),

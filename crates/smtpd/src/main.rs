@@ -87,7 +87,7 @@ fn run() -> std::io::Result<i32> {
         return Ok(tlskeys::serve(&root));
     }
     if arg.as_deref() == Some("-auth") {
-        return Ok(auth::serve(&root));
+        return Ok(auth::serve(&root, &cfg.checkpassword));
     }
     if arg.as_deref() == Some("-bs") {
         // Routing follows the install's mode, not the caller's uid: in a privilege-separated
