@@ -401,3 +401,47 @@ for user, pw in [("carol@localhost", "s3cret"), ("carol@localhost", "nope"), ("d
         assert!(out.contains(want), "{want:?} missing in:\n{out}");
     }
 }
+
+#[test]
+fn ferryctl_check_reports_the_submission_services() {
+    let mut env = Env::new();
+    let said = String::from_utf8_lossy(&env.ferryctl(&["check"]).stdout).into_owned();
+    assert!(
+        said.lines().any(|l| l.starts_with("OK")
+            && l.contains("submission is down (it needs control/tlscert and a password")),
+        "{said}"
+    );
+    passwd(&env, "bob@localhost", PASSWORD);
+    ferry_e2e::write_test_certificate(&env.root, "localhost");
+    let said = String::from_utf8_lossy(&env.ferryctl(&["check"]).stdout).into_owned();
+    if is_root() {
+        // No supervision tree yet: the services are not up although they could be.
+        assert!(
+            said.lines().any(|l| l.starts_with("WARN")
+                && l.contains("smtps is down, though TLS and 1 password(s) are in place")),
+            "{said}"
+        );
+    }
+    let (sub, _) = env.start_submission();
+    let said = String::from_utf8_lossy(&env.ferryctl(&["check"]).stdout).into_owned();
+    assert!(
+        said.lines().any(|l| l.starts_with("OK")
+            && l.contains(&format!(
+                "submission is up on 127.0.0.1:{sub}: TLS and 1 password(s)"
+            ))),
+        "{said}"
+    );
+    if is_root() {
+        std::fs::set_permissions(
+            env.path("control/passwords"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let said = String::from_utf8_lossy(&env.ferryctl(&["check"]).stdout).into_owned();
+        assert!(
+            said.lines().any(|l| l.starts_with("FAIL")
+                && l.contains("control/passwords is not mode 0640 root:ferrya (mode 644)")),
+            "{said}"
+        );
+    }
+}

@@ -376,6 +376,7 @@ pub fn items(root: &Root, with_dns: bool) -> Vec<Item> {
     match &cfg {
         Some(cfg) => {
             items.extend(listening(root, cfg));
+            items.extend(crate::passwd::check(root, cfg));
             if with_dns {
                 items.extend(dnscheck::check(cfg));
             }

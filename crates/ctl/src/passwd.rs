@@ -187,6 +187,82 @@ pub fn list(root: &Root) -> Result<Vec<String>> {
         .collect())
 }
 
+/// `ferryctl check`'s lines for submission: the password file's owner and mode, and each of the
+/// two services (down until configured, or up with what it needs).
+pub fn check(root: &Root, cfg: &ferry_common::config::Config) -> Vec<crate::check::Item> {
+    use crate::check::{fail, ok, warn};
+    use std::os::unix::fs::MetadataExt;
+    let mut items = Vec::new();
+    let path = root.control_file("passwords");
+    let names = match std::fs::metadata(&path) {
+        Err(_) => Some(0),
+        Ok(m) => {
+            if Mode::of_root(root) == Mode::Separated {
+                let ferrya = nix::unistd::Group::from_name(users::AUTH)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw());
+                if m.uid() != 0 || Some(m.gid()) != ferrya || m.mode() & 0o777 != 0o640 {
+                    items.push(fail(
+                        format!(
+                            "control/passwords is not mode 0640 root:{} (mode {:o})",
+                            users::AUTH,
+                            m.mode() & 0o777
+                        ),
+                        format!(
+                            "chown root:{} {p}; chmod 0640 {p}",
+                            users::AUTH,
+                            p = path.display()
+                        ),
+                    ));
+                }
+            }
+            list(root).ok().map(|l| l.len())
+        }
+    };
+    let tls = cfg.tlscert.is_some() && cfg.tlskey.is_some();
+    for (svc, addrs) in [
+        ("submission", &cfg.submissionlisten),
+        ("smtps", &cfg.smtpslisten),
+    ] {
+        let dir = crate::s6::service_dir(root, svc);
+        if !dir.join("run").exists() {
+            items.push(warn(
+                format!("service/{svc} is missing (an install older than submission)"),
+                "ferryctl init installs it (down until configured)",
+            ));
+            continue;
+        }
+        let on = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let up = matches!(crate::s6::status(&dir), Ok(Some(st)) if st.up);
+        let ready = tls && names.is_some_and(|n| n > 0);
+        let counted = match names {
+            Some(n) => format!("{n} password(s)"),
+            None => "control/passwords unreadable here".into(),
+        };
+        items.push(match (up, ready) {
+            (true, true) => ok(format!("{svc} is up on {on}: TLS and {counted}")),
+            (true, false) => warn(
+                format!("{svc} is up on {on} but has {} and {counted}", if tls { "TLS" } else { "no certificate" }),
+                "ferryctl passwd NAME adds a user; control/tlscert and tlskey the certificate",
+            ),
+            (false, true) => warn(
+                format!("{svc} is down, though TLS and {counted} are in place"),
+                format!("rm {d}/down; s6-svc -u {d}", d = dir.display()),
+            ),
+            (false, false) => ok(format!(
+                "{svc} is down (it needs control/tlscert and a password: ferryctl passwd NAME; then rm {d}/down; s6-svc -u {d})",
+                d = dir.display()
+            )),
+        });
+    }
+    items
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
