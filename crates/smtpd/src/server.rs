@@ -439,7 +439,9 @@ impl Server {
                 c.session.input(&mut c.inbuf, &self.policy, &mut events)
             };
             if c.session.take_tarpit() {
-                c.hold_until = Some(Instant::now() + TARPIT);
+                // A failed AUTH's longer delay is never shortened by the tarpit's.
+                let t = Instant::now() + TARPIT;
+                c.hold_until = Some(c.hold_until.map_or(t, |h| h.max(t)));
                 self.held.insert(token);
             }
             for ev in events.drain(..) {
