@@ -445,3 +445,91 @@ fn ferryctl_check_reports_the_submission_services() {
         );
     }
 }
+
+/// A CA, and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem).
+fn ca_and_leaf(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[test]
+fn remote_deliver_authenticates_to_a_second_ferry_as_smarthost() {
+    // The smarthost: a second ferry whose submission service has bob's password and a
+    // certificate for relay.test from a CA the sender trusts.
+    let (ca, cert, key) = ca_and_leaf("relay.test");
+    let mut relay = Env::new();
+    relay.control("virtualdomains", "localhost:mail/*\nfar.example:mail/*\n");
+    relay.control("senders", "@test.example: bob@localhost");
+    std::fs::write(relay.path("control/tlscert"), &cert).unwrap();
+    std::fs::write(relay.path("control/tlskey"), &key).unwrap();
+    passwd(&relay, "bob@localhost", PASSWORD);
+    relay.start_send();
+    let (sub, _) = relay.start_submission();
+    let dns = ferry_e2e::remote::Dns::start(&["--host-record=relay.test,127.0.0.1".into()]);
+    let mut env = Env::new();
+    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
+    env.control("smtproutes", &format!(":relay.test:{sub}"));
+    env.control("smtpauth", &format!("relay.test bob@localhost {PASSWORD}"));
+    env.control("timeoutconnect", "5");
+    env.control("timeoutremote", "10");
+    std::fs::write(env.path("control/tlsca"), &ca).unwrap();
+    env.start_send();
+    let out = env.sendmail(
+        &["-f", "s@test.example", "friend@far.example"],
+        &ferry_e2e::message("via-smarthost", "hello\n"),
+    );
+    assert!(out.status.success());
+    let got = relay.wait_maildir(&relay.mailbox("friend"), 1);
+    let m = String::from_utf8_lossy(&got[0]);
+    assert!(m.contains("with ESMTPSA (TLSv1.3"), "{m}");
+    assert!(m.contains("(authenticated as bob@localhost)"), "{m}");
+    let log = env.log("send.log");
+    assert!(
+        log.contains("verified=yes") && log.contains("result=delivered"),
+        "{log}"
+    );
+}
+
+#[test]
+fn smarthost_credentials_never_go_over_plaintext() {
+    // A smarthost without STARTTLS: the mail waits (4.7.4), no AUTH is ever sent.
+    let dns = ferry_e2e::remote::Dns::start(&["--host-record=plain.test,127.0.0.2".into()]);
+    let mut env = Env::new();
+    let rx = Scripted::start(env.path("../plainrx"), "127.0.0.2", free_port(), "{}");
+    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
+    env.control("smtproutes", &format!(":plain.test:{}", rx.port));
+    env.control("smtpauth", "plain.test bob secret");
+    env.control("timeoutconnect", "5");
+    env.control("timeoutremote", "10");
+    env.start_send();
+    let out = env.sendmail(
+        &["-f", "s@test.example", "friend@far.example"],
+        &ferry_e2e::message("no-plaintext", "hello\n"),
+    );
+    assert!(out.status.success());
+    env.wait_for("the deferral", Duration::from_secs(30), || {
+        env.log("send.log")
+            .contains("<friend@far.example> deferred")
+    });
+    let log = env.log("send.log");
+    assert!(
+        log.contains("4.7.4 plain.test does not offer STARTTLS"),
+        "{log}"
+    );
+    assert!(rx.transactions().is_empty() && rx.received().is_empty());
+}

@@ -39,6 +39,8 @@ pub enum Kind {
     Passwords,
     /// `address: name` per line.
     Senders,
+    /// `HOST USER PASSWORD` per line; read only by remote-deliver (never by Config).
+    SmtpAuth,
 }
 
 pub struct ControlFile {
@@ -288,6 +290,13 @@ pub const FILES: &[ControlFile] = &[
         Kind::Routes,
         "none: MX lookup",
         "domain:host[:port] per line (host: a name, a bare IPv4 address, or [ip]); :host[:port] routes every other domain (smarthost)",
+        "remote-deliver",
+    ),
+    cf(
+        "smtpauth",
+        Kind::SmtpAuth,
+        "none",
+        "HOST USER PASSWORD per line: AUTH PLAIN/LOGIN credentials for a smtproutes host (as written there), given only after STARTTLS with a verified certificate; mode 0600, owner ferryr",
         "remote-deliver",
     ),
     cf(

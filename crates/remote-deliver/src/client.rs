@@ -61,6 +61,8 @@ pub struct Extensions {
     pub eightbitmime: bool,
     pub smtputf8: bool,
     pub starttls: bool,
+    /// The SASL mechanisms of `AUTH` (uppercase).
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -74,6 +76,7 @@ impl Extensions {
                 "8BITMIME" => e.eightbitmime = true,
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
+                "AUTH" => e.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}
             }
@@ -307,6 +310,41 @@ impl Client {
         self.parser = ReplyParser::new();
         self.hello(helo).await?;
         Ok(self)
+    }
+
+    /// AUTH PLAIN (LOGIN when PLAIN is not offered) with `user` and `password`. Only called
+    /// over TLS with a verified certificate (deliver.rs).
+    pub async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), Failure> {
+        use ferry_smtp::sasl::encode;
+        if !(self.tls.is_some() && self.verified) {
+            return Err(Failure::Io("AUTH refused: not over verified TLS".into()));
+        }
+        let has = |m: &str| self.ext.auth.iter().any(|a| a == m);
+        let r = if has("PLAIN") {
+            let msg = format!("\0{user}\0{password}");
+            self.command(&format!("AUTH PLAIN {}", encode(msg.as_bytes())))
+                .await?
+        } else if has("LOGIN") {
+            let r = self.command("AUTH LOGIN").await?;
+            if r.code != 334 {
+                return Err(Failure::Reply(r));
+            }
+            let r = self.command(&encode(user.as_bytes())).await?;
+            if r.code != 334 {
+                return Err(Failure::Reply(r));
+            }
+            self.command(&encode(password.as_bytes())).await?
+        } else {
+            return Err(Failure::Io(format!(
+                "4.7.0 {} offers no AUTH PLAIN or LOGIN",
+                self.host
+            )));
+        };
+        if r.code == 235 {
+            Ok(())
+        } else {
+            Err(Failure::Reply(r))
+        }
     }
 
     /// QUIT, without waiting long for the answer.

@@ -71,6 +71,8 @@ pub type PoolKey = (IpAddr, u16, bool);
 
 pub struct Ctx {
     pub cfg: Config,
+    /// Smarthost credentials (control/smtpauth, crate::smtpauth).
+    pub auth: crate::smtpauth::Table,
     pub dns: TokioResolver,
     pub tls: TlsConfigs,
     pub myself: Myself,
@@ -164,6 +166,8 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
     }
     let mut last = String::new();
     for (host, ip) in usable {
+        // A host with credentials gets them only over verified TLS.
+        let required = required || ctx.auth.contains_key(&host.name.to_lowercase());
         match attempt(ctx, job, &msg, host, ip, required).await {
             Attempt::Done(results) => return results,
             Attempt::Next(why) => {
@@ -252,7 +256,7 @@ async fn connect(
             TlsPolicy::Required if !c.ext.starttls => {
                 c.quit().await;
                 return Err(format!(
-                    "4.7.4 {} does not offer STARTTLS, and TLS is required for it (tlsdestinations)",
+                    "4.7.4 {} does not offer STARTTLS, and TLS is required for it (tlsdestinations or smtpauth)",
                     host.name
                 ));
             }
@@ -260,7 +264,15 @@ async fn connect(
             _ => {}
         }
         match c.starttls(&ctx.tls, required, &ctx.cfg.helohost).await {
-            Ok(c) => return Ok((c, false)),
+            Ok(mut c) => {
+                if let Some(cred) = ctx.auth.get(&host.name.to_lowercase())
+                    && let Err(f) = c.authenticate(&cred.user, &cred.password).await
+                {
+                    c.quit().await;
+                    return Err(format!("4.7.0 AUTH as {} failed: {}", cred.user, f.text()));
+                }
+                return Ok((c, false));
+            }
             Err(f) if required => {
                 return Err(format!("4.7.5 TLS required and failed: {}", f.text()));
             }

@@ -13,7 +13,9 @@
 //! /etc/resolv.conf), implicit MX, null MX, remoteport. SMTP (client.rs, deliver.rs): EHLO or
 //! HELO, STARTTLS (opportunistic; verified for tlsdestinations), PIPELINING, SIZE, 8BITMIME,
 //! SMTPUTF8 (kept from the envelope's `U` record; a message that needs it is not sent to a
-//! server without it, 5.6.7), all recipients of the job in one transaction, the next MX on a
+//! server without it, 5.6.7), AUTH PLAIN/LOGIN to a smarthost with credentials in
+//! control/smtpauth (read once at start; only after STARTTLS with a verified certificate:
+//! smtpauth.rs), all recipients of the job in one transaction, the next MX on a
 //! server failure, connections kept for the next job to the same server. A server that is this
 //! host (myself.rs: `me`, or our address and smtplisten port) is a mail loop: 5.4.6. Every line
 //! end goes out as CR LF (message.rs). Timeouts: timeoutconnect, timeoutremote, and at least
@@ -25,6 +27,7 @@ mod deliver;
 mod message;
 mod myself;
 mod route;
+mod smtpauth;
 mod tls;
 
 use deliver::{Ctx, Job};
@@ -70,7 +73,9 @@ async fn run() -> Result<(), String> {
     let tls = tls::configs(cfg.tlsca.as_deref())?;
     let queue = Queue::new(&root);
     let myself = myself::Myself::new(&cfg.me, &cfg.smtplisten);
+    let auth = smtpauth::load(&root)?;
     let ctx = Rc::new(Ctx {
+        auth,
         cfg,
         dns,
         tls,
