@@ -10,16 +10,7 @@ use ferry_e2e::{Env, free_port};
 use std::time::Duration;
 
 fn sender_with(dns: &Dns, port: u16, controls: &[(&str, &str)]) -> Env {
-    let mut env = Env::new();
-    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
-    env.control("remoteport", &port.to_string());
-    env.control("timeoutconnect", "5");
-    env.control("timeoutremote", "10");
-    for (k, v) in controls {
-        env.control(k, v);
-    }
-    env.start_send();
-    env
+    ferry_e2e::remote::sender(dns, port, controls)
 }
 
 fn scripted(env: &Env, name: &str, ip: &str, port: u16, cfg: &str) -> Scripted {

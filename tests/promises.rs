@@ -11,16 +11,7 @@ use std::io::Read;
 use std::time::Duration;
 
 fn sender_with(dns: &Dns, port: u16, controls: &[(&str, &str)]) -> Env {
-    let mut env = Env::new();
-    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
-    env.control("remoteport", &port.to_string());
-    env.control("timeoutconnect", "5");
-    env.control("timeoutremote", "10");
-    for (k, v) in controls {
-        env.control(k, v);
-    }
-    env.start_send();
-    env
+    ferry_e2e::remote::sender(dns, port, controls)
 }
 
 fn sendmail(env: &Env, from: &str, to: &str, subject: &str) {

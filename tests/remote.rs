@@ -15,16 +15,7 @@ fn sender(dns: &Dns, port: u16) -> Env {
 }
 
 fn sender_with(dns: &Dns, port: u16, controls: &[(&str, &str)]) -> Env {
-    let mut env = Env::new();
-    for (k, v) in controls {
-        env.control(k, v);
-    }
-    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
-    env.control("remoteport", &port.to_string());
-    env.control("timeoutconnect", "5");
-    env.control("timeoutremote", "10");
-    env.start_send();
-    env
+    ferry_e2e::remote::sender(dns, port, controls)
 }
 
 fn send(env: &Env, from: &str, to: &[&str], subject: &str) {

@@ -8,6 +8,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A sending root: remote deliveries ask `dns` and reach servers found by MX on `port`, with
+/// short timeouts; `controls` are written after those (so they may override them); send runs.
+pub fn sender(dns: &Dns, port: u16, controls: &[(&str, &str)]) -> crate::Env {
+    let mut env = crate::Env::new();
+    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
+    env.control("remoteport", &port.to_string());
+    env.control("timeoutconnect", "5");
+    env.control("timeoutremote", "10");
+    for (k, v) in controls {
+        env.control(k, v);
+    }
+    env.start_send();
+    env
+}
+
 pub struct Dns {
     child: Child,
     pub port: u16,
