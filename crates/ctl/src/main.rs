@@ -92,7 +92,7 @@ const COMMANDS: &[Command] = &[
         "check",
         "check [--no-dns]",
         "check configuration, install, listening ports and DNS records",
-        "One line per item, OK, WARN or FAIL, with the fix: every control file (errors with file and line, unknown names), the TLS pair, owners and modes of the install (the manifest), smtpd answering 220 on each smtplisten address, and DNS (unless --no-dns): A/AAAA of me, MX, SPF and DMARC of each local domain, PTR of me's addresses. Name servers: control/resolvconf, else /etc/resolv.conf. Exit 1 if anything FAILs.",
+        "One line per item, OK, WARN or FAIL, with the fix: every control file (errors with file and line, unknown names), the TLS pair and the certificate smtpd serves (the one on disk? days left), owners and modes of the install (the manifest), the owners of virtual mailboxes, smtpd answering 220 on each smtplisten address, and DNS (unless --no-dns): every smtproutes host, A/AAAA of me, MX, SPF and DMARC of each local domain, PTR of me's addresses. Name servers: control/resolvconf, else /etc/resolv.conf. Exit 1 if anything FAILs.",
     ),
     cmd(
         "setup",
