@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use ferry_e2e::remote::{Dns, Scripted};
 use ferry_e2e::Env;
+use ferry_e2e::remote::{Dns, Scripted};
 use std::time::Duration;
 
 fn stderr(o: &std::process::Output) -> String {
@@ -122,7 +122,7 @@ fn init_is_short_and_users_have_a_fixed_home() {
     let env = Env::new();
     let fresh = env.root.join("..").join("fresh");
     std::fs::create_dir_all(fresh.join("bin")).unwrap();
-    std::fs::copy(env.root.join("bin/ferryctl"), fresh.join("bin/ferryctl")).unwrap();
+    ferry_e2e::copy_program(&env.root.join("bin/ferryctl"), &fresh.join("bin/ferryctl"));
     let out = std::process::Command::new(fresh.join("bin/ferryctl"))
         .arg("init")
         .output()

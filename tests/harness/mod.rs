@@ -41,6 +41,14 @@ pub fn bin_dir() -> PathBuf {
     })
 }
 
+/// Copies a program with cp(1), not in this process: a file this process had open for
+/// writing could be inherited by a child another test thread forks at that moment, and then
+/// running the program fails with "Text file busy" (ETXTBSY) until that child execs.
+pub fn copy_program(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// A copy of the programs under test that roots link to, so that `ferryctl init` setting the
 /// owners and modes of a root's bin/ never touches the build outputs. One per build (keyed by
 /// the programs' sizes and times), made once and shared by every test process.
@@ -57,7 +65,8 @@ fn staged_bin_dir() -> PathBuf {
         });
         (p, m.len(), m.modified().ok()).hash(&mut h);
     }
-    let base = Path::new("/tmp/ferry-stage");
+    let base_name = format!("/tmp/ferry-stage-{}", nix::unistd::getuid());
+    let base = Path::new(&base_name);
     let dir = base.join(format!("{:016x}", h.finish()));
     if dir.is_dir() {
         return dir;
@@ -69,7 +78,7 @@ fn staged_bin_dir() -> PathBuf {
         .tempdir_in(base)
         .unwrap();
     for p in ferry_common::layout::PROGRAMS {
-        std::fs::copy(src.join(p), tmp.path().join(p)).unwrap();
+        copy_program(&src.join(p), &tmp.path().join(p));
     }
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let made = tmp.keep();
@@ -129,7 +138,7 @@ impl Env {
             let src = staged.join(p);
             // The setuid queue is copied (its owner and mode change); the rest is linked.
             if *p == "queue" || std::fs::hard_link(&src, bin.join(p)).is_err() {
-                std::fs::copy(&src, bin.join(p)).unwrap();
+                copy_program(&src, &bin.join(p));
             }
         }
         let env = Env {
