@@ -226,6 +226,45 @@ print("other", s.docmd("MAIL", "FROM:<x@virt.example>")[0])
 }
 
 #[test]
+fn from_header_addresses_must_be_owned_too() {
+    let (env, sub, _) = setup_with(&[("senders", "team@virt.example: bob@localhost")]);
+    let out = python(&format!(
+        r#"
+def send(tag, frm):
+    try:
+        s.sendmail("bob@localhost", ["alice@localhost"], ("From: " + frm + "\r\nSubject: " + tag + "\r\n\r\nhi\r\n").encode())
+        print(tag, "accepted")
+    except smtplib.SMTPDataError as e:
+        print(tag, e.smtp_code, e.smtp_error.decode())
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=20)
+s.starttls(context=ctx)
+s.login("bob@localhost", "{PASSWORD}")
+send("spoofed", "Carol <carol@localhost>")
+send("second-spoofed", "\"Bob\" <bob@localhost>,\r\n carol@localhost")
+send("two-fields", "bob@localhost\r\nFrom: carol@localhost")
+send("owned", "Bob <BOB-x@localhost>, team@virt.example (the team)")
+s.quit()
+"#
+    ));
+    for want in [
+        "spoofed 553 5.7.1 <carol@localhost>: From: address not owned by user bob@localhost",
+        "second-spoofed 553 5.7.1 <carol@localhost>",
+        "two-fields 553 5.7.1 <carol@localhost>",
+        "owned accepted",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    // Nothing of the refused messages was queued: only the last one arrives.
+    let got = env.wait_maildir(&env.mailbox("alice"), 1);
+    env.wait_queue_empty();
+    let got_now = env.maildir_new(&env.mailbox("alice"));
+    assert_eq!(got_now.len(), 1, "{got_now:?}");
+    assert!(String::from_utf8_lossy(&got[0]).contains("Subject: owned"));
+    let log = env.log("submission.log");
+    assert!(log.contains("From: address not owned"), "{log}");
+}
+
+#[test]
 fn an_authenticated_user_relays_through_smtproutes() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Scripted::start(dir.path().join("rx"), "127.0.0.1", free_port(), "{}");

@@ -4,6 +4,10 @@
 //! sendmail adds them (Postfix's `local_header_rewrite_clients`); an authenticated client's
 //! message also loses its `Bcc` fields. Mail from anybody else is passed on as it came.
 //!
+//! The header also gives the addresses of its From fields ([`Fixer::from`]), which an
+//! authenticated client must own like its envelope senders (session.rs checks them at the
+//! final dot: 553 5.7.1; a header too long to be read is refused too).
+//!
 //! The header is found as the message streams: [`Fixer::feed`] holds back the bytes until the
 //! header section has ended (an empty line, or the first line that is not a field), at most
 //! [`MAX_HEADER`] bytes (a longer header is passed on unchanged), then passes everything on.
@@ -12,6 +16,8 @@ use ferry_common::{date, rfc5322};
 
 /// Most bytes held back while looking for the end of the header.
 pub const MAX_HEADER: usize = 256 * 1024;
+/// Most From addresses kept (RFC 5322 allows several authors; more than this is refused).
+pub const MAX_FROM: usize = 32;
 
 pub struct Fixer {
     held: Vec<u8>,
@@ -22,6 +28,8 @@ pub struct Fixer {
     /// Submission by an authenticated client: Bcc fields are removed (RFC 6409 §8.1 leaves
     /// it to the client; many do not).
     strip_bcc: bool,
+    /// The addresses of the From fields, once the header has ended (at most MAX_FROM + 1).
+    from: Option<Vec<String>>,
 }
 
 impl Fixer {
@@ -32,7 +40,15 @@ impl Fixer {
             sender: sender.to_string(),
             me: me.to_string(),
             strip_bcc,
+            from: None,
         }
+    }
+
+    /// The addresses of the message's own From fields (every one of them; none when it had
+    /// none and one was added from the envelope sender), at most [`MAX_FROM`] + 1 of them.
+    /// None until the header has ended, and for a header longer than [`MAX_HEADER`].
+    pub fn from(&self) -> Option<&[String]> {
+        self.from.as_deref()
     }
 
     /// The next piece of the message (LF line ends); returns what may go on now. `last`: the
@@ -47,6 +63,7 @@ impl Fixer {
             Some((at, blank)) => {
                 self.done = true;
                 let held = std::mem::take(&mut self.held);
+                self.from = Some(from_addresses(&held[..at]));
                 let mut out = Vec::with_capacity(held.len() + 256);
                 if self.strip_bcc {
                     out.extend_from_slice(&without_bcc(&held[..at]));
@@ -102,6 +119,21 @@ impl Fixer {
         }
         add
     }
+}
+
+/// The addresses of every From field of `header`, at most MAX_FROM + 1.
+fn from_addresses(header: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, value) in rfc5322::fields(header) {
+        if name.eq_ignore_ascii_case("From") {
+            out.extend(rfc5322::addresses(&value));
+            if out.len() > MAX_FROM {
+                out.truncate(MAX_FROM + 1);
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The header without its Bcc fields (with their continuation lines).
@@ -192,6 +224,43 @@ mod tests {
             fix(m),
             "From: x@y\nDate: Thu, 1 Jan 1970 00:00:00 +0000\nMessage-Id: <1@y>\nSubject: Bcc: no\n\nBcc: body stays\n"
         );
+    }
+
+    #[test]
+    fn from_addresses_are_read_from_every_from_field() {
+        let mut f = Fixer::new("a@ours.example", "mx", true);
+        let m = b"Subject: x\nFrom: \"A, B\" <a@ours.example>,\n c@ours.example (C)\nfrom: d@x\n\nFrom: body@x\n";
+        assert_eq!(f.from(), None);
+        let _ = f.feed(m[..20].to_vec(), false);
+        assert_eq!(f.from(), None);
+        let _ = f.feed(m[20..].to_vec(), true);
+        assert_eq!(
+            f.from(),
+            Some(
+                &[
+                    "a@ours.example".to_string(),
+                    "c@ours.example".into(),
+                    "d@x".into()
+                ][..]
+            )
+        );
+        let mut f = Fixer::new("a@ours.example", "mx", true);
+        let _ = f.feed(b"Subject: x\n\nhi\n".to_vec(), true);
+        assert_eq!(f.from(), Some(&[][..]));
+        let mut f = Fixer::new("a@ours.example", "mx", true);
+        let _ = f.feed(
+            format!("X: {}\n", "y".repeat(MAX_HEADER)).into_bytes(),
+            false,
+        );
+        let _ = f.feed(b"From: z@x\n\nhi\n".to_vec(), true);
+        assert_eq!(f.from(), None);
+        let many = (0..100)
+            .map(|i| format!("a{i}@x"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut f = Fixer::new("a@ours.example", "mx", true);
+        let _ = f.feed(format!("From: {many}\n\nhi\n").into_bytes(), true);
+        assert_eq!(f.from().map(|a| a.len()), Some(MAX_FROM + 1));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! AUTH PLAIN/LOGIN, both before MAIL; `-smtps` (RFC 8314, `smtpslisten`, 465): TLS from the
 //! first byte, then AUTH. Both need control/tlscert (else exit 111) and check passwords with
 //! their checker; authenticated sessions relay, may use only their own senders (policy.rs,
-//! control/senders), get ESMTPSA and `(authenticated as NAME)` in the Received line, and their
+//! control/senders) as envelope sender and in From: (checked at the final dot, 553 5.7.1),
+//! get ESMTPSA and `(authenticated as NAME)` in the Received line, and their
 //! messages the fix-ups of headers.rs (Bcc removed). Failed AUTHs are delayed and throttled per
 //! address and per name (`authfailures`; server.rs).
 //!

@@ -886,6 +886,9 @@ impl Session {
                 "5.6.0",
                 "Error: message contains a bare CR (RFC 5321 section 2.3.8)",
             ))
+        } else if let (Some(name), Some(f)) = (&self.auth, &t.fix) {
+            // An authenticated user's From addresses are bound like its envelope senders.
+            from_refused(f.from(), name, p)
         } else {
             None
         };
@@ -936,6 +939,44 @@ impl Session {
         }
         (sender, rcpts, bytes)
     }
+}
+
+/// The reply to a message of the authenticated `name` whose From addresses (`from`, None:
+/// the header was too long to be read) are not all its own; None when they are.
+fn from_refused(from: Option<&[String]>, name: &str, p: &dyn Policy) -> Option<Reply> {
+    let Some(from) = from else {
+        return Some(Reply::new(
+            553,
+            "5.7.1",
+            &format!(
+                "Error: header longer than {} KiB: From: cannot be checked",
+                crate::headers::MAX_HEADER / 1024
+            ),
+        ));
+    };
+    if from.len() > crate::headers::MAX_FROM {
+        return Some(Reply::new(
+            553,
+            "5.7.1",
+            &format!(
+                "Error: more than {} From: addresses",
+                crate::headers::MAX_FROM
+            ),
+        ));
+    }
+    from.iter().find_map(|a| {
+        p.check_auth_sender(a, name).err().map(|_| {
+            Reply::new(
+                553,
+                "5.7.1",
+                &format!(
+                    "<{}>: From: address not owned by user {}",
+                    clip(a),
+                    clip(name)
+                ),
+            )
+        })
+    })
 }
 
 /// A refused MAIL or RCPT, for the log.
