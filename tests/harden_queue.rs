@@ -372,3 +372,40 @@ fn abandoned_tmp_files_are_removed_without_a_restart() {
     sendmail_ok(&env, &[&r.addr()], &message("after", "x\n"));
     env.wait_maildir(&r.maildir(), 1);
 }
+
+/// From the security review: a worker taken over by its user that floods lspawn (its log
+/// socket with empty lines, or its result socket) must not keep root busy: lspawn stops
+/// logging a flooding worker (and drops one that sends more results than it owes), and other
+/// users' mail is delivered meanwhile.
+#[test]
+fn a_flooding_worker_does_not_stall_lspawn() {
+    let mut env = Env::new();
+    let dir = env.path("flood");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.display();
+    wrap_local_deliver(
+        &env,
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in\n*/noisy)\n  touch {d}/noisy\n  yes '' >&2 &\n  exec sleep 30 ;;\n*/chatty)\n  touch {d}/chatty\n  head -c 2000000 /dev/zero | tr '\\\\0' 'x' >&0 &\n  exec sleep 30 ;;\nesac\nexec \"$(dirname \"$0\")/local-deliver.real\" \"$@\"\n"
+        ),
+    );
+    env.start_send();
+    let noisy = env.mailbox_rcpt("noisy");
+    let chatty = env.mailbox_rcpt("chatty");
+    let victim = env.mailbox_rcpt("bystander");
+    sendmail_ok(&env, &[&noisy.addr()], &message("noisy", "x\n"));
+    sendmail_ok(&env, &[&chatty.addr()], &message("chatty", "x\n"));
+    env.wait_for("the fake workers", Duration::from_secs(20), || {
+        dir.join("noisy").exists() && dir.join("chatty").exists()
+    });
+    sendmail_ok(&env, &[&victim.addr()], &message("bystander", "x\n"));
+    env.wait_maildir(&victim.maildir(), 1);
+    let log = env.log("send.log");
+    assert!(
+        log.contains("floods its log"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    assert!(log.len() < 8 << 20, "the log grew to {} bytes", log.len());
+}

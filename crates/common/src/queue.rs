@@ -380,6 +380,24 @@ impl QueueFile {
         Self::from_file(File::open(path)?)
     }
 
+    /// For root (lspawn): never follows a symlink, never blocks on a FIFO or device, and takes
+    /// only a regular file, so that whoever can write the queue cannot make root open
+    /// anything else.
+    pub fn open_strict(path: &Path) -> io::Result<QueueFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(path)?;
+        if !file.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad queue file: not a regular file",
+            ));
+        }
+        Self::from_file(file)
+    }
+
     pub fn from_file(file: File) -> io::Result<QueueFile> {
         let total_len = file.metadata()?.len();
         let bad = |why: &str| {
@@ -588,5 +606,23 @@ mod tests {
         v.extend_from_slice(&100u64.to_le_bytes());
         std::fs::write(&p, &v).unwrap();
         assert!(QueueFile::open(&p).is_err());
+    }
+
+    #[test]
+    fn strict_open_takes_regular_files_only() {
+        let (d, _q) = make_queue();
+        let good = d.path().join("good");
+        let mut v = b"msg".to_vec();
+        v.extend_from_slice(TRAILER_MAGIC);
+        v.extend_from_slice(&3u64.to_le_bytes());
+        std::fs::write(&good, &v).unwrap();
+        assert_eq!(QueueFile::open_strict(&good).unwrap().message_len, 3);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(QueueFile::open_strict(&link).is_err());
+        // A FIFO would block a plain open for ever: refused at once.
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(QueueFile::open_strict(&fifo).is_err());
     }
 }

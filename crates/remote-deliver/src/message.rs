@@ -163,12 +163,15 @@ mod tests {
     use super::*;
     use ferry_common::envelope::Envelope;
 
+    /// A temporary file name no other test thread uses.
+    fn scratch(what: &str) -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("ferry-{what}-{}-{n}", std::process::id()))
+    }
+
     fn open_with(body: &[u8], smtputf8: bool) -> (std::path::PathBuf, Option<Message>) {
-        let dir = std::env::temp_dir().join(format!(
-            "ferry-msg-{}-{}-{smtputf8}",
-            std::process::id(),
-            body.len()
-        ));
+        let dir = scratch("msg");
         let mut v = body.to_vec();
         v.extend(
             Envelope {
@@ -200,8 +203,7 @@ mod tests {
     }
 
     fn wire_of(body: &[u8]) -> Vec<u8> {
-        let dir =
-            std::env::temp_dir().join(format!("ferry-wire-{}-{}", std::process::id(), body.len()));
+        let dir = scratch("wire");
         let mut v = body.to_vec();
         v.extend(
             Envelope {

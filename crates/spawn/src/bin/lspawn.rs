@@ -55,6 +55,10 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Most bytes of results read from one worker in one turn (it owes a few short records).
+const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// Most bytes of log lines read from one worker in one turn before it is cut off.
+const MAX_LOG_BYTES: usize = 64 * 1024;
 const FROM_SEND: Token = Token(0);
 const TO_SEND: Token = Token(1);
 const SIGNALS: Token = Token(2);
@@ -389,7 +393,7 @@ impl Lspawn {
         path: &std::path::Path,
     ) -> Result<(File, u64), (i32, String)> {
         if !self.copies.contains_key(id) {
-            let qf = QueueFile::open(path)
+            let qf = QueueFile::open_strict(path)
                 .map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
             let mem = ferry_sys::sealed_copy(&qf.file, qf.message_len)
                 .map_err(|e| (111, format!("cannot copy message {id}: {e}")))?;
@@ -540,13 +544,25 @@ impl Lspawn {
         };
         let mut alive = w.flush().is_ok();
         let mut buf = [0u8; 16 * 1024];
+        let mut taken = 0usize;
+        let mut why = "local-deliver exited in the middle of a delivery";
         loop {
+            // A worker owes a few short results: one that sends more in one go is not ours
+            // any more (and must not keep root reading and buffering).
+            if taken > MAX_RESULT_BYTES {
+                why = "local-deliver sent more than the results it owes";
+                alive = false;
+                break;
+            }
             match w.sock.read(&mut buf) {
                 Ok(0) => {
                     alive = false;
                     break;
                 }
-                Ok(n) => w.reader.feed(&buf[..n]),
+                Ok(n) => {
+                    taken += n;
+                    w.reader.feed(&buf[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -556,7 +572,6 @@ impl Lspawn {
             }
         }
         let mut done = Vec::new();
-        let mut why = "local-deliver exited in the middle of a delivery";
         loop {
             match w.reader.next_record() {
                 // Only a result for a job this worker was given, once, in the form send
@@ -615,13 +630,26 @@ impl Lspawn {
         };
         let mut buf = [0u8; 8192];
         let mut closed = false;
+        let mut taken = 0usize;
         loop {
+            // A worker logs a line or two per delivery: one that floods is cut off, so that
+            // root never spends its turn writing somebody's log.
+            if taken > MAX_LOG_BYTES {
+                log!(
+                    "worker {} ({}) floods its log: no more of its lines are logged",
+                    w.pid,
+                    w.key.1
+                );
+                closed = true;
+                break;
+            }
             match err.read(&mut buf) {
                 Ok(0) => {
                     closed = true;
                     break;
                 }
                 Ok(n) => {
+                    taken += n;
                     for &b in &buf[..n] {
                         if b == b'\n' {
                             relay_line(&w.key, &w.err_buf);
