@@ -133,6 +133,8 @@ fn swaks_plain_over_starttls_and_login_over_implicit_tls_deliver() {
         let m = String::from_utf8_lossy(m);
         assert!(m.contains("with ESMTPSA ("), "{m}");
         assert!(m.contains("(authenticated as bob@localhost)"), "{m}");
+        // submissionreceived full (the default): the client's address is shown.
+        assert!(m.contains(" ([127.0.0.1])\n\tby "), "{m}");
     }
     let log = env.log("submission.log");
     assert!(
@@ -262,6 +264,37 @@ s.quit()
     assert!(String::from_utf8_lossy(&got[0]).contains("Subject: owned"));
     let log = env.log("submission.log");
     assert!(log.contains("From: address not owned"), "{log}");
+}
+
+#[test]
+fn submissionreceived_hide_keeps_the_client_out_of_the_received_line() {
+    let (env, sub, smtps) = setup_with(&[("submissionreceived", "hide")]);
+    python(&format!(
+        r#"
+for port, tls in (({sub}, False), ({smtps}, True)):
+    s = smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=ctx, local_hostname="bobs-laptop.lan") if tls else smtplib.SMTP("127.0.0.1", port, timeout=20, local_hostname="bobs-laptop.lan")
+    if not tls:
+        s.starttls(context=ctx)
+    s.login("bob@localhost", "{PASSWORD}")
+    s.sendmail("bob@localhost", ["alice@localhost"], b"Subject: hidden\r\n\r\nhi\r\n")
+    s.quit()
+"#
+    ));
+    for m in env.wait_maildir(&env.mailbox("alice"), 2) {
+        let m = String::from_utf8_lossy(&m).into_owned();
+        assert!(
+            m.contains("\nReceived: from authenticated-user\n\tby "),
+            "{m}"
+        );
+        assert!(m.contains("with ESMTPSA (TLS"), "{m}");
+        assert!(m.contains("(authenticated as bob@localhost)"), "{m}");
+        assert!(
+            !m.contains("127.0.0.1") && !m.contains("bobs-laptop"),
+            "{m}"
+        );
+    }
+    // The log keeps the address (fail2ban, the admin).
+    assert!(env.log("submission.log").contains("ip=127.0.0.1"));
 }
 
 #[test]

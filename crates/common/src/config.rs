@@ -122,6 +122,9 @@ pub struct Config {
     pub checkpassword: Vec<String>,
     /// Failed AUTHs per client address and per name (in [`AUTH_WINDOW`]) before AUTH is refused.
     pub authfailures: u64,
+    /// `submissionreceived`: the Received line of authenticated mail shows the client's
+    /// address and HELO name (`full`, false) or neither (`hide`, true).
+    pub submission_hides_client: bool,
     pub smtpgreeting: String,
     pub timeoutsmtpd: u64,
     pub concurrencyincoming: u64,
@@ -469,6 +472,18 @@ impl Config {
             }),
             senders: l.list("senders", parse_sender).unwrap_or_default(),
             authfailures: l.number("authfailures", 5).max(1),
+            submission_hides_client: match l.text("submissionreceived").as_deref() {
+                None | Some("full") => false,
+                Some("hide") => true,
+                Some(other) => {
+                    l.errors.push(ControlError::new(
+                        "submissionreceived",
+                        Some(1),
+                        format!("expected full or hide, not {other:?}"),
+                    ));
+                    false
+                }
+            },
             checkpassword: l
                 .text("checkpassword")
                 .map(|t| t.split_whitespace().map(str::to_string).collect())

@@ -188,6 +188,13 @@ pub const FILES: &[ControlFile] = &[
         "smtpd",
     ),
     cf(
+        "submissionreceived",
+        Kind::Text,
+        "full",
+        "the Received line of authenticated mail (submission, smtps): full (the client's address and HELO name, as Postfix) or hide (neither: from authenticated-user)",
+        "smtpd",
+    ),
+    cf(
         "smtpgreeting",
         Kind::Text,
         "me",

@@ -4,7 +4,8 @@
 //! smtpd → qwriter:
 //! - `B txn helo ip protocol tls flags sender rcpt...` begin a message; `txn` is smtpd's number
 //!   for it; helo, ip, protocol (ESMTP, ESMTPS, ...) and tls (version and cipher, or empty) go
-//!   into the Received line; flags is a space-separated list of: `U` when the transaction had
+//!   into the Received line (ip empty: the client is hidden, `submissionreceived hide`, and the
+//!   line says `from authenticated-user` without address and HELO name); flags is a space-separated list of: `U` when the transaction had
 //!   the SMTPUTF8 parameter (recorded in the envelope, crate::envelope), `auth=NAME` when the
 //!   client authenticated (submission; NAME goes into the Received line); empty for neither. smtpd keeps every `B`
 //!   within [`MAX_RCPT_BYTES`] of recipients, so that it always fits in one record.
@@ -92,10 +93,14 @@ pub struct Received<'a> {
 
 impl Received<'_> {
     pub fn line(&self) -> String {
+        // An empty ip: the client is not shown (submissionreceived hide), nor its HELO name.
+        let from = if self.ip.is_empty() {
+            "authenticated-user".to_string()
+        } else {
+            format!("{} ([{}])", clean_helo(self.helo), clean(self.ip, 64))
+        };
         let mut s = format!(
-            "Received: from {} ([{}])\n\tby {} (ferry) with {}",
-            clean_helo(self.helo),
-            clean(self.ip, 64),
+            "Received: from {from}\n\tby {} (ferry) with {}",
             clean(self.by, 255),
             clean(self.protocol, 16)
         );
@@ -182,6 +187,27 @@ mod tests {
         assert!(r.starts_with("Received: from evil??X-Injected:?1 ([192.0.2.1])\n\tby mx.example (ferry) with ESMTPS (TLSv1.3 "));
         assert!(!r.contains("\nX-Injected"));
         assert!(r.ends_with("Thu, 1 Jan 1970 00:00:00 +0000\n"));
+    }
+
+    #[test]
+    fn a_hidden_client_shows_neither_address_nor_helo() {
+        let r = Received {
+            helo: "bobs-laptop.lan",
+            ip: "",
+            by: "mx.example",
+            protocol: "ESMTPSA",
+            tls: "",
+            auth: Some("bob"),
+            id: "abc",
+            rcpt: None,
+            now: 0,
+        }
+        .line();
+        assert!(
+            r.starts_with("Received: from authenticated-user\n\tby mx.example (ferry) with ESMTPSA\n\t(authenticated as bob)\n"),
+            "{r}"
+        );
+        assert!(!r.contains("laptop"));
     }
 
     #[test]

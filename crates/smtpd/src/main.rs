@@ -33,7 +33,7 @@
 //! Control files: me, smtpgreeting, smtplisten, submissionlisten, smtpslisten, databytes,
 //! maxrcpt, maxhops, timeoutsmtpd, concurrencyincoming, concurrencyperip, rcpthosts,
 //! relayclients, locals, virtualdomains, aliases, badmailfrom, badrcptto, tlscert, tlskey,
-//! senders, authfailures (and passwords, read by the checker only). Signals: HUP reloads the control files
+//! senders, authfailures, submissionreceived (full/hide: the client in the Received line) (and passwords, read by the checker only). Signals: HUP reloads the control files
 //! (all but the listen files and the open-file limit, which need a restart), has qwriter reload its
 //! own (`R`), and loads the certificate the key helper read; TERM stops (idle sessions get 421, messages in flight finish).
 //! Logs one line per session, per message, per AUTH and per refused sender or recipient on stderr. Exit 111 on a setup error or when the

@@ -458,10 +458,18 @@ impl Server {
                         self.next_txn += 1;
                         c.txn = Some(txn);
                         self.txns.insert(txn, token);
+                        // submissionreceived hide: neither the address nor the HELO name
+                        // of an authenticated client goes into the Received line.
+                        let (helo, ip) =
+                            if auth.is_some() && self.policy.cfg.submission_hides_client {
+                                (String::new(), String::new())
+                            } else {
+                                (helo, c.peer.ip().to_string())
+                            };
                         let mut r = Record::new(b'B')
                             .with_u64(txn)
                             .with(helo)
-                            .with(c.peer.ip().to_string())
+                            .with(ip)
                             .with(protocol)
                             .with(c.session.tls.clone().unwrap_or_default())
                             .with(ferry_common::writer::flags(smtputf8, auth.as_deref()))
