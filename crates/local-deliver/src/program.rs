@@ -210,9 +210,11 @@ impl AsFd for Out {
     }
 }
 
-/// Reads what the pipe holds now, keeping the first MAX_OUTPUT bytes. True at its end.
+/// Reads what the pipe holds now, keeping the first MAX_OUTPUT bytes, at most 16 buffers a
+/// call (a writer faster than this reader must not keep it from checking the timeout). True
+/// at its end.
 fn drain(o: &mut Out, buf: &mut [u8], kept: &mut Vec<u8>) -> bool {
-    loop {
+    for _ in 0..16 {
         let r = match o {
             Out::Stdout(x) => x.read(buf),
             Out::Stderr(x) => x.read(buf),
@@ -228,6 +230,7 @@ fn drain(o: &mut Out, buf: &mut [u8], kept: &mut Vec<u8>) -> bool {
             Err(_) => return true,
         }
     }
+    false
 }
 
 fn kill_and<T>(pgid: nix::unistd::Pid, child: &mut std::process::Child, r: T) -> T {
@@ -318,6 +321,33 @@ mod tests {
                 _ => "delivered".into(),
             }
         );
+    }
+
+    /// A fast writer left behind after the program exits (from the security review): the
+    /// worker takes what the pipe holds and returns, it does not read for ever.
+    #[test]
+    fn a_fast_writer_left_behind_does_not_hold_the_worker() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("bg.pid");
+        let cmd = format!("yes & echo $! > {}; exit 0", pidfile.display());
+        let r = run_for(
+            &cmd,
+            d.path(),
+            &[],
+            b"",
+            &mut &b"msg\n"[..],
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        assert!(matches!(r, ProgramResult::Delivered));
     }
 
     /// A program that never reads its input does not block either.
