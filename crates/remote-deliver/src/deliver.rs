@@ -167,7 +167,8 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
     let mut last = String::new();
     for (host, ip) in usable {
         // A host with credentials gets them only over verified TLS.
-        let required = required || ctx.auth.contains_key(&host.name.to_lowercase());
+        let required =
+            required || (host.routed && ctx.auth.contains_key(&host.name.to_lowercase()));
         match attempt(ctx, job, &msg, host, ip, required).await {
             Attempt::Done(results) => return results,
             Attempt::Next(why) => {
@@ -265,7 +266,10 @@ async fn connect(
         }
         match c.starttls(&ctx.tls, required, &ctx.cfg.helohost).await {
             Ok(mut c) => {
-                if let Some(cred) = ctx.auth.get(&host.name.to_lowercase())
+                if let Some(cred) = ctx
+                    .auth
+                    .get(&host.name.to_lowercase())
+                    .filter(|_| host.routed)
                     && let Err(f) = c.authenticate(&cred.user, &cred.password).await
                 {
                     c.quit().await;

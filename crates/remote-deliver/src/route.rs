@@ -18,6 +18,8 @@ pub struct Host {
     pub name: String,
     pub addrs: Vec<IpAddr>,
     pub port: u16,
+    /// Named in smtproutes (only such a host gets smarthost credentials).
+    pub routed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -86,6 +88,7 @@ async fn route_inner(
                 name: r.host.clone(),
                 addrs: vec![ip],
                 port,
+                routed: true,
             }]);
         }
         let addrs = addresses(dns, &r.host).await?;
@@ -93,6 +96,7 @@ async fn route_inner(
             name: r.host.clone(),
             addrs,
             port,
+            routed: true,
         }]);
     }
     if let Some(ip) = literal(domain) {
@@ -103,6 +107,7 @@ async fn route_inner(
             name: domain.to_string(),
             addrs: vec![ip],
             port: cfg.remoteport,
+            routed: false,
         }]);
     }
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
@@ -140,6 +145,7 @@ async fn route_inner(
             name: domain.to_string(),
             addrs,
             port: cfg.remoteport,
+            routed: false,
         }]);
     }
     if mx.iter().any(|(_, h)| h.is_empty()) {
@@ -169,6 +175,7 @@ async fn route_inner(
                         name,
                         addrs,
                         port: cfg.remoteport,
+                        routed: false,
                     },
                 ))
             }
