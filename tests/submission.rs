@@ -351,6 +351,31 @@ except smtplib.SMTPServerDisconnected:
     );
 }
 
+/// The failure counts are per service (docs/SMTP.md, Throttling): submission's do not
+/// throttle smtps.
+#[test]
+fn failed_auth_counts_are_per_service() {
+    let (_env, sub, smtps) = setup_with(&[("authfailures", "1")]);
+    let out = python(&format!(
+        r#"
+s = smtplib.SMTP("127.0.0.1", {sub}, timeout=30)
+s.starttls(context=ctx)
+s.ehlo()
+import base64
+print("fail", s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0bob@localhost\0wrong").decode())[0])
+try:
+    print("again", s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0bob@localhost\0{PASSWORD}").decode())[0])
+except smtplib.SMTPServerDisconnected:
+    print("again closed")
+t = smtplib.SMTP_SSL("127.0.0.1", {smtps}, timeout=30, context=ctx)
+print("smtps", t.login("bob@localhost", "{PASSWORD}")[0])
+"#
+    ));
+    assert!(out.contains("fail 535"), "{out}");
+    assert!(out.contains("again 421"), "{out}");
+    assert!(out.contains("smtps 235"), "{out}");
+}
+
 #[test]
 fn the_password_file_is_for_the_checker_only() {
     let env = Env::new();

@@ -184,7 +184,7 @@ pub const FILES: &[ControlFile] = &[
         "authfailures",
         Kind::Number,
         "5",
-        "failed AUTHs per client address, and per user name, in 10 minutes before AUTH is refused (421 4.7.0 / 454 4.7.0); each failure is delayed 2 s",
+        "failed AUTHs per client address, and per user name, in 10 minutes before AUTH is refused (421 4.7.0 / 454 4.7.0), counted by each service (submission, smtps) on its own; each failure is delayed 2 s",
         "smtpd",
     ),
     cf(
