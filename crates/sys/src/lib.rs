@@ -157,7 +157,10 @@ pub fn command_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
 /// caller's leftovers): only the descriptors its protocol names reach it. Register this
 /// after [`command_fds`], whose targets must be below `first`.
 pub fn command_close_from(cmd: &mut Command, first: RawFd) {
-    // SAFETY: runs in the child between fork and exec; close_range and close are
+    // They are marked close-on-exec rather than closed now: std's own close-on-exec pipe,
+    // which reports a failed exec (or a failed later pre_exec step) to the parent, is among
+    // them and must stay open until the exec.
+    // SAFETY: runs in the child between fork and exec; close_range and fcntl are
     // async-signal-safe system calls on plain numbers, and nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {
@@ -165,13 +168,13 @@ pub fn command_close_from(cmd: &mut Command, first: RawFd) {
                 libc::SYS_close_range,
                 first as libc::c_uint,
                 libc::c_uint::MAX,
-                0,
+                libc::CLOSE_RANGE_CLOEXEC,
             );
             if r != 0 {
-                // Kernels before 5.9: close them one by one.
+                // Kernels before 5.11: mark them one by one.
                 let mut fd = first;
                 while fd < 65_536 {
-                    libc::close(fd);
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                     fd += 1;
                 }
             }
