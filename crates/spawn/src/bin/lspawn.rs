@@ -380,6 +380,9 @@ impl Lspawn {
             c.2 += 1;
         }
         if let Err(e) = w.flush() {
+            // Answered here (111) once: the job is no longer the worker's.
+            w.jobs.remove(&job);
+            self.release(job);
             return Err((111, format!("cannot hand the job to local-deliver: {e}")));
         }
         Ok(())
