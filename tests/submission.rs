@@ -630,3 +630,98 @@ fn smarthost_credentials_never_go_over_plaintext() {
     );
     assert!(rx.transactions().is_empty() && rx.received().is_empty());
 }
+
+/// ferryctl knows the submission services: setup says how to add the first user and bring
+/// them up; start leaves them down (not a failure) until a certificate and a password exist,
+/// then enables and starts them; stat, reload (smtpd's verdict from their logs), restart, log
+/// and stop handle them.
+#[test]
+fn ferryctl_start_stat_reload_restart_stop_handle_the_submission_services() {
+    use ferry_e2e::supervision::Tree;
+    let env = Env::new();
+    let setup = env.ferryctl(&["setup", "test.example", "--dry-run", "--ip", "192.0.2.1"]);
+    let t = text(&setup);
+    assert!(setup.status.success(), "{t}");
+    assert!(
+        t.contains("add the first user: ") && t.contains("ferryctl passwd NAME"),
+        "{t}"
+    );
+    assert!(
+        t.contains("ferryctl start   (brings up submission on port 587"),
+        "{t}"
+    );
+    let (sub, smtps) = (free_port(), free_port());
+    env.control("submissionlisten", &format!("127.0.0.1:{sub}"));
+    env.control("smtpslisten", &format!("127.0.0.1:{smtps}"));
+    let (tree, _) = Tree::start(&env);
+    let stat = tree.expect(&["stat"], 0);
+    for svc in ["submission", "smtps"] {
+        assert!(
+            stat.contains(&format!(
+                "{svc:<10} down  (not configured: no control/tlscert and tlskey, no password"
+            )),
+            "{stat}"
+        );
+    }
+    let out = tree.expect(&["start"], 0);
+    assert!(
+        out.contains("submission: not started (not configured: ")
+            && out.contains("smtps: not started (not configured: "),
+        "{out}"
+    );
+    // A certificate and a user: start enables and starts both.
+    ferry_e2e::write_test_certificate(&env.root, "localhost");
+    passwd(&env, "bob@localhost", PASSWORD);
+    let out = tree.expect(&["start"], 0);
+    for svc in ["submission", "smtps"] {
+        assert!(
+            out.contains(&format!("{svc}: configured: removed "))
+                && out.contains(&format!("{svc}: started (pid ")),
+            "{out}"
+        );
+        assert!(!env.path(&format!("service/{svc}/down")).exists());
+    }
+    ferry_e2e::wait_for_greeting(sub);
+    let stat = tree.expect(&["stat"], 0);
+    let pid = tree.pid("submission").unwrap();
+    assert!(
+        stat.contains(&format!("submission up    pid {pid} "))
+            && stat.contains("smtps      up    pid "),
+        "{stat}"
+    );
+    let out = tree.expect(&["reload"], 0);
+    assert!(
+        out.contains(&format!("submission: sent HUP to pid {pid}: reloaded"))
+            && out.contains("smtps: sent HUP to pid ")
+            && out.contains("smtpd: sent HUP to pid "),
+        "{out}"
+    );
+    let out = tree.expect(&["restart"], 0);
+    assert!(
+        out.contains(&format!("submission: restarted (pid {pid} → pid "))
+            && out.contains("smtps: restarted (pid "),
+        "{out}"
+    );
+    let mut tail = Command::new(env.path("bin/ferryctl"))
+        .args(["log", "smtps", "-n", "50"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(tail.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(first.contains("smtpd: "), "{first:?}");
+    let out = tree.expect(&["stop"], 0);
+    assert!(
+        out.contains("submission: stopped") && out.contains("smtps: stopped"),
+        "{out}"
+    );
+    // Stopped but enabled: stat counts them as down.
+    let stat = tree.expect(&["stat"], 1);
+    assert!(stat.contains("submission DOWN"), "{stat}");
+}

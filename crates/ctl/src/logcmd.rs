@@ -1,5 +1,7 @@
 //! `ferryctl log [SERVICE]`: follow the logs as s6-log writes them (ISO 8601 timestamps
-//! first), by becoming `tail -F` on ROOT/log/SERVICE/current, or on both services' logs.
+//! first), by becoming `tail -F` on ROOT/log/SERVICE/current, or on the logs of every
+//! service ferryctl handles (send, smtpd, and submission and smtps when they are up or
+//! enabled: crate::s6::handled).
 
 use crate::{problem, s6};
 use anyhow::Result;
@@ -10,7 +12,8 @@ use std::process::Command;
 pub fn run(root: &Root, service: Option<&str>, lines: u32) -> Result<i32> {
     let names: Vec<&str> = match service {
         Some(s) => vec![s],
-        None => s6::SERVICES.to_vec(),
+        // Every service handled now (the submission ones when up or enabled).
+        None => s6::handled(root)?,
     };
     let mut cmd = Command::new("tail");
     cmd.arg("-n").arg(lines.to_string()).arg("-F");

@@ -3,7 +3,8 @@
 //! Usage: `ferryctl COMMAND [ARGS]`; `ferryctl help` and `ferryctl COMMAND --help` explain each.
 //! Works on the root it is installed in (the parent of its bin/ directory). Reads the queue
 //! directly but never changes it: queue actions are requests to send over queue/ctl/send,
-//! and so is send's reload (`R`: its verdict); smtpd's reload verdict is read from its log.
+//! and so is send's reload (`R`: its verdict); smtpd's reload verdict (and the submission
+//! services', also smtpd) is read from its log.
 //! Exit codes: 0 success; 1 the command ran and found a problem (check FAIL, service down);
 //! 2 bad usage; 111 a temporary failure (send not running, cannot read the queue).
 
@@ -62,31 +63,31 @@ const COMMANDS: &[Command] = &[
         "start",
         "start",
         "start the services (and the s6 supervision tree if needed), wait until ready",
-        "Starts the s6 supervision tree (s6-svscan on ROOT/service, detached, its output in ROOT/log/svscan.log) when it is not running, then brings smtpd and send up and waits until they are ready (s6-svc -wU, 20 s at most). One line per service. Exit 1 if one does not come up (the last lines of its log are shown).",
+        "Starts the s6 supervision tree (s6-svscan on ROOT/service, detached, its output in ROOT/log/svscan.log) when it is not running, then brings send and smtpd up and waits until they are ready (s6-svc -wU, 20 s at most), then the submission services (submission, smtps) once they are configured: a certificate (control/tlscert, tlskey) and a password (ferryctl passwd NAME) or control/checkpassword; their down file is removed then (until then: not started, not configured, which is no failure). One line per service. Exit 1 if one does not come up (the last lines of its log are shown).",
     ),
     cmd(
         "stop",
         "stop [--all]",
         "stop the services; --all also stops the supervision tree",
-        "Stops smtpd, then send (s6-svc -wD); the supervision tree and the loggers keep running. --all then stops s6-svscan and the loggers too (s6-svscanctl -t). The queue is kept: the next start delivers what is in it.",
+        "Stops the submission services that run, smtpd, then send (s6-svc -wD); the supervision tree and the loggers keep running. --all then stops s6-svscan and the loggers too (s6-svscanctl -t). The queue is kept: the next start delivers what is in it.",
     ),
     cmd(
         "restart",
         "restart",
         "restart both services (a down one is started)",
-        "Restarts send and smtpd (s6-svc -wR; a service that is down is started) and shows the old and new pids. Exit 1 if one does not come back, or if the supervision tree is not running.",
+        "Restarts send, smtpd and the submission services that are up or enabled and configured (s6-svc -wR; a service that is down is started) and shows the old and new pids. Exit 1 if one does not come back, or if the supervision tree is not running.",
     ),
     cmd(
         "reload",
         "reload",
         "re-read the control files and the certificate; show each service's verdict",
-        "Makes both services re-read their settings and shows each one's verdict: send is asked over queue/ctl/send and answers reloaded or refused (why); smtpd gets HUP (it re-reads the control files and the TLS certificate) and its verdict is read back from ROOT/log/smtpd/current (5 s at most). A refused reload keeps the old settings. Exit 1 if a service is down, refused, reloaded only in part (e.g. the certificate could not be read), or its verdict could not be read (\"HUP sent, verdict unknown\").",
+        "Makes both services re-read their settings and shows each one's verdict: send is asked over queue/ctl/send and answers reloaded or refused (why); smtpd gets HUP (it re-reads the control files and the TLS certificate) and its verdict is read back from ROOT/log/smtpd/current (5 s at most), and so do the submission services that run (from ROOT/log/submission/current, ROOT/log/smtps/current). A refused reload keeps the old settings. Exit 1 if a service is down, refused, reloaded only in part (e.g. the certificate could not be read), or its verdict could not be read (\"HUP sent, verdict unknown\").",
     ),
     cmd(
         "stat",
         "stat",
         "services, pids, uptimes, readiness, run mode and the queue on one screen",
-        "Shows the run mode (privilege separation or single-user), the supervision tree, each service (up/down, pid, uptime, readiness, its logger), where smtpd listens, and the queue: messages (held, deferred, new), recipients pending (local, remote), the oldest. Exit 1 if a service is down or not ready, 111 if the queue cannot be read.",
+        "Shows the run mode (privilege separation or single-user), the supervision tree, each service (up/down, pid, uptime, readiness, its logger; a submission service not configured yet as down (not configured: what is missing), which is no failure), where smtpd listens, and the queue: messages (held, deferred, new), recipients pending (local, remote), the oldest. Exit 1 if a service is down or not ready, 111 if the queue cannot be read.",
     ),
     cmd(
         "check",
@@ -98,13 +99,13 @@ const COMMANDS: &[Command] = &[
         "setup",
         "setup DOMAIN [--admin USER|ADDRESS] [--me HOST] [--ip ADDRESS] [--dry-run]",
         "first-run wizard: names, aliases, a TLS certificate, the DNS records to publish",
-        "Writes me (the host's name when it is DOMAIN or inside it, else mail.DOMAIN; --me decides), defaultdomain (DOMAIN), locals and rcpthosts (DOMAIN and me; rcpthosts keeps the virtual domains), saying old → new for each file it replaces. Writes a self-signed certificate for me to control/tlscert and control/tlskey when neither exists. Adds the aliases postmaster, root, abuse and mailer-daemon → --admin (default: the invoking user; as root without --admin they stay with the mailbox mail/postmaster), never changing existing ones. Prints the DNS records to publish (A, MX, SPF, DMARC, PTR) with this host's address (--ip gives it). --dry-run shows all this and writes nothing.",
+        "Writes me (the host's name when it is DOMAIN or inside it, else mail.DOMAIN; --me decides), defaultdomain (DOMAIN), locals and rcpthosts (DOMAIN and me; rcpthosts keeps the virtual domains), saying old → new for each file it replaces. Writes a self-signed certificate for me to control/tlscert and control/tlskey when neither exists. Adds the aliases postmaster, root, abuse and mailer-daemon → --admin (default: the invoking user; as root without --admin they stay with the mailbox mail/postmaster), never changing existing ones. Prints the DNS records to publish (A, MX, SPF, DMARC, PTR) with this host's address (--ip gives it), and how to let mail clients in: the first user (ferryctl passwd NAME), then ferryctl start for the submission services (587, 465). --dry-run shows all this and writes nothing.",
     ),
     cmd(
         "log",
-        "log [smtpd|send] [-n LINES]",
+        "log [smtpd|send|submission|smtps] [-n LINES]",
         "follow the logs (both services, or one)",
-        "Follows ROOT/log/SERVICE/current with tail -F (both services when none is named), starting with the last LINES lines (20), with s6-log's ISO 8601 timestamps.",
+        "Follows ROOT/log/SERVICE/current with tail -F (every service when none is named: send, smtpd, and submission and smtps when they are up or enabled), starting with the last LINES lines (20), with s6-log's ISO 8601 timestamps.",
     ),
     cmd(
         "queue",
@@ -368,9 +369,11 @@ fn run(root: &Root, c: &Command, args: &[String]) -> Result<i32> {
             a.at_most(1)?;
             let service = a.pos.first().map(String::as_str);
             if let Some(s) = service
-                && !s6::SERVICES.contains(&s)
+                && !s6::ALL.contains(&s)
             {
-                return Err(usage(format!("no service {s:?}: smtpd or send")));
+                return Err(usage(format!(
+                    "no service {s:?}: smtpd, send, submission or smtps"
+                )));
             }
             let n = match a.value("-n") {
                 Some(v) => v

@@ -1,8 +1,14 @@
 //! The s6 side of ferryctl: is the supervision tree running, what state is each service in,
 //! and the s6 tools that change it (`s6-svc`, `s6-svscanctl`), each with a time limit.
 //!
-//! The scan directory is ROOT/service; each service directory there (smtpd, send) has a
-//! `log/` service running s6-log into ROOT/log/NAME.
+//! The scan directory is ROOT/service; each service directory there (smtpd, send, and the
+//! submission services submission and smtps) has a `log/` service running s6-log into
+//! ROOT/log/NAME.
+//!
+//! send and smtpd are always handled. The submission services are installed down (a `down`
+//! file, crate::init) until they are configured (a certificate and a credential:
+//! [`not_configured`]); ferryctl handles them when they are up or enabled (no `down` file):
+//! [`handled`]. `ferryctl start` enables and starts them once they are configured.
 
 use crate::run::{self, Out};
 use anyhow::{Context, Result};
@@ -15,6 +21,69 @@ use std::time::{Duration, Instant};
 
 /// The supervised services, in the order they are started.
 pub const SERVICES: &[&str] = &["send", "smtpd"];
+/// The submission services (issue 9), started after those, down until configured.
+pub const SUBMISSION: &[&str] = &["submission", "smtps"];
+/// Every service ferryctl knows, in start order.
+pub const ALL: &[&str] = &["send", "smtpd", "submission", "smtps"];
+
+/// The program a service runs (the name its log lines carry): smtpd for the submission ones.
+pub fn program(name: &str) -> &str {
+    if SUBMISSION.contains(&name) {
+        "smtpd"
+    } else {
+        name
+    }
+}
+
+/// Is the service installed (its directory has a `run` script)?
+pub fn installed(root: &Root, name: &str) -> bool {
+    service_dir(root, name).join("run").exists()
+}
+
+/// Is the service installed and enabled (no `down` file: s6 starts it with the tree)?
+pub fn enabled(root: &Root, name: &str) -> bool {
+    installed(root, name) && !service_dir(root, name).join("down").exists()
+}
+
+/// What a submission service still needs before it can run, in words (None: nothing). It needs
+/// control/tlscert and control/tlskey, and a password in control/passwords or a
+/// control/checkpassword program. A password file this user cannot read counts as there.
+pub fn not_configured(root: &Root) -> Option<String> {
+    let mut missing = Vec::new();
+    let control = |n: &str| root.control_file(n);
+    if !control("tlscert").exists() || !control("tlskey").exists() {
+        missing.push("no control/tlscert and tlskey".to_string());
+    }
+    let checkpassword = std::fs::read_to_string(control("checkpassword")).is_ok_and(|t| {
+        t.lines()
+            .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    });
+    let passwords = match crate::passwd::list(root) {
+        Ok(names) => !names.is_empty(),
+        Err(_) => control("passwords").exists(),
+    };
+    if !passwords && !checkpassword {
+        missing.push("no password (ferryctl passwd NAME) nor control/checkpassword".into());
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// The services ferryctl handles now, in start order: send and smtpd, and each submission
+/// service that is up, or enabled and configured.
+pub fn handled(root: &Root) -> Result<Vec<&'static str>> {
+    let mut out = SERVICES.to_vec();
+    let configured = not_configured(root).is_none();
+    for name in SUBMISSION {
+        if !installed(root, name) {
+            continue;
+        }
+        let up = status(&service_dir(root, name))?.is_some_and(|s| s.up);
+        if up || (configured && enabled(root, name)) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
 
 /// How long s6-svc waits for a service to come up, go down or restart (its -T).
 pub const WAIT_MS: u64 = 20_000;

@@ -1,7 +1,9 @@
 //! `ferryctl setup DOMAIN`: the first-run wizard. Writes me, defaultdomain, locals and
 //! rcpthosts (saying old → new when it replaces one), a self-signed certificate when there is
 //! none, the postmaster/root/abuse/mailer-daemon aliases (added, never changed), and prints
-//! the DNS records to publish. `--dry-run` writes nothing.
+//! the DNS records to publish, and how to let mail clients in (the first user with
+//! `ferryctl passwd NAME`, then `ferryctl start` for the submission services). `--dry-run`
+//! writes nothing.
 //!
 //! `me` is the host's name (gethostname, then `hostname -f`) when it is DOMAIN or inside it,
 //! else `mail.DOMAIN`; `--me HOST` decides instead.
@@ -262,6 +264,32 @@ fn dns_records(domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
     out.push("  DKIM: ferry does not sign mail yet; a DKIM record comes with it.".into());
 }
 
+/// How to let mail clients in: the first user, then the submission services.
+fn submission(root: &Root, me: &str, domain: &str, out: &mut Vec<String>) {
+    let ctl = root.bin("ferryctl");
+    let ctl = ctl.display();
+    out.push(String::new());
+    out.push("Mail clients (submission with SMTP AUTH; docs/OPERATIONS.md):".into());
+    match crate::passwd::list(root) {
+        Ok(names) if !names.is_empty() => out.push(format!(
+            "  users: {} already (add more with {ctl} passwd NAME)",
+            names.len()
+        )),
+        _ => out.push(format!(
+            "  add the first user: {ctl} passwd NAME   (NAME: a local user, or an address like you@{domain} in a virtual domain; it asks for the password)"
+        )),
+    }
+    out.push(format!(
+        "  then: {ctl} start   (brings up submission on port 587, STARTTLS, and smtps on 465, TLS, once a certificate and a password exist; {ctl} stat shows them)"
+    ));
+    if let Some(why) = crate::s6::not_configured(root) {
+        out.push(format!("  not configured yet: {why}"));
+    }
+    out.push(format!(
+        "  in the client: server {me}, port 587 with STARTTLS (or 465 with SSL/TLS), user name NAME, normal password"
+    ));
+}
+
 pub fn run(root: &Root, opts: &Opts) -> Result<Vec<String>> {
     let domain = config::parse_domain(&opts.domain).map_err(usage)?;
     if !domain.contains('.') {
@@ -324,6 +352,7 @@ pub fn run(root: &Root, opts: &Opts) -> Result<Vec<String>> {
     });
     aliases(root, opts, &mut out)?;
     dns_records(&domain, &me, opts, &mut out);
+    submission(root, &me, &domain, &mut out);
     out.push(String::new());
     if !opts.dry_run {
         out.push("next: ferryctl reload (or ferryctl start), then ferryctl check".into());

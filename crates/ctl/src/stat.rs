@@ -1,6 +1,8 @@
 //! `ferryctl stat`: one screen on the state of the install, like `qmailctl stat` with
 //! `qmail-qstat`: the run mode, the supervision tree, each service (up/down, pid, uptime,
-//! readiness, its logger), where smtpd listens, and the queue in numbers.
+//! readiness, its logger; a submission service that is not configured or not enabled yet
+//! as `down (not configured: ...)`, which is not a failure), where smtpd listens, and the
+//! queue in numbers.
 
 use crate::queuecmd::{self, Entry};
 use crate::s6;
@@ -141,9 +143,25 @@ pub fn run(root: &Root) -> Result<(String, i32)> {
         );
         code = 1;
     }
-    for name in s6::SERVICES {
+    let handled = s6::handled(root)?;
+    for name in s6::ALL {
+        if !s6::installed(root, name) {
+            continue;
+        }
         let dir = s6::service_dir(root, name);
         let st = s6::status(&dir)?;
+        if !handled.contains(name) {
+            // A submission service that is not meant to run yet: not a failure.
+            let why = match s6::not_configured(root) {
+                Some(why) => format!("not configured: {why}"),
+                None => format!(
+                    "configured, not enabled: {} start starts it",
+                    root.bin("ferryctl").display()
+                ),
+            };
+            let _ = writeln!(out, "{name:<10} down  ({why})");
+            continue;
+        }
         let log = s6::status(&dir.join("log"))?;
         let (line, ok) = service_line(name, st.as_ref(), log.as_ref());
         let _ = writeln!(out, "{line}");

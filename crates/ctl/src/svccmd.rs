@@ -1,6 +1,11 @@
 //! `ferryctl start | stop [--all] | restart | reload`: drive the services under s6, one line
 //! of report per service. `start` also starts the supervision tree (s6-svscan on
 //! ROOT/service) when it is not running, as `make run` and systemd do.
+//!
+//! The submission services (submission, smtps) are handled when they are up or enabled (no
+//! `down` file: crate::s6::handled). `start` enables one (removes its `down` file) and starts
+//! it once it is configured (a certificate and a credential: crate::s6::not_configured);
+//! until then it says `not started (not configured: ...)`, which is not a failure.
 
 use crate::problem;
 use crate::s6::{self, Status};
@@ -122,8 +127,9 @@ pub fn start(root: &Root) -> Result<(Vec<String>, i32)> {
     let fresh = !s6::svscan_running(root)?;
     let all_supervised = || {
         s6::svscan_running(root).unwrap_or(false)
-            && s6::SERVICES
+            && s6::ALL
                 .iter()
+                .filter(|n| s6::installed(root, n))
                 .all(|n| s6::supervised(&s6::service_dir(root, n)).unwrap_or(false))
     };
     if fresh {
@@ -162,7 +168,50 @@ pub fn start(root: &Root) -> Result<(Vec<String>, i32)> {
             code = 1;
         }
     }
+    for name in s6::SUBMISSION {
+        let (l, ok) = start_submission(root, name, fresh)?;
+        lines.extend(l);
+        if !ok {
+            code = 1;
+        }
+    }
     Ok((lines, code))
+}
+
+/// A submission service at `start`: left alone when it is not installed, kept down while it is
+/// not configured (not a failure), else enabled (its `down` file removed) and brought up.
+fn start_submission(root: &Root, name: &str, fresh: bool) -> Result<(Vec<String>, bool)> {
+    if !s6::installed(root, name) {
+        return Ok((Vec::new(), true));
+    }
+    let dir = s6::service_dir(root, name);
+    let up = s6::status(&dir)?.is_some_and(|s| s.up);
+    if !up && let Some(why) = s6::not_configured(root) {
+        if s6::enabled(root, name) {
+            // Enabled by hand but unable to run: keep s6 from restarting it every second.
+            let _ = s6::svc(&["-d"], &dir);
+        }
+        return Ok((
+            vec![format!(
+                "{name}: not started (not configured: {why}; {} setup says how)",
+                root.bin("ferryctl").display()
+            )],
+            true,
+        ));
+    }
+    let mut lines = Vec::new();
+    let down = dir.join("down");
+    if down.exists() {
+        std::fs::remove_file(&down)
+            .map_err(|e| problem(format!("cannot remove {}: {e}", down.display())))?;
+        lines.push(format!(
+            "{name}: configured: removed {} (s6 starts it with the tree from now on)",
+            down.display()
+        ));
+    }
+    let (l, ok) = bring_up(root, name, fresh)?;
+    lines.extend(l);
+    Ok((lines, ok))
 }
 
 fn tree_down(root: &Root) -> Vec<String> {
@@ -181,8 +230,8 @@ pub fn stop(root: &Root, all: bool) -> Result<(Vec<String>, i32)> {
         return Ok((lines, 0));
     }
     right_user(root)?;
-    // smtpd first: stop taking mail before the scheduler goes.
-    for name in s6::SERVICES.iter().rev() {
+    // smtpd (and submission) first: stop taking mail before the scheduler goes.
+    for name in s6::handled(root)?.iter().rev() {
         let dir = s6::service_dir(root, name);
         match s6::status(&dir)? {
             None => lines.push(format!("{name}: not supervised")),
@@ -246,7 +295,7 @@ pub fn restart(root: &Root) -> Result<(Vec<String>, i32)> {
     right_user(root)?;
     let mut lines = Vec::new();
     let mut code = 0;
-    for name in s6::SERVICES {
+    for name in s6::handled(root)? {
         let dir = s6::service_dir(root, name);
         let before = s6::status(&dir)?;
         let was_up = before.as_ref().is_some_and(|s| s.up);
@@ -280,7 +329,8 @@ pub fn restart(root: &Root) -> Result<(Vec<String>, i32)> {
 
 /// `ferryctl reload`: each service's verdict, not only that a HUP went out. send is asked
 /// over queue/ctl/send (it answers `reloaded` or `refused: why`); smtpd, which has no control
-/// socket, gets HUP and its answer is read back from its log (crate::logverdict). Exit 1 when
+/// socket, gets HUP and its answer is read back from its log (crate::logverdict); so do the
+/// submission services (smtpd too: their lines say `smtpd:` in log/submission, log/smtps). Exit 1 when
 /// a service is down, refused, reloaded only in part (`reload: ...` warnings: e.g. the
 /// certificate could not be read, the old one stays), or its verdict could not be read.
 pub fn reload(root: &Root) -> Result<(Vec<String>, i32)> {
@@ -291,12 +341,12 @@ pub fn reload(root: &Root) -> Result<(Vec<String>, i32)> {
     right_user(root)?;
     let mut lines = Vec::new();
     let mut code = 0;
-    for name in s6::SERVICES {
+    for name in s6::handled(root)? {
         let dir = s6::service_dir(root, name);
         let (line, ok) = match s6::status(&dir)? {
             Some(st) if st.up => {
                 let pid = st.pid.unwrap_or(0);
-                if *name == "send" {
+                if name == "send" {
                     reload_send(root, &dir, pid)?
                 } else {
                     reload_by_hup(root, name, &dir, pid)?
@@ -359,7 +409,7 @@ fn reload_by_hup(
         ));
     }
     let verdict = match &mark {
-        Ok(m) => logverdict::wait(m, name, logverdict::WAIT),
+        Ok(m) => logverdict::wait(m, s6::program(name), logverdict::WAIT),
         Err(e) => Verdict::Unknown(e.clone()),
     };
     Ok(match verdict {
