@@ -265,7 +265,7 @@ fn dns_records(domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
 }
 
 /// How to let mail clients in: the first user, then the submission services.
-fn submission(root: &Root, me: &str, domain: &str, out: &mut Vec<String>) {
+fn submission(root: &Root, me: &str, domain: &str, dry_run: bool, out: &mut Vec<String>) {
     let ctl = root.bin("ferryctl");
     let ctl = ctl.display();
     out.push(String::new());
@@ -282,7 +282,8 @@ fn submission(root: &Root, me: &str, domain: &str, out: &mut Vec<String>) {
     out.push(format!(
         "  then: {ctl} start   (brings up submission on port 587, STARTTLS, and smtps on 465, TLS, once a certificate and a password exist; {ctl} stat shows them)"
     ));
-    if let Some(why) = crate::s6::not_configured(root) {
+    // (A dry run has not written the certificate it would write.)
+    if let Some(why) = crate::s6::not_configured(root).filter(|_| !dry_run) {
         out.push(format!("  not configured yet: {why}"));
     }
     out.push(format!(
@@ -352,7 +353,7 @@ pub fn run(root: &Root, opts: &Opts) -> Result<Vec<String>> {
     });
     aliases(root, opts, &mut out)?;
     dns_records(&domain, &me, opts, &mut out);
-    submission(root, &me, &domain, &mut out);
+    submission(root, &me, &domain, opts.dry_run, &mut out);
     out.push(String::new());
     if !opts.dry_run {
         out.push("next: ferryctl reload (or ferryctl start), then ferryctl check".into());
