@@ -595,6 +595,22 @@ mod tests {
     }
 
     #[test]
+    fn submissionreceived_is_full_or_hide() {
+        let (_d, r) = root_with(&[]);
+        assert!(!Config::load(&r).unwrap().submission_hides_client);
+        let (_d, r) = root_with(&[("submissionreceived", "hide\n")]);
+        assert!(Config::load(&r).unwrap().submission_hides_client);
+        let (_d, r) = root_with(&[("submissionreceived", "hidden\n")]);
+        let e = Config::check(&r);
+        assert!(
+            e.iter()
+                .any(|e| e.to_string().contains("submissionreceived")
+                    && e.to_string().contains("expected full or hide")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn virtual_domains_aliases_routes() {
         let (_d, r) = root_with(&[
             ("me", "h.example"),
