@@ -252,11 +252,10 @@ pub fn check(root: &Root, cfg: &ferry_common::config::Config) -> Vec<crate::chec
             ),
             (false, true) => warn(
                 format!("{svc} is down, though TLS and {counted} are in place"),
-                format!("rm {d}/down; s6-svc -u {d}", d = dir.display()),
+                "ferryctl start brings it up",
             ),
             (false, false) => ok(format!(
-                "{svc} is down (it needs control/tlscert and a password: ferryctl passwd NAME; then rm {d}/down; s6-svc -u {d})",
-                d = dir.display()
+                "{svc} is down (it needs control/tlscert and a password: ferryctl passwd NAME; then ferryctl start)"
             )),
         });
     }
