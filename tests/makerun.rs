@@ -78,6 +78,20 @@ impl Foreground {
         }
     }
 
+    /// Waits (30 s at most) for the run to end by itself and say so.
+    fn wait_stopped(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "still running:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(self.output().contains("ferry stopped"), "{}", self.output());
+    }
+
     /// Ctrl-C: SIGINT to the whole foreground process group; waits for the exit.
     fn interrupt(&mut self) -> ExitStatus {
         let pg = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -331,16 +345,7 @@ fn busy_port_is_refused_and_background_runs_stop_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "still running:\n{}",
-            run.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(run.output().contains("ferry stopped"), "{}", run.output());
+    run.wait_stopped();
     assert!(
         wait_gone(&root, Duration::from_secs(15)),
         "left after stop --all: {:?}",
@@ -355,16 +360,7 @@ fn busy_port_is_refused_and_background_runs_stop_cleanly() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "still running:\n{}",
-            run.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(run.output().contains("ferry stopped"), "{}", run.output());
+    run.wait_stopped();
     assert!(
         wait_gone(&root, Duration::from_secs(15)),
         "left after SIGTERM: {:?}",

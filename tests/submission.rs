@@ -543,32 +543,11 @@ fn ferryctl_check_reports_the_submission_services() {
     }
 }
 
-/// A CA, and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem).
-fn ca_and_leaf(name: &str) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ferry test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 #[test]
 fn remote_deliver_authenticates_to_a_second_ferry_as_smarthost() {
     // The smarthost: a second ferry whose submission service has bob's password and a
     // certificate for relay.test from a CA the sender trusts.
-    let (ca, cert, key) = ca_and_leaf("relay.test");
+    let (ca, cert, key) = ferry_e2e::ca_and_leaf("relay.test");
     let mut relay = Env::new();
     relay.control("virtualdomains", "localhost:mail/*\nfar.example:mail/*\n");
     relay.control("senders", "@test.example: bob@localhost");

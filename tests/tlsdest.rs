@@ -9,31 +9,10 @@ use ferry_e2e::remote::{Dns, Scripted};
 use ferry_e2e::{Env, free_port, message};
 use std::time::Duration;
 
-/// A CA, and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem).
-fn ca_and_leaf(name: &str) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ferry test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 #[test]
 fn required_tls_verifies_and_never_falls_back() {
     // The receiver presents a CA-signed certificate for mx.good.test.
-    let (ca, cert, key) = ca_and_leaf("mx.good.test");
+    let (ca, cert, key) = ferry_e2e::ca_and_leaf("mx.good.test");
     let mut receiver = Env::new();
     receiver.control(
         "virtualdomains",

@@ -395,6 +395,27 @@ pub fn write_test_certificate(root: &Path, name: &str) {
     std::fs::write(root.join("control/tlskey"), key.serialize_pem()).unwrap();
 }
 
+/// A CA, and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem).
+pub fn ca_and_leaf(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
 /// A loopback port that was free a moment ago.
 /// Waits (10 s at most) until a server on 127.0.0.1:`port` greets with 220.
 pub fn wait_for_greeting(port: u16) {
