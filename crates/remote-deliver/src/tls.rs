@@ -2,63 +2,17 @@
 //!
 //! - Opportunistic, for ordinary port-25 delivery: any certificate is accepted (there is no
 //!   way to know the right name without DANE or MTA-STS), but the handshake and its signatures
-//!   are real, so the session is encrypted and a passive listener learns nothing.
+//!   are real, so the session is encrypted and a passive listener learns nothing
+//!   (ferry_tls::AcceptAny, shared with ferryctl check).
 //! - Verified, for the domains of `tlsdestinations`: the certificate must chain to a known root
 //!   (the system bundle /etc/ssl/certs/ca-certificates.crt, else the compiled-in webpki roots,
 //!   plus the certificates of control/tlsca) and name the MX host; otherwise the mail waits
 //!   rather than go in the clear.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use std::sync::Arc;
-
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 pub struct TlsConfigs {
     pub opportunistic: Arc<ClientConfig>,
@@ -76,7 +30,7 @@ pub fn configs(extra: Option<&std::path::Path>) -> Result<TlsConfigs, String> {
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+        .with_custom_certificate_verifier(Arc::new(ferry_tls::AcceptAny(provider.clone())))
         .with_no_client_auth();
     let mut roots = RootCertStore::empty();
     if let Ok(iter) = CertificateDer::pem_file_iter(SYSTEM_BUNDLE) {
