@@ -7,12 +7,9 @@
 //! `tlsdestinations`: the system's roots or `tlsca`), then AUTH PLAIN (or LOGIN when PLAIN is
 //! not offered): never a password in plaintext, never to a server whose name is not proven.
 
+use ferry_common::control;
 use ferry_common::root::Root;
 use std::collections::HashMap;
-use std::io::Read;
-
-/// Longest file read.
-const MAX_FILE: u64 = 1 << 20;
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -29,13 +26,10 @@ impl std::fmt::Debug for Credentials {
 /// Lowercase host → credentials.
 pub type Table = HashMap<String, Credentials>;
 
-pub fn parse(text: &str) -> Result<Table, String> {
+/// The meaningful lines of the file (as control::read_lines gives them, with their numbers).
+pub fn parse(lines: &[(usize, String)]) -> Result<Table, String> {
     let mut t = Table::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    for (n, line) in lines {
         let mut it = line.splitn(3, char::is_whitespace);
         match (it.next(), it.next(), it.next().map(str::trim)) {
             (Some(h), Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => {
@@ -49,8 +43,7 @@ pub fn parse(text: &str) -> Result<Table, String> {
             }
             _ => {
                 return Err(format!(
-                    "control/smtpauth line {}: expected HOST USER PASSWORD",
-                    n + 1
+                    "control/smtpauth line {n}: expected HOST USER PASSWORD"
                 ));
             }
         }
@@ -58,18 +51,14 @@ pub fn parse(text: &str) -> Result<Table, String> {
     Ok(t)
 }
 
+/// control/smtpauth, read as every control file is (bounded, comments skipped); none: no
+/// credentials.
 pub fn load(root: &Root) -> Result<Table, String> {
-    let path = root.control_file("smtpauth");
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Table::new()),
-        Err(e) => return Err(format!("control/smtpauth: {e}")),
-    };
-    let mut buf = String::new();
-    f.take(MAX_FILE)
-        .read_to_string(&mut buf)
-        .map_err(|e| format!("control/smtpauth: {e}"))?;
-    parse(&buf)
+    match control::read_lines(&root.control(), "smtpauth") {
+        Ok(Some(lines)) => parse(&lines),
+        Ok(None) => Ok(Table::new()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -78,12 +67,21 @@ mod tests {
 
     #[test]
     fn lines() {
-        let t = parse("# smarthosts\nRelay.Example bob pass word\n[192.0.2.1] a@b.example x\n")
-            .unwrap();
+        let lines = |v: &[&str]| -> Vec<(usize, String)> {
+            v.iter()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l.to_string()))
+                .collect()
+        };
+        let t = parse(&lines(&[
+            "Relay.Example bob pass word",
+            "[192.0.2.1] a@b.example x",
+        ]))
+        .unwrap();
         let c = &t["relay.example"];
         assert_eq!((c.user.as_str(), c.password.as_str()), ("bob", "pass word"));
         assert_eq!(t["[192.0.2.1]"].user, "a@b.example");
         assert!(!format!("{c:?}").contains("pass"));
-        assert!(parse("relay.example bob\n").is_err());
+        assert!(parse(&lines(&["relay.example bob"])).is_err());
     }
 }
