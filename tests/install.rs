@@ -60,12 +60,8 @@ fn destdir_install_stages_the_programs_only() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ferryctl init"));
 }
 
-#[test]
-fn install_then_uninstall_keeps_mail_and_settings() {
-    if !ferry_e2e::is_root() {
-        eprintln!("a real install needs root (users, owners); only the staged install is tested");
-        return;
-    }
+/// A directory for a real install: in /tmp, open to the ferry users (0755).
+fn install_dir() -> tempfile::TempDir {
     let t = tempfile::Builder::new()
         .prefix("ferry-install-")
         .tempdir_in("/tmp")
@@ -75,6 +71,16 @@ fn install_then_uninstall_keeps_mail_and_settings() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    t
+}
+
+#[test]
+fn install_then_uninstall_keeps_mail_and_settings() {
+    if !ferry_e2e::is_root() {
+        eprintln!("a real install needs root (users, owners); only the staged install is tested");
+        return;
+    }
+    let t = install_dir();
     let prefix = t.path().join("ferry");
     let out = script_with(
         "install.sh",
@@ -160,15 +166,7 @@ fn private_prefix_stripped_programs_short_output_and_purge() {
         eprintln!("a real install needs root (users, owners); only the staged install is tested");
         return;
     }
-    let t = tempfile::Builder::new()
-        .prefix("ferry-install-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        t.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let t = install_dir();
     let prefix = t.path().join("opt-ferry");
     let out = script(
         "install.sh",
@@ -239,15 +237,7 @@ fn make_install_sendmail_yes_and_uninstall_restores() {
         eprintln!("a real install needs root (users, owners)");
         return;
     }
-    let t = tempfile::Builder::new()
-        .prefix("ferry-install-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        t.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let t = install_dir();
     let prefix = t.path().join("ferry");
     let sys = t.path().join("sys");
     std::fs::create_dir_all(sys.join("sbin")).unwrap();
