@@ -7,7 +7,7 @@
 use ferry_common::envelope::Envelope;
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, Channel, RcptInit, State};
-use ferry_common::queue::TRAILER_MAGIC;
+use ferry_common::queue::TRAILER1_MAGIC;
 use ferry_e2e::{Env, is_root, procs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -24,7 +24,7 @@ fn queue_file_bytes(subject: &str, to: &str) -> Vec<u8> {
         }
         .encode(),
     );
-    v.extend_from_slice(TRAILER_MAGIC);
+    v.extend_from_slice(TRAILER1_MAGIC);
     v.extend_from_slice(&(body.len() as u64).to_le_bytes());
     v
 }

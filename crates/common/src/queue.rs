@@ -9,10 +9,14 @@
 //! queue/ctl/send      send's control socket (ferryctl)
 //! ```
 //!
-//! A queue file holds the message, then the envelope (qmail format), then a 16-byte trailer:
-//! the magic `ferryq1\n` and the message length (u64, little-endian). Deliverers read the first
-//! `length` bytes; send reads the envelope. One file per message means one file to make
-//! durable and one directory entry to commit.
+//! A queue file holds the message as it was streamed in (the writer's Received line and the
+//! client's bytes), then the fields added once the whole message was known (the head:
+//! Authentication-Results, DKIM-Signature), then the envelope (qmail format), then a 24-byte
+//! trailer: the magic `ferryq2\n`, the streamed length and the head length (u64 each,
+//! little-endian). The message is the head followed by the streamed bytes; deliverers read it
+//! through [`QueueFile`] (`message_reader`, `read_at`); send reads the envelope. Files of the
+//! first format (trailer `ferryq1\n` + length, 16 bytes, no head) are still read. One file per
+//! message means one file to make durable and one directory entry to commit.
 //!
 //! Commit: write tmp/ID; make it durable (fsync, or one syncfs for a batch); link it into
 //! todo/; fsync todo/ (one fsync covers every link of the batch); only then confirm; remove
@@ -25,12 +29,16 @@ use crate::root::Root;
 use crate::status;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub const TRAILER_MAGIC: &[u8; 8] = b"ferryq1\n";
-pub const TRAILER_LEN: u64 = 16;
+/// The trailer of the current format: magic, streamed length, head length.
+pub const TRAILER_MAGIC: &[u8; 8] = b"ferryq2\n";
+pub const TRAILER_LEN: u64 = 24;
+/// The trailer of the first format (no head): magic, message length.
+pub const TRAILER1_MAGIC: &[u8; 8] = b"ferryq1\n";
+pub const TRAILER1_LEN: u64 = 16;
 /// Mode of queue files: the owner (ferryq) and the group ferry (send, remote delivery) read
 /// them, nobody else. tmp/ is set-group-id (ferryq:ferry 2700), so a file gets the group
 /// ferry even when the setuid `queue` runs with the caller's group. Local deliveries never
@@ -235,7 +243,29 @@ impl Incoming {
     }
 
     /// Appends the envelope and the trailer. Nothing is durable yet: pass the result to [`commit`].
-    pub fn finish(mut self, env: &Envelope) -> Result<Prepared, QueueError> {
+    pub fn finish(self, env: &Envelope) -> Result<Prepared, QueueError> {
+        self.finish_with_head(b"", env)
+    }
+
+    /// Makes what was written so far readable through the file (by the verifier, by the
+    /// signer), without finishing the message.
+    pub fn flush(&mut self) -> Result<(), QueueError> {
+        match self.out.as_mut() {
+            Some(out) => out
+                .flush()
+                .map_err(|e| QueueError::io("cannot write message", e)),
+            None => Err(QueueError::new(status::QUEUE_BUG, "flush after finish")),
+        }
+    }
+
+    /// The path of tmp/ID, for a read-only descriptor of the message being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Like [`Incoming::finish`], with `head` (complete header fields, LF line ends) put in
+    /// front of the streamed message.
+    pub fn finish_with_head(mut self, head: &[u8], env: &Envelope) -> Result<Prepared, QueueError> {
         if self.too_big {
             return Err(QueueError::new(
                 status::QUEUE_TOO_BIG,
@@ -245,9 +275,11 @@ impl Incoming {
         let Some(mut out) = self.out.take() else {
             return Err(QueueError::new(status::QUEUE_BUG, "finish twice"));
         };
-        let mut tail = env.encode();
+        let mut tail = head.to_vec();
+        tail.extend_from_slice(&env.encode());
         tail.extend_from_slice(TRAILER_MAGIC);
         tail.extend_from_slice(&self.bytes.to_le_bytes());
+        tail.extend_from_slice(&(head.len() as u64).to_le_bytes());
         out.write_all(&tail)
             .and_then(|_| out.flush())
             .map_err(|e| QueueError::io("cannot write message", e))?;
@@ -368,11 +400,18 @@ pub fn commit(queue: &Queue, batch: Vec<Prepared>) -> Vec<Result<MsgId, QueueErr
     results
 }
 
-/// An open queue file (todo/ID or mess/XX/ID): the message length and the envelope position.
+/// An open queue file (todo/ID or mess/XX/ID): where the message's two parts and the
+/// envelope are.
 pub struct QueueFile {
     pub file: File,
+    /// The whole message: head and streamed bytes.
     pub message_len: u64,
     pub total_len: u64,
+    /// The streamed bytes, at offset 0.
+    stream_len: u64,
+    /// The head, at offset `stream_len`, read first.
+    head_len: u64,
+    trailer_len: u64,
 }
 
 impl QueueFile {
@@ -403,24 +442,38 @@ impl QueueFile {
         let bad = |why: &str| {
             io::Error::new(io::ErrorKind::InvalidData, format!("bad queue file: {why}"))
         };
-        if total_len < TRAILER_LEN {
+        let u64_at = |t: &[u8], i: usize| {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&t[i..i + 8]);
+            u64::from_le_bytes(n)
+        };
+        let mut t = [0u8; TRAILER_LEN as usize];
+        let (stream_len, head_len, trailer) = if total_len >= TRAILER_LEN
+            && file.read_exact_at(&mut t, total_len - TRAILER_LEN).is_ok()
+            && &t[..8] == TRAILER_MAGIC
+        {
+            (u64_at(&t, 8), u64_at(&t, 16), TRAILER_LEN)
+        } else if total_len >= TRAILER1_LEN {
+            let t = &mut t[..TRAILER1_LEN as usize];
+            file.read_exact_at(t, total_len - TRAILER1_LEN)?;
+            if &t[..8] != TRAILER1_MAGIC {
+                return Err(bad("no trailer"));
+            }
+            (u64_at(t, 8), 0, TRAILER1_LEN)
+        } else {
             return Err(bad("shorter than its trailer"));
-        }
-        let mut t = [0u8; 16];
-        file.read_exact_at(&mut t, total_len - TRAILER_LEN)?;
-        if &t[..8] != TRAILER_MAGIC {
-            return Err(bad("no trailer"));
-        }
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&t[8..]);
-        let message_len = u64::from_le_bytes(n);
-        if message_len > total_len - TRAILER_LEN {
-            return Err(bad("message length beyond the end"));
-        }
+        };
+        let message_len = stream_len
+            .checked_add(head_len)
+            .filter(|n| *n <= total_len - trailer)
+            .ok_or_else(|| bad("message length beyond the end"))?;
         Ok(QueueFile {
             file,
             message_len,
             total_len,
+            stream_len,
+            head_len,
+            trailer_len: trailer,
         })
     }
 
@@ -436,8 +489,18 @@ impl QueueFile {
             .unwrap_or_else(crate::date::now_secs)
     }
 
+    /// Where the envelope starts in the file (it ends at the trailer).
+    pub fn envelope_offset(&self) -> u64 {
+        self.message_len
+    }
+
+    /// The envelope's length.
+    pub fn envelope_len(&self) -> u64 {
+        self.total_len - self.trailer_len - self.message_len
+    }
+
     pub fn envelope(&self) -> io::Result<Envelope> {
-        let len = self.total_len - TRAILER_LEN - self.message_len;
+        let len = self.envelope_len();
         if len > crate::envelope::MAX_ENVELOPE as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -445,25 +508,66 @@ impl QueueFile {
             ));
         }
         let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, self.message_len)?;
+        self.file.read_exact_at(&mut buf, self.envelope_offset())?;
         Envelope::parse(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     }
 
-    /// A reader over the message bytes only (from the start of the file).
+    /// Reads message bytes at `pos` (0 is the first byte of the head) into `buf`, from one
+    /// part at a time; 0 only at the end of the message.
+    pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let (offset, left) = if pos < self.head_len {
+            (self.stream_len + pos, self.head_len - pos)
+        } else if pos < self.message_len {
+            (pos - self.head_len, self.message_len - pos)
+        } else {
+            return Ok(0);
+        };
+        let want = (buf.len() as u64).min(left) as usize;
+        let n = self.file.read_at(&mut buf[..want], offset)?;
+        if n == 0 && want > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "message file shorter than recorded",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// A reader over the message bytes only: the head, then the streamed bytes.
     pub fn message_reader(&mut self) -> io::Result<impl Read + '_> {
-        self.file.seek(SeekFrom::Start(0))?;
-        Ok((&self.file).take(self.message_len))
+        Ok(MessageReader { qf: self, pos: 0 })
     }
 
     /// The message's header section (up to the first empty line), at most `max` bytes.
     pub fn read_head(&self, max: usize) -> io::Result<Vec<u8>> {
         let want = (self.message_len as usize).min(max);
         let mut buf = vec![0u8; want];
-        self.file.read_exact_at(&mut buf, 0)?;
+        let mut got = 0;
+        while got < want {
+            let n = self.read_at(&mut buf[got..], got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
         if let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             buf.truncate(end + 1);
         }
         Ok(buf)
+    }
+}
+
+struct MessageReader<'a> {
+    qf: &'a QueueFile,
+    pos: u64,
+}
+
+impl Read for MessageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.qf.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -522,6 +626,51 @@ mod tests {
             recipients: vec!["c@d.example".into()],
             smtputf8: false,
         }
+    }
+
+    #[test]
+    fn the_head_is_read_before_the_streamed_bytes() {
+        let (_d, q) = make_queue();
+        let mut inc = q.begin(0).unwrap();
+        inc.write(b"Received: x\nSubject: hi\n\nbody\n").unwrap();
+        let id = inc.id();
+        let head = b"Authentication-Results: me; spf=pass\n";
+        let prep = inc.finish_with_head(head, &env()).unwrap();
+        commit(&q, vec![prep]).remove(0).unwrap();
+        let mut qf = QueueFile::open(&q.todo(&id)).unwrap();
+        let mut all = Vec::new();
+        qf.message_reader().unwrap().read_to_end(&mut all).unwrap();
+        assert_eq!(
+            all,
+            b"Authentication-Results: me; spf=pass\nReceived: x\nSubject: hi\n\nbody\n"
+        );
+        assert_eq!(qf.message_len, all.len() as u64);
+        assert_eq!(qf.envelope().unwrap().recipients, vec!["c@d.example"]);
+        assert_eq!(
+            qf.read_head(1000).unwrap(),
+            b"Authentication-Results: me; spf=pass\nReceived: x\nSubject: hi\n"
+        );
+        // Reads never cross from the head into the streamed part.
+        let mut b = [0u8; 100];
+        assert_eq!(qf.read_at(&mut b, 30).unwrap(), head.len() - 30);
+        assert_eq!(qf.read_at(&mut b, all.len() as u64).unwrap(), 0);
+    }
+
+    #[test]
+    fn files_of_the_first_format_are_read() {
+        let (d, _q) = make_queue();
+        let body = b"Subject: old\n\nx\n";
+        let mut v = body.to_vec();
+        v.extend(env().encode());
+        v.extend_from_slice(TRAILER1_MAGIC);
+        v.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        let p = d.path().join("old");
+        std::fs::write(&p, &v).unwrap();
+        let mut qf = QueueFile::open(&p).unwrap();
+        let mut all = Vec::new();
+        qf.message_reader().unwrap().read_to_end(&mut all).unwrap();
+        assert_eq!(all, body);
+        assert_eq!(qf.envelope().unwrap().sender, "a@b.example");
     }
 
     #[test]
@@ -613,7 +762,7 @@ mod tests {
         let (d, _q) = make_queue();
         let good = d.path().join("good");
         let mut v = b"msg".to_vec();
-        v.extend_from_slice(TRAILER_MAGIC);
+        v.extend_from_slice(TRAILER1_MAGIC);
         v.extend_from_slice(&3u64.to_le_bytes());
         std::fs::write(&good, &v).unwrap();
         assert_eq!(QueueFile::open_strict(&good).unwrap().message_len, 3);

@@ -1,16 +1,16 @@
-//! The message as it goes on the wire: read from the queue file by position, every line end
+//! The message as it goes on the wire: read from the queue file by position (its head, then
+//! the streamed bytes: crate ferry_common::queue), every line end
 //! sent as CR LF (LF, CR LF, and a bare CR alike: a bare CR or LF never reaches the wire, so no
 //! lax receiver can be smuggled into with "\r.\r"), every line that starts with "." dot-stuffed,
 //! ended with CR LF "." CR LF.
 
 use ferry_common::queue::QueueFile;
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub struct Message {
-    file: File,
+    qf: QueueFile,
     pub len: u64,
     /// The message has bytes above 127 (needs 8BITMIME).
     pub eightbit: bool,
@@ -27,8 +27,8 @@ impl Message {
         let qf = QueueFile::open(path)?;
         let smtputf8 = smtputf8_flag(&qf)?;
         let mut m = Message {
-            file: qf.file,
             len: qf.message_len,
+            qf,
             eightbit: false,
             utf8_head: false,
             smtputf8,
@@ -65,15 +65,7 @@ impl Message {
     }
 
     fn read(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        let want = (buf.len() as u64).min(self.len - pos) as usize;
-        let n = self.file.read_at(&mut buf[..want], pos)?;
-        if n == 0 && want > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "message file shorter than recorded",
-            ));
-        }
-        Ok(n)
+        self.qf.read_at(buf, pos)
     }
 
     pub fn wire(&self) -> Wire<'_> {
@@ -90,9 +82,9 @@ impl Message {
 
 /// Whether the envelope after the message starts `F<sender>\0U\0` (received with SMTPUTF8).
 fn smtputf8_flag(qf: &QueueFile) -> io::Result<bool> {
-    let room = qf.total_len - qf.message_len;
+    let room = qf.envelope_len();
     let mut buf = vec![0u8; (room as usize).min(ferry_common::envelope::MAX_ADDRESS + 4)];
-    qf.file.read_exact_at(&mut buf, qf.message_len)?;
+    qf.file.read_exact_at(&mut buf, qf.envelope_offset())?;
     Ok(buf
         .iter()
         .position(|b| *b == 0)
@@ -181,7 +173,7 @@ mod tests {
             }
             .encode(),
         );
-        v.extend_from_slice(ferry_common::queue::TRAILER_MAGIC);
+        v.extend_from_slice(ferry_common::queue::TRAILER1_MAGIC);
         v.extend_from_slice(&(body.len() as u64).to_le_bytes());
         std::fs::write(&dir, &v).unwrap_or(());
         let m = Message::open(&dir).ok();
@@ -213,7 +205,7 @@ mod tests {
             }
             .encode(),
         );
-        v.extend_from_slice(ferry_common::queue::TRAILER_MAGIC);
+        v.extend_from_slice(ferry_common::queue::TRAILER1_MAGIC);
         v.extend_from_slice(&(body.len() as u64).to_le_bytes());
         std::fs::write(&dir, &v).unwrap_or(());
         let m = Message::open(&dir).ok();

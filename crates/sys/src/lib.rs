@@ -183,11 +183,11 @@ pub fn command_close_from(cmd: &mut Command, first: RawFd) {
     }
 }
 
-/// A sealed, in-memory copy of the first `len` bytes of `src` (memfd_create, then
+/// A sealed, in-memory copy of the next `len` bytes of `src` (memfd_create, then
 /// F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL): nobody can change it, and it
 /// holds nothing but those bytes. lspawn gives local deliveries such a copy of the message
 /// instead of the queue file, which also holds the envelope (every recipient).
-pub fn sealed_copy(src: &std::fs::File, len: u64) -> io::Result<std::fs::File> {
+pub fn sealed_copy(src: &mut impl std::io::Read, len: u64) -> io::Result<std::fs::File> {
     use std::io::Read;
     let name = c"ferry-message";
     // SAFETY: memfd_create takes a NUL-terminated name (a C string literal) and flags; it
@@ -199,9 +199,7 @@ pub fn sealed_copy(src: &std::fs::File, len: u64) -> io::Result<std::fs::File> {
     }
     // SAFETY: fd was just returned by memfd_create and nothing else refers to it.
     let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut reader = src.try_clone()?;
-    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
-    let n = io::copy(&mut (&mut reader).take(len), &mut copy)?;
+    let n = io::copy(&mut src.take(len), &mut copy)?;
     if n != len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
