@@ -125,6 +125,9 @@ pub struct Config {
     /// `submissionreceived`: the Received line of authenticated mail shows the client's
     /// address and HELO name (`full`, false) or neither (`hide`, true).
     pub submission_hides_client: bool,
+    /// `spfpolicy` and `dmarcpolicy`: off, mark or enforce (crates/auth/src/verify.rs).
+    pub spfpolicy: AuthMode,
+    pub dmarcpolicy: AuthMode,
     pub smtpgreeting: String,
     pub timeoutsmtpd: u64,
     pub concurrencyincoming: u64,
@@ -156,7 +159,47 @@ struct Loader<'a> {
     errors: Vec<ControlError>,
 }
 
+/// What `spfpolicy` / `dmarcpolicy` ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Off,
+    Mark,
+    Enforce,
+}
+
+impl AuthMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMode::Off => "off",
+            AuthMode::Mark => "mark",
+            AuthMode::Enforce => "enforce",
+        }
+    }
+    pub fn parse(s: &str) -> Option<AuthMode> {
+        match s {
+            "off" => Some(AuthMode::Off),
+            "mark" => Some(AuthMode::Mark),
+            "enforce" => Some(AuthMode::Enforce),
+            _ => None,
+        }
+    }
+}
+
 impl Loader<'_> {
+    fn auth_mode(&mut self, name: &str) -> AuthMode {
+        match self.text(name) {
+            None => AuthMode::Mark,
+            Some(t) => AuthMode::parse(&t).unwrap_or_else(|| {
+                self.errors.push(ControlError::new(
+                    name,
+                    Some(1),
+                    format!("expected off, mark or enforce, not {t:?}"),
+                ));
+                AuthMode::Mark
+            }),
+        }
+    }
+
     fn number(&mut self, name: &str, default: u64) -> u64 {
         control::read_number(self.dir, name, default).unwrap_or_else(|e| {
             self.errors.push(e);
@@ -484,6 +527,8 @@ impl Config {
                     false
                 }
             },
+            spfpolicy: l.auth_mode("spfpolicy"),
+            dmarcpolicy: l.auth_mode("dmarcpolicy"),
             checkpassword: l
                 .text("checkpassword")
                 .map(|t| t.split_whitespace().map(str::to_string).collect())

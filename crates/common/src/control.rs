@@ -188,6 +188,20 @@ pub const FILES: &[ControlFile] = &[
         "smtpd",
     ),
     cf(
+        "spfpolicy",
+        Kind::Text,
+        "mark",
+        "SPF of mail received on port 25 (not from relayclients or authenticated users): off, mark (checked, recorded in Authentication-Results) or enforce (also a -all fail is refused 550 5.7.23, a DNS failure 451 4.7.24)",
+        "smtpd (authverify)",
+    ),
+    cf(
+        "dmarcpolicy",
+        Kind::Text,
+        "mark",
+        "DKIM, ARC and DMARC of mail received on port 25: off, mark (checked, recorded in Authentication-Results) or enforce (also a DMARC p=reject failure is refused 550 5.7.1, p=quarantine gets X-Ferry-Quarantine, a DNS failure 451 4.7.1)",
+        "smtpd (authverify)",
+    ),
+    cf(
         "submissionreceived",
         Kind::Text,
         "full",
