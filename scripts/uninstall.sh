@@ -29,10 +29,10 @@ if [ "${PURGE:-no}" = yes ]; then
   rm -rf "$root"
   echo "removed $root with its queue, mailboxes, control files and logs (PURGE=yes)"
   if [ "${KEEP_USERS:-no}" != yes ] && [ "$(id -u)" = 0 ]; then
-    for u in ferryd ferryq ferrys ferryr ferryl ferrym ferrya; do
+    for u in ferryd ferryq ferrys ferryr ferryl ferrym ferrya ferryv; do
       id "$u" >/dev/null 2>&1 && userdel "$u" && echo "removed user $u"
     done
-    for g in ferry ferryd ferryl ferrym ferrya; do
+    for g in ferry ferryd ferryl ferrym ferrya ferryv; do
       getent group "$g" >/dev/null 2>&1 && groupdel "$g" && echo "removed group $g"
     done
   fi

@@ -466,7 +466,8 @@ pub fn message(subject: &str, body: &str) -> Vec<u8> {
     format!("From: Tester <tester@test.example>\nTo: somebody\nSubject: {subject}\nMessage-ID: <{subject}@test.example>\n\n{body}").into_bytes()
 }
 
-/// The part of a delivered file after the lines ferry adds (Return-Path, Delivered-To, Received).
+/// The part of a delivered file after the lines ferry adds (Return-Path, Delivered-To,
+/// Received, Authentication-Results).
 pub fn strip_trace(delivered: &[u8]) -> Vec<u8> {
     let mut rest = delivered;
     loop {
@@ -478,7 +479,8 @@ pub fn strip_trace(delivered: &[u8]) -> Vec<u8> {
         let line = &rest[..line_end];
         let is_trace = line.starts_with(b"Return-Path:")
             || line.starts_with(b"Delivered-To:")
-            || line.starts_with(b"Received:");
+            || line.starts_with(b"Received:")
+            || line.starts_with(b"Authentication-Results:");
         let is_cont = line.starts_with(b"\t") || line.starts_with(b" ");
         if is_trace || is_cont {
             rest = &rest[line_end..];

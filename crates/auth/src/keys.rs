@@ -47,7 +47,8 @@ pub struct DomainKey {
 
 /// Parses a PEM private key: RSA (PKCS#8 or PKCS#1) or Ed25519 (PKCS#8).
 pub fn parse_pem(pem: &[u8]) -> Result<Key, String> {
-    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("not a PEM private key: {e}"))?;
+    let der =
+        PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("not a PEM private key: {e}"))?;
     if let PrivateKeyDer::Pkcs8(p8) = &der
         && let Ok(k) = Ed25519Key::from_pkcs8_maybe_unchecked_der(p8.secret_pkcs8_der())
     {
@@ -79,7 +80,10 @@ pub fn read_key(path: &Path) -> Result<Key, String> {
         .read_to_end(&mut buf)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_KEY_FILE {
-        return Err(format!("{}: larger than {MAX_KEY_FILE} bytes", path.display()));
+        return Err(format!(
+            "{}: larger than {MAX_KEY_FILE} bytes",
+            path.display()
+        ));
     }
     parse_pem(&buf).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -11,8 +11,8 @@
 
 use crate::keys::{DomainKey, Key};
 use mail_auth::AuthenticatedMessage;
-use mail_auth::common::headers::HeaderWriter;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done, NeedDomain};
 use std::path::Path;
 
@@ -64,10 +64,14 @@ impl Signer {
             .into_iter()
             .map(|k: DomainKey| {
                 let signer = match k.key {
-                    Key::Rsa(key) => KeySigner::Rsa(configure(DkimSigner::from_key(key), &k.domain, &k.selector)),
-                    Key::Ed25519(key) => {
-                        KeySigner::Ed25519(configure(DkimSigner::from_key(key), &k.domain, &k.selector))
+                    Key::Rsa(key) => {
+                        KeySigner::Rsa(configure(DkimSigner::from_key(key), &k.domain, &k.selector))
                     }
+                    Key::Ed25519(key) => KeySigner::Ed25519(configure(
+                        DkimSigner::from_key(key),
+                        &k.domain,
+                        &k.selector,
+                    )),
                 };
                 Loaded {
                     domain: k.domain,
@@ -96,6 +100,24 @@ impl Signer {
                 Some((_, parent)) if parent.contains('.') => d = parent,
                 _ => return None,
             }
+        }
+    }
+
+    /// [`Signer::sign`] for the first `len` bytes of the file at `path` (a message being
+    /// written into the queue, flushed).
+    pub fn sign_file(&self, path: &Path, len: u64) -> (Vec<u8>, Option<String>) {
+        use std::io::Read;
+        if self.keys.is_empty() {
+            return (Vec::new(), None);
+        }
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(path).and_then(|f| f.take(len).read_to_end(&mut bytes));
+        match read {
+            Ok(_) => self.sign(&[&bytes]),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("cannot read the message to sign it: {e}")),
+            ),
         }
     }
 

@@ -58,6 +58,7 @@ pub const PROGRAMS: &[&str] = &[
     "local-deliver",
     "remote-deliver",
     "smtpd",
+    "authverify",
     "sendmail",
     "ferryctl",
 ];

@@ -120,9 +120,62 @@ pub fn addresses(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Is this header field an Authentication-Results field claiming to be from `me`? Such
+/// fields arriving from outside are forgeries (RFC 8601 §5) and are removed on receipt.
+/// `field` is the whole field, name and value, unfolded or not.
+pub fn claims_authserv_id(field: &[u8], me: &str) -> bool {
+    let Some(colon) = field.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    if !field[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"authentication-results")
+    {
+        return false;
+    }
+    // The authserv-id: the first token of the value, after comments (RFC 8601 §2.2).
+    let value = String::from_utf8_lossy(&field[colon + 1..]);
+    let mut v = value.trim_start();
+    while let Some(rest) = v.strip_prefix('(') {
+        v = rest.split_once(')').map_or("", |(_, r)| r).trim_start();
+    }
+    let id: String = v
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != '(')
+        .collect();
+    id.trim_end_matches('.')
+        .eq_ignore_ascii_case(me.trim_end_matches('.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authserv_id_claims() {
+        let me = "mx.example.com";
+        assert!(claims_authserv_id(
+            b"Authentication-Results: mx.example.com; spf=pass",
+            me
+        ));
+        assert!(claims_authserv_id(
+            b"authentication-results:\n\t(forged) MX.Example.Com ; dkim=pass",
+            me
+        ));
+        assert!(claims_authserv_id(
+            b"Authentication-Results: mx.example.com",
+            me
+        ));
+        assert!(!claims_authserv_id(
+            b"Authentication-Results: mx.other.net; spf=pass",
+            me
+        ));
+        assert!(!claims_authserv_id(
+            b"Authentication-Results: mx.example.com.evil; spf=pass",
+            me
+        ));
+        assert!(!claims_authserv_id(b"Received: mx.example.com", me));
+    }
 
     #[test]
     fn address_lists() {

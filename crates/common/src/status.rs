@@ -46,8 +46,13 @@ pub const QUEUE_BAD_ADDRESS: i32 = 11;
 pub const QUEUE_TOO_BIG: i32 = 31;
 /// The message has more than `maxhops` Received lines: a mail loop.
 pub const QUEUE_TOO_MANY_HOPS: i32 = 32;
+/// Refused by the checks of mail authentication (SPF, DMARC under `enforce`): the reply is
+/// the writer's text.
+pub const QUEUE_AUTH_REFUSED: i32 = 21;
 /// Out of memory.
 pub const QUEUE_NO_MEMORY: i32 = 51;
+/// Mail authentication could not be checked now (DNS) under `enforce`: the writer's text.
+pub const QUEUE_AUTH_DEFERRED: i32 = 71;
 /// Timed out reading the message or envelope.
 pub const QUEUE_TIMEOUT: i32 = 52;
 /// Write error in the queue (disk full, quota).
@@ -78,7 +83,19 @@ pub const QUEUE_EXITS: &[QueueExit] = &[
         554,
         "5.4.6",
     ),
+    qe(
+        QUEUE_AUTH_REFUSED,
+        "refused by SPF or DMARC policy",
+        550,
+        "5.7.1",
+    ),
     qe(QUEUE_NO_MEMORY, "out of memory", 451, "4.3.0"),
+    qe(
+        QUEUE_AUTH_DEFERRED,
+        "SPF or DMARC cannot be checked now",
+        451,
+        "4.7.1",
+    ),
     qe(
         QUEUE_TIMEOUT,
         "timeout reading the message or envelope",

@@ -21,6 +21,8 @@ pub const LOG: &str = "ferryl";
 pub const MAILBOX: &str = "ferrym";
 /// smtpd's password checker (`smtpd -auth`): the only reader of `control/passwords`.
 pub const AUTH: &str = "ferrya";
+/// smtpd's verifier of received mail (`authverify`): parses what strangers send, owns nothing.
+pub const VERIFY: &str = "ferryv";
 /// The group of the programs that read queue files (queue, send, remote).
 pub const GROUP: &str = "ferry";
 
@@ -35,6 +37,10 @@ pub const ALL: &[(&str, &str)] = &[
     (
         AUTH,
         "smtpd's password checker: the only reader of control/passwords",
+    ),
+    (
+        VERIFY,
+        "smtpd's verifier of received mail (SPF, DKIM, DMARC): owns nothing",
     ),
 ];
 

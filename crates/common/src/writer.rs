@@ -5,9 +5,13 @@
 //! - `B txn helo ip protocol tls flags sender rcpt...` begin a message; `txn` is smtpd's number
 //!   for it; helo, ip, protocol (ESMTP, ESMTPS, ...) and tls (version and cipher, or empty) go
 //!   into the Received line (ip empty: the client is hidden, `submissionreceived hide`, and the
-//!   line says `from authenticated-user` without address and HELO name); flags is a space-separated list of: `U` when the transaction had
-//!   the SMTPUTF8 parameter (recorded in the envelope, crate::envelope), `auth=NAME` when the
-//!   client authenticated (submission; NAME goes into the Received line); empty for neither. smtpd keeps every `B`
+//!   line says `from authenticated-user` without address and HELO name); flags is a
+//!   space-separated list ([`Flags`]) of: `U` when the transaction had the SMTPUTF8 parameter
+//!   (recorded in the envelope, crate::envelope), `auth=NAME` when the client authenticated
+//!   (submission; NAME goes into the Received line), `verify=SPF:DMARC` when the message is
+//!   to be verified (port 25, neither a relay client nor authenticated: qwriter asks
+//!   authverify, with spfpolicy and dmarcpolicy), `sign` when it is to be DKIM-signed (a relay
+//!   client's or an authenticated user's). smtpd keeps every `B`
 //!   within [`MAX_RCPT_BYTES`] of recipients, so that it always fits in one record.
 //! - `C txn bytes` the next piece of the message (LF line ends, dot-unstuffed).
 //! - `E txn` the message is complete: commit it.
@@ -15,9 +19,12 @@
 //! - `R 0` re-read the control files qwriter uses (`me`, `databytes`): smtpd got HUP.
 //!
 //! qwriter → smtpd:
-//! - `K txn id` committed (durable, in todo/): smtpd may answer 250.
+//! - `K txn id [summary]` committed (durable, in todo/): smtpd may answer 250; summary is
+//!   the verification's result for smtpd's log line (spf=... dkim=... dmarc=...), if verified.
 //! - `F txn code text` not queued; `code` is a `queue` exit code (crate::status), which gives
-//!   the SMTP reply.
+//!   the SMTP reply; for [`crate::status::QUEUE_AUTH_REFUSED`] and
+//!   [`crate::status::QUEUE_AUTH_DEFERRED`] (the verification refused it) text is the whole
+//!   reply: `550 5.7.1 text`.
 //!
 //! qwriter commits every message whose `E` it has read whenever its input runs dry, or at the
 //! latest [`MAX_COMMIT_WAIT`] after the first of them, with one syncfs and one fsync of todo/
@@ -27,6 +34,7 @@
 //! against `databytes`; qwriter's own limit is `databytes` plus the length of the Received line
 //! it adds, so both count one way.
 
+use crate::config::AuthMode;
 use crate::date;
 use std::time::Duration;
 
@@ -44,31 +52,60 @@ pub const MAX_RECEIVED: usize = 2048;
 pub const FLAG_SMTPUTF8: &str = "U";
 /// The prefix of the authenticated name in the flags field of `B`.
 pub const FLAG_AUTH: &str = "auth=";
+/// The prefix of the verification policies (`verify=SPF:DMARC`, each off/mark/enforce).
+pub const FLAG_VERIFY: &str = "verify=";
+/// Sign the message with the DKIM keys of its From domain.
+pub const FLAG_SIGN: &str = "sign";
 
-/// The flags field of `B`.
-pub fn flags(smtputf8: bool, auth: Option<&str>) -> String {
-    let mut f = Vec::new();
-    if smtputf8 {
-        f.push(FLAG_SMTPUTF8.to_string());
-    }
-    if let Some(a) = auth {
-        f.push(format!("{FLAG_AUTH}{}", clean(a, 300).replace(' ', "?")));
-    }
-    f.join(" ")
+/// What the flags field of `B` says of a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub smtputf8: bool,
+    /// The authenticated name (submission).
+    pub auth: Option<String>,
+    /// Verify it (port 25, a stranger): spfpolicy and dmarcpolicy.
+    pub verify: Option<(AuthMode, AuthMode)>,
+    /// Sign it (a relay client or an authenticated user).
+    pub sign: bool,
 }
 
-/// (SMTPUTF8, authenticated name) of a flags field.
-pub fn parse_flags(flags: &str) -> (bool, Option<&str>) {
-    let mut utf8 = false;
-    let mut auth = None;
-    for f in flags.split(' ') {
-        if f == FLAG_SMTPUTF8 {
-            utf8 = true;
-        } else if let Some(a) = f.strip_prefix(FLAG_AUTH) {
-            auth = Some(a);
+impl Flags {
+    /// The flags field: space-separated.
+    pub fn encode(&self) -> String {
+        let mut f = Vec::new();
+        if self.smtputf8 {
+            f.push(FLAG_SMTPUTF8.to_string());
         }
+        if let Some(a) = &self.auth {
+            f.push(format!("{FLAG_AUTH}{}", clean(a, 300).replace(' ', "?")));
+        }
+        if let Some((spf, dmarc)) = self.verify {
+            f.push(format!("{FLAG_VERIFY}{}:{}", spf.name(), dmarc.name()));
+        }
+        if self.sign {
+            f.push(FLAG_SIGN.to_string());
+        }
+        f.join(" ")
     }
-    (utf8, auth)
+
+    /// Reads a flags field; unknown flags are ignored.
+    pub fn parse(flags: &str) -> Flags {
+        let mut out = Flags::default();
+        for f in flags.split(' ') {
+            if f == FLAG_SMTPUTF8 {
+                out.smtputf8 = true;
+            } else if f == FLAG_SIGN {
+                out.sign = true;
+            } else if let Some(a) = f.strip_prefix(FLAG_AUTH) {
+                out.auth = Some(a.to_string());
+            } else if let Some((s, d)) = f.strip_prefix(FLAG_VERIFY).and_then(|v| v.split_once(':'))
+                && let (Some(s), Some(d)) = (AuthMode::parse(s), AuthMode::parse(d))
+            {
+                out.verify = Some((s, d));
+            }
+        }
+        out
+    }
 }
 
 /// The Received line qwriter puts on top of each message (RFC 5321 §4.4). Every field is

@@ -53,6 +53,7 @@ pub fn ensure() -> Result<Vec<String>> {
         users::LOG,
         users::MAILBOX,
         users::AUTH,
+        users::VERIFY,
     ] {
         if !group_exists(g) {
             run(Command::new("groupadd").arg("--system").arg(g))?;

@@ -10,7 +10,10 @@
 //! - Control files: `databytes` (size limit of the message as given, without the line added
 //!   here), `maxhops` (a message with more Received lines in its header is refused: exit 32,
 //!   a mail loop).
-//! - Adds `Received: (ferry PID invoked by uid UID); DATE` at the top of the message.
+//! - Adds `Received: (ferry PID invoked by uid UID); DATE` at the top of the message, and
+//!   above it a DKIM-Signature per key of the From domain (control/dkim/DOMAIN/SELECTOR.key,
+//!   readable by ferryq only: crates/auth/src/sign.rs), made once, so that every delivery
+//!   attempt sends the same bytes.
 //! - Commits per the protocol in docs/INTERNALS.md (message durable, then linked into todo/,
 //!   todo/ durable), pulls queue/lock/trigger, writes `queue: queued as ID` on fd 2, exits 0.
 //!   Only exit 0 means queued.
@@ -96,7 +99,8 @@ fn run() -> Result<(), QueueError> {
             return Err(e);
         }
     };
-    let prepared = msg.finish(&env)?;
+    let head = dkim_signature(&root, &mut msg);
+    let prepared = msg.finish_with_head(&head, &env)?;
     match queue::commit(&q, vec![prepared]).pop() {
         Some(Ok(id)) => {
             // For `smtpd -bs`'s "queued as ID" (callers read fd 2 only for text).
@@ -109,6 +113,18 @@ fn run() -> Result<(), QueueError> {
             "commit returned nothing",
         )),
     }
+}
+
+/// The DKIM-Signature fields for the message (crates/auth/src/sign.rs): signed with the keys
+/// of its From domain under control/dkim, readable by ferryq only; none when that domain has
+/// no key. A key that does not load or sign is left out (`ferryctl check` names it): the
+/// message is still queued.
+fn dkim_signature(root: &Root, msg: &mut queue::Incoming) -> Vec<u8> {
+    let (signer, _problems) = ferry_auth::sign::Signer::load(&root.control());
+    if signer.is_empty() || msg.flush().is_err() {
+        return Vec::new();
+    }
+    signer.sign_file(msg.path(), msg.bytes()).0
 }
 
 fn read_envelope() -> Result<Envelope, QueueError> {

@@ -2,7 +2,11 @@
 //! `relayclients`, from an authenticated client (submission) or injected with `smtpd -bs`,
 //! gets `Date`, `Message-ID` and `From` at the end of its header when it has none, as
 //! sendmail adds them (Postfix's `local_header_rewrite_clients`); an authenticated client's
-//! message also loses its `Bcc` fields. Mail from anybody else is passed on as it came.
+//! message also loses its `Bcc` fields. Mail from anybody else gets no field.
+//!
+//! From every message, whoever sent it, Authentication-Results fields that claim this host
+//! (`me`) as their authserv-id are removed (RFC 8601 §5): only authverify's, added on top
+//! once the message is complete, may say what this host found.
 //!
 //! The header also gives the addresses of its From fields ([`Fixer::from`]), which an
 //! authenticated client must own like its envelope senders (session.rs checks them at the
@@ -30,6 +34,8 @@ pub struct Fixer {
     strip_bcc: bool,
     /// The addresses of the From fields, once the header has ended (at most MAX_FROM + 1).
     from: Option<Vec<String>>,
+    /// Submitted mail: missing Date, Message-ID and From are added.
+    add_missing: bool,
 }
 
 impl Fixer {
@@ -41,6 +47,15 @@ impl Fixer {
             me: me.to_string(),
             strip_bcc,
             from: None,
+            add_missing: true,
+        }
+    }
+
+    /// For mail from anybody else: nothing added, only forged Authentication-Results removed.
+    pub fn incoming(me: &str) -> Fixer {
+        Fixer {
+            add_missing: false,
+            ..Fixer::new("", me, false)
         }
     }
 
@@ -65,15 +80,18 @@ impl Fixer {
                 let held = std::mem::take(&mut self.held);
                 self.from = Some(from_addresses(&held[..at]));
                 let mut out = Vec::with_capacity(held.len() + 256);
-                if self.strip_bcc {
-                    out.extend_from_slice(&without_bcc(&held[..at]));
-                } else {
-                    out.extend_from_slice(&held[..at]);
+                let me = self.me.as_str();
+                let strip_bcc = self.strip_bcc;
+                out.extend_from_slice(&without_fields(&held[..at], |field| {
+                    (strip_bcc && field_name_is(field, b"bcc"))
+                        || rfc5322::claims_authserv_id(field, me)
+                }));
+                if self.add_missing {
+                    if !out.is_empty() && !out.ends_with(b"\n") {
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(self.missing(&held[..at]).as_bytes());
                 }
-                if at > 0 && !out.ends_with(b"\n") {
-                    out.push(b'\n');
-                }
-                out.extend_from_slice(self.missing(&held[..at]).as_bytes());
                 if !blank {
                     out.push(b'\n');
                 }
@@ -136,21 +154,39 @@ fn from_addresses(header: &[u8]) -> Vec<String> {
     out
 }
 
-/// The header without its Bcc fields (with their continuation lines).
-fn without_bcc(header: &[u8]) -> Vec<u8> {
+/// The header without the fields (each with its continuation lines) for which `drop` is true.
+fn without_fields(header: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(header.len());
-    let mut skipping = false;
+    let mut field: &[u8] = &[];
+    let mut start = 0;
+    let flush = |field: &[u8], out: &mut Vec<u8>| {
+        if !field.is_empty() && !drop(field) {
+            out.extend_from_slice(field);
+        }
+    };
+    let mut pos = 0;
     for line in header.split_inclusive(|b| *b == b'\n') {
         let cont = line.starts_with(b" ") || line.starts_with(b"\t");
-        if !cont {
-            let name = line.split(|b| *b == b':').next().unwrap_or_default();
-            skipping = line.contains(&b':') && name.trim_ascii_end().eq_ignore_ascii_case(b"bcc");
+        if !cont && pos > start {
+            flush(field, &mut out);
+            start = pos;
         }
-        if !skipping {
-            out.extend_from_slice(line);
-        }
+        pos += line.len();
+        field = &header[start..pos];
     }
+    flush(field, &mut out);
     out
+}
+
+/// Is this field (name: value) named `name` (lower case)?
+fn field_name_is(field: &[u8], name: &[u8]) -> bool {
+    field.contains(&b':')
+        && field
+            .split(|b| *b == b':')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii_end()
+            .eq_ignore_ascii_case(name)
 }
 
 /// Where the header section of `msg` ends: (offset where the fields go, whether a blank line

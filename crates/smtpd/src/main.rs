@@ -150,6 +150,28 @@ fn run() -> std::io::Result<i32> {
             cfg.concurrencyincoming
         );
     }
+    // The verifier of received mail (port 25 only): started as root, runs as ferryv, on a
+    // socket pair whose other end is qwriter's fd 3 (crates/authverify/src/main.rs).
+    let mut verifier = None;
+    let mut verifier_end = None;
+    if service == Service::Smtp {
+        let (q_end, v_end) = std::os::unix::net::UnixStream::pair()?;
+        let mut vcmd = Command::new(root.bin("authverify"));
+        vcmd.env_clear()
+            .current_dir(root.path())
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(v_end)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if mode == Mode::Separated {
+            ferry_sys::command_as(&mut vcmd, &mode.cred(users::VERIFY)?);
+        }
+        verifier = Some(
+            vcmd.spawn()
+                .map_err(|e| std::io::Error::other(format!("cannot start authverify: {e}")))?,
+        );
+        drop(vcmd);
+        verifier_end = Some(q_end);
+    }
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut cmd = Command::new(root.bin("qwriter"));
     cmd.env_clear()
@@ -160,12 +182,17 @@ fn run() -> std::io::Result<i32> {
     if mode == Mode::Separated {
         ferry_sys::command_as(&mut cmd, &mode.cred(users::QUEUE)?);
     }
+    if let Some(v) = &verifier_end {
+        use std::os::fd::AsRawFd;
+        ferry_sys::command_fds(&mut cmd, vec![(v.as_raw_fd(), 3)]);
+    }
     let mut writer = cmd
         .spawn()
         .map_err(|e| std::io::Error::other(format!("cannot start qwriter: {e}")))?;
     // The Command holds qwriter's end of the socket: without this drop smtpd would keep it
     // open itself and never see the writer die.
     drop(cmd);
+    drop(verifier_end);
     // The key helper stays as the user smtpd started as (root), to read the pair on HUP.
     let (keys_mine, keys_theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut keys_cmd = Command::new(root.bin("smtpd"));
@@ -240,6 +267,9 @@ fn run() -> std::io::Result<i32> {
     });
     drop(server);
     let _ = writer.wait();
+    if let Some(mut v) = verifier {
+        let _ = v.wait();
+    }
     let _ = keys_helper.wait();
     if let Some(mut c) = checker_child {
         let _ = c.wait();

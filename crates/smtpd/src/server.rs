@@ -472,7 +472,13 @@ impl Server {
                             .with(ip)
                             .with(protocol)
                             .with(c.session.tls.clone().unwrap_or_default())
-                            .with(ferry_common::writer::flags(smtputf8, auth.as_deref()))
+                            .with(message_flags(
+                                &self.policy.cfg,
+                                self.service,
+                                c.peer.ip(),
+                                smtputf8,
+                                auth.as_deref(),
+                            ))
                             .with(sender);
                         for rc in rcpts {
                             r.push(rc);
@@ -663,7 +669,10 @@ impl Server {
                 continue;
             };
             let result = match r.kind {
-                b'K' => Ok(r.str(1)?.to_string()),
+                b'K' => Ok((
+                    r.str(1)?.to_string(),
+                    r.str(2).map(str::to_string).unwrap_or_default(),
+                )),
                 _ => Err((
                     r.str(1)?
                         .parse::<i32>()
@@ -673,11 +682,17 @@ impl Server {
             };
             if let Some(c) = self.conns.get_mut(&token) {
                 c.txn = None;
-                let (sender, rcpts, bytes) = c
-                    .session
-                    .committed(result.as_ref().map(|s| s.as_str()).map_err(|e| e.0));
+                let (sender, rcpts, bytes) = c.session.committed(
+                    result
+                        .as_ref()
+                        .map(|s| s.0.as_str())
+                        .map_err(|e| (e.0, e.1.as_str())),
+                );
                 let res = match &result {
-                    Ok(id) => format!("250 queued id={id}"),
+                    Ok((id, summary)) if summary.is_empty() => format!("250 queued id={id}"),
+                    Ok((id, summary)) => {
+                        format!("250 queued id={id} auth=({})", log::quote(summary, 500))
+                    }
                     Err((code, text)) => format!(
                         "{} ({})",
                         ferry_common::status::queue_exit_reply(*code),
@@ -838,4 +853,27 @@ fn auth_field(auth: &Option<String>) -> String {
         Some(a) => format!(" auth={}", log::quote(a, 300)),
         None => String::new(),
     }
+}
+
+/// The flags of a message's `B` record (crates/common/src/writer.rs): verified when it
+/// comes to port 25 from a stranger, signed when it comes from a relay client or an
+/// authenticated user.
+fn message_flags(
+    cfg: &ferry_common::config::Config,
+    service: Service,
+    ip: std::net::IpAddr,
+    smtputf8: bool,
+    auth: Option<&str>,
+) -> String {
+    use ferry_common::config::AuthMode;
+    let ours = auth.is_some() || cfg.is_relay_client(ip);
+    let checks = (cfg.spfpolicy, cfg.dmarcpolicy);
+    ferry_common::writer::Flags {
+        smtputf8,
+        auth: auth.map(str::to_string),
+        verify: (service == Service::Smtp && !ours && checks != (AuthMode::Off, AuthMode::Off))
+            .then_some(checks),
+        sign: ours,
+    }
+    .encode()
 }

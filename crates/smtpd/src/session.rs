@@ -470,10 +470,13 @@ impl Session {
                     return false;
                 }
                 let mut txn = Txn::new(sender, params.smtputf8);
-                if self.client.relay || self.auth.is_some() {
+                txn.fix = Some(if self.client.relay || self.auth.is_some() {
                     // Submitted mail (RFC 6409 §8): missing fields added; Bcc removed.
-                    txn.fix = Some(Fixer::new(&txn.sender, p.me(), self.auth.is_some()));
-                }
+                    Fixer::new(&txn.sender, p.me(), self.auth.is_some())
+                } else {
+                    // Anybody else's: only forged Authentication-Results removed.
+                    Fixer::incoming(p.me())
+                });
                 self.txn = Some(txn);
                 self.send(250, "2.1.0", "Ok");
             }
@@ -914,7 +917,7 @@ impl Session {
     }
 
     /// The writer's answer: the queue id, or (queue exit code, text).
-    pub fn committed(&mut self, result: Result<&str, i32>) -> (String, usize, u64) {
+    pub fn committed(&mut self, result: Result<&str, (i32, &str)>) -> (String, usize, u64) {
         let t = self.txn.take();
         let (sender, rcpts, bytes) = t
             .map(|t| (t.sender, t.rcpts.len(), t.bytes))
@@ -929,9 +932,30 @@ impl Session {
                 };
                 self.send(250, "2.0.0", &text);
             }
-            Err(code) => {
+            Err((code, text)) => {
+                use ferry_common::status::{QUEUE_AUTH_DEFERRED, QUEUE_AUTH_REFUSED};
                 let e = ferry_common::status::queue_exit(code);
-                self.send(e.smtp, e.enhanced, &format!("Error: {}", e.meaning));
+                // The verifier's refusal carries its own reply: "550 5.7.23 text".
+                let own = (code == QUEUE_AUTH_REFUSED || code == QUEUE_AUTH_DEFERRED)
+                    .then(|| {
+                        let mut w = text.splitn(3, ' ');
+                        let smtp = w.next()?.parse::<u16>().ok()?;
+                        let enhanced = w.next()?;
+                        let ok = smtp / 100 == (e.smtp / 100)
+                            && enhanced.starts_with(if smtp >= 500 { "5." } else { "4." });
+                        ok.then(|| {
+                            (
+                                smtp,
+                                enhanced.to_string(),
+                                w.next().unwrap_or("").to_string(),
+                            )
+                        })
+                    })
+                    .flatten();
+                match own {
+                    Some((smtp, enhanced, t)) => self.send(smtp, &enhanced, &t),
+                    None => self.send(e.smtp, e.enhanced, &format!("Error: {}", e.meaning)),
+                }
             }
         }
         if self.phase == Phase::Commit {

@@ -68,7 +68,7 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                             None => Err(ferry_common::status::QUEUE_BUG),
                         };
                         message.clear();
-                        session.committed(result.as_deref().map_err(|c| *c));
+                        session.committed(result.as_deref().map_err(|c| (*c, "")));
                     }
                     // No TLS here, so no AUTH (smtpd -bs is never a submission service).
                     Event::StartTls

@@ -13,15 +13,17 @@
 //! not count it) and `me` at start and again on `R` (smtpd sends it when it reloads). Exits when smtpd closes the socket (after committing what is
 //! complete) or on a broken record (111).
 
+use ferry_auth::sign::Signer;
 use ferry_common::envelope::{self, Envelope};
 use ferry_common::queue::{self, Incoming, Prepared, Queue, QueueError};
-use ferry_common::record::{Outbox, Reader, Record};
+use ferry_common::record::{self, Outbox, Reader, Record};
 use ferry_common::root::Root;
 use ferry_common::{control, date, log, status, writer};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -31,6 +33,10 @@ const READ_TURN: usize = 1 << 20;
 struct Open {
     msg: Incoming,
     env: Envelope,
+    /// Verify it (authverify): spfpolicy, dmarcpolicy.
+    verify: bool,
+    /// DKIM-sign it.
+    sign: bool,
 }
 
 struct Writer {
@@ -41,10 +47,18 @@ struct Writer {
     open: HashMap<u64, Open>,
     /// Transactions that failed before their `E`: the failure is reported at `E`.
     failed: HashMap<u64, QueueError>,
-    batch: Vec<(u64, Prepared)>,
+    /// Each with the verification's summary for smtpd's log (empty if not verified).
+    batch: Vec<(u64, Prepared, String)>,
     /// When the oldest message of `batch` completed.
     batch_since: Option<Instant>,
     out: Outbox,
+    /// authverify, on fd 3 (port 25 only; blocking: its records are small and it always
+    /// reads), and what it has sent.
+    verifier: Option<UnixStream>,
+    verifier_in: Reader,
+    /// Messages complete and sent to authverify, waiting for its verdict.
+    verifying: HashMap<u64, Open>,
+    signer: Signer,
 }
 
 fn main() {
@@ -71,6 +85,15 @@ fn settings(root: &Root) -> io::Result<(u64, String)> {
     Ok((limit, me))
 }
 
+/// The DKIM keys (control/dkim); problems are logged, the other keys still sign.
+fn load_signer(root: &Root) -> Signer {
+    let (signer, problems) = Signer::load(&root.control());
+    for p in problems {
+        log!("DKIM key not used: {p}");
+    }
+    signer
+}
+
 fn run() -> io::Result<()> {
     let root = Root::from_exe()?;
     let (limit, me) = settings(&root)?;
@@ -89,6 +112,10 @@ fn run() -> io::Result<()> {
         batch: Vec::new(),
         batch_since: None,
         out: Outbox::default(),
+        verifier: ferry_sys::take_fd(3).map(UnixStream::from),
+        verifier_in: Reader::new(),
+        verifying: HashMap::new(),
+        signer: load_signer(&root),
     };
     let mut reader = Reader::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -101,15 +128,34 @@ fn run() -> io::Result<()> {
             if !w.out.is_empty() {
                 flags |= PollFlags::POLLOUT;
             }
-            let mut fds = [PollFd::new(sock.as_fd(), flags)];
             let timeout = if idle {
                 PollTimeout::NONE
             } else {
                 PollTimeout::ZERO
             };
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
+            let verdicts_waiting = match &w.verifier {
+                Some(v) => {
+                    let mut fds = [
+                        PollFd::new(sock.as_fd(), flags),
+                        PollFd::new(v.as_fd(), PollFlags::POLLIN),
+                    ];
+                    match poll(&mut fds, timeout) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    fds[1].revents().is_some_and(|r| !r.is_empty())
+                }
+                None => {
+                    let mut fds = [PollFd::new(sock.as_fd(), flags)];
+                    match poll(&mut fds, timeout) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    false
+                }
+            };
+            if verdicts_waiting {
+                w.read_verdicts()?;
             }
         }
         let mut got = 0;
@@ -154,7 +200,8 @@ impl Writer {
         match r.kind {
             b'B' => {
                 let (helo, ip, proto, tls) = (r.str(1)?, r.str(2)?, r.str(3)?, r.str(4)?);
-                let (smtputf8, auth) = writer::parse_flags(r.str(5)?);
+                let flags = writer::Flags::parse(r.str(5)?);
+                let (smtputf8, auth) = (flags.smtputf8, flags.auth.as_deref());
                 let sender = r.str(6)?.to_string();
                 let mut rcpts = Vec::with_capacity(r.fields.len().saturating_sub(7));
                 for i in 7..r.fields.len() {
@@ -195,7 +242,33 @@ impl Writer {
                         .line();
                         match msg.write_added(line.as_bytes()) {
                             Ok(()) => {
-                                self.open.insert(txn, Open { msg, env });
+                                let client_ip = ip.parse::<std::net::IpAddr>().is_ok();
+                                let verify = match (flags.verify, &mut self.verifier) {
+                                    (Some((spf, dmarc)), Some(v)) if client_ip => {
+                                        let start = Record::new(b'S')
+                                            .with_u64(txn)
+                                            .with(ip)
+                                            .with(helo)
+                                            .with(&env.sender)
+                                            .with(spf.name())
+                                            .with(dmarc.name())
+                                            .with(&self.me);
+                                        record::write_blocking(v, &start).map_err(|e| {
+                                            io::Error::other(format!("authverify went away: {e}"))
+                                        })?;
+                                        true
+                                    }
+                                    _ => false,
+                                };
+                                self.open.insert(
+                                    txn,
+                                    Open {
+                                        msg,
+                                        env,
+                                        verify,
+                                        sign: flags.sign,
+                                    },
+                                );
                             }
                             Err(e) => {
                                 self.failed.insert(txn, e);
@@ -221,14 +294,16 @@ impl Writer {
                 if let Some(e) = self.failed.remove(&txn) {
                     self.reply_failure(txn, &e);
                 } else if let Some(o) = self.open.remove(&txn) {
-                    match o.msg.finish(&o.env) {
-                        Ok(p) => {
-                            if self.batch.is_empty() {
-                                self.batch_since = Some(Instant::now());
-                            }
-                            self.batch.push((txn, p));
-                        }
-                        Err(e) => self.reply_failure(txn, &e),
+                    if o.verify {
+                        self.send_to_verifier(txn, o)?;
+                    } else {
+                        let mut o = o;
+                        let head = if o.sign {
+                            self.sign(&mut o)
+                        } else {
+                            Vec::new()
+                        };
+                        self.finish(txn, o, &head, String::new());
                     }
                 } else {
                     self.reply_failure(
@@ -238,7 +313,15 @@ impl Writer {
                 }
             }
             b'A' => {
-                self.open.remove(&txn);
+                if let Some(o) = self.open.remove(&txn)
+                    && o.verify
+                    && let Some(v) = &mut self.verifier
+                {
+                    record::write_blocking(v, &Record::new(b'A').with_u64(txn))
+                        .map_err(|e| io::Error::other(format!("authverify went away: {e}")))?;
+                }
+                // A verdict still to come for it finds nothing and is dropped.
+                self.verifying.remove(&txn);
                 self.failed.remove(&txn);
             }
             // smtpd was told to reload: messages begun from now on use the new settings.
@@ -246,6 +329,7 @@ impl Writer {
                 Ok((limit, me)) => {
                     self.limit = limit;
                     self.me = me;
+                    self.signer = load_signer(&self.root);
                     log!("control files reloaded (me {}, databytes {limit})", self.me);
                 }
                 Err(e) => log!("reload refused: {e}; keeping the old settings"),
@@ -255,6 +339,104 @@ impl Writer {
                     "unknown record {:?} from smtpd",
                     other as char
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `head` on top and puts the message into the next commit.
+    fn finish(&mut self, txn: u64, o: Open, head: &[u8], summary: String) {
+        match o.msg.finish_with_head(head, &o.env) {
+            Ok(p) => {
+                if self.batch.is_empty() {
+                    self.batch_since = Some(Instant::now());
+                }
+                self.batch.push((txn, p, summary));
+            }
+            Err(e) => self.reply_failure(txn, &e),
+        }
+    }
+
+    /// The DKIM-Signature fields of a complete message (none if its From domain has no key).
+    fn sign(&self, o: &mut Open) -> Vec<u8> {
+        if self.signer.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = o.msg.flush() {
+            log!("cannot sign a message: {e}; it goes unsigned");
+            return Vec::new();
+        }
+        let (head, problem) = self.signer.sign_file(o.msg.path(), o.msg.bytes());
+        if let Some(p) = problem {
+            log!("{p}; it goes unsigned");
+        }
+        head
+    }
+
+    /// Gives authverify a read-only descriptor of the complete message.
+    fn send_to_verifier(&mut self, txn: u64, mut o: Open) -> io::Result<()> {
+        let Some(v) = &self.verifier else {
+            let head = Vec::new();
+            self.finish(txn, o, &head, String::new());
+            return Ok(());
+        };
+        if let Err(e) = o.msg.flush() {
+            self.reply_failure(txn, &e);
+            return Ok(());
+        }
+        let file = match std::fs::File::open(o.msg.path()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.reply_failure(
+                    txn,
+                    &QueueError::new(status::QUEUE_WRITE_ERROR, format!("cannot reopen: {e}")),
+                );
+                return Ok(());
+            }
+        };
+        let rec = Record::new(b'V')
+            .with_u64(txn)
+            .with_u64(o.msg.bytes())
+            .encode();
+        let sent = ferry_sys::send_with_fd(v, &rec, file.as_raw_fd())
+            .and_then(|n| (&*v).write_all(&rec[n..]));
+        sent.map_err(|e| io::Error::other(format!("authverify went away: {e}")))?;
+        self.verifying.insert(txn, o);
+        Ok(())
+    }
+
+    /// Reads what authverify has sent (poll said it has something), and acts on each verdict.
+    fn read_verdicts(&mut self) -> io::Result<()> {
+        let Some(v) = &mut self.verifier else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = match v.read(&mut buf) {
+            Ok(0) => return Err(io::Error::other("authverify exited")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(io::Error::other(format!("authverify: {e}"))),
+        };
+        self.verifier_in.feed(&buf[..n]);
+        while let Some(r) = self.verifier_in.next_record()? {
+            if r.kind != b'v' {
+                return Err(io::Error::other("unknown record from authverify"));
+            }
+            let txn = r.u64(0)?;
+            let Some(o) = self.verifying.remove(&txn) else {
+                continue;
+            };
+            let (action, head, summary) = (r.str(1)?, r.bytes(2)?, r.str(3)?);
+            let reply = format!("{} {} {}", r.str(4)?, r.str(5)?, r.str(6)?);
+            match action {
+                "accept" | "quarantine" => {
+                    let head = head.to_vec();
+                    self.finish(txn, o, &head, summary.to_string());
+                }
+                "refuse" => {
+                    self.reply_failure(txn, &QueueError::new(status::QUEUE_AUTH_REFUSED, reply))
+                }
+                _ => self.reply_failure(txn, &QueueError::new(status::QUEUE_AUTH_DEFERRED, reply)),
             }
         }
         Ok(())
@@ -274,13 +456,21 @@ impl Writer {
             return;
         }
         self.batch_since = None;
-        let (txns, prepared): (Vec<u64>, Vec<Prepared>) =
-            std::mem::take(&mut self.batch).into_iter().unzip();
-        for (txn, r) in txns.into_iter().zip(queue::commit(&self.queue, prepared)) {
+        let mut txns = Vec::with_capacity(self.batch.len());
+        let mut prepared = Vec::with_capacity(self.batch.len());
+        for (txn, p, summary) in std::mem::take(&mut self.batch) {
+            txns.push((txn, summary));
+            prepared.push(p);
+        }
+        for ((txn, summary), r) in txns.into_iter().zip(queue::commit(&self.queue, prepared)) {
             match r {
-                Ok(id) => self
-                    .out
-                    .push(&Record::new(b'K').with_u64(txn).with(id.to_string())),
+                Ok(id) => {
+                    let mut k = Record::new(b'K').with_u64(txn).with(id.to_string());
+                    if !summary.is_empty() {
+                        k.push(summary);
+                    }
+                    self.out.push(&k);
+                }
                 Err(e) => {
                     log!("commit failed: {e}");
                     self.reply_failure(txn, &e);
