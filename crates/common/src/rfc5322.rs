@@ -120,6 +120,28 @@ pub fn addresses(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Is `head` nothing but complete header fields: each line `Name: value` or a continuation
+/// (starting with a space or a tab) of the one before, every line ended by LF, no empty line,
+/// no NUL or CR, and not longer than `max`? What a helper adds on top of a message must be.
+pub fn is_field_block(head: &[u8], max: usize) -> bool {
+    if head.len() > max || (!head.is_empty() && !head.ends_with(b"\n")) {
+        return false;
+    }
+    let mut first = true;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let line = &line[..line.len() - 1];
+        if line.iter().any(|b| *b == 0 || *b == b'\r') {
+            return false;
+        }
+        let cont = line.starts_with(b" ") || line.starts_with(b"\t");
+        if (cont && first) || (!cont && !is_field_line(line)) || line.trim_ascii().is_empty() {
+            return false;
+        }
+        first = false;
+    }
+    true
+}
+
 /// Is this header field an Authentication-Results field claiming to be from `me`? Such
 /// fields arriving from outside are forgeries (RFC 8601 §5) and are removed on receipt.
 /// `field` is the whole field, name and value, unfolded or not.
@@ -150,6 +172,18 @@ pub fn claims_authserv_id(field: &[u8], me: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_blocks() {
+        assert!(is_field_block(b"", 10));
+        assert!(is_field_block(b"A-R: x;\n\tspf=pass\nX-Y: z\n", 100));
+        assert!(!is_field_block(b"A-R: x", 100));
+        assert!(!is_field_block(b"A-R: x\n\nbody\n", 100));
+        assert!(!is_field_block(b"\tcont first\n", 100));
+        assert!(!is_field_block(b"not a field\n", 100));
+        assert!(!is_field_block(b"A: x\r\n", 100));
+        assert!(!is_field_block(b"A: x\n", 3));
+    }
 
     #[test]
     fn authserv_id_claims() {

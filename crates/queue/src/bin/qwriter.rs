@@ -18,7 +18,7 @@ use ferry_common::envelope::{self, Envelope};
 use ferry_common::queue::{self, Incoming, Prepared, Queue, QueueError};
 use ferry_common::record::{self, Outbox, Reader, Record};
 use ferry_common::root::Root;
-use ferry_common::{control, date, log, status, writer};
+use ferry_common::{control, date, log, rfc5322, status, writer};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -429,6 +429,14 @@ impl Writer {
             let (action, head, summary) = (r.str(1)?, r.bytes(2)?, r.str(3)?);
             let reply = format!("{} {} {}", r.str(4)?, r.str(5)?, r.str(6)?);
             match action {
+                // Only header fields go on top of a message, whatever authverify says.
+                "accept" | "quarantine" if !rfc5322::is_field_block(head, 64 * 1024) => {
+                    log!("authverify sent a head that is not header fields; message not queued");
+                    self.reply_failure(
+                        txn,
+                        &QueueError::new(status::QUEUE_BUG, "bad verdict from authverify"),
+                    );
+                }
                 "accept" | "quarantine" => {
                     let head = head.to_vec();
                     self.finish(txn, o, &head, summary.to_string());
