@@ -1,8 +1,8 @@
 //! New DKIM keys and the DNS records that publish them (`ferryctl dkim`, `ferryctl setup`,
 //! `ferryctl check`).
 //!
-//! A key is made by aws-lc-rs (RSA 2048) or mail-auth (Ed25519), both as PKCS#8, and written
-//! as PEM "PRIVATE KEY", the form [`crate::keys`] reads. Its record is the TXT record
+//! A key is made by aws-lc-rs (RSA 2048, Ed25519), as PKCS#8 (v1, which every tool reads),
+//! and written as PEM "PRIVATE KEY", the form [`crate::keys`] reads. Its record is the TXT record
 //! `SELECTOR._domainkey.DOMAIN` with the value `v=DKIM1; k=rsa; p=BASE64` (RFC 6376 §3.6.1;
 //! k=ed25519, RFC 8463), which a zone file gives as strings of at most 255 bytes each.
 
@@ -34,7 +34,12 @@ pub fn generate(alg: Algorithm) -> Result<Vec<u8>, String> {
                 .map(|d| d.as_ref().to_vec())
                 .map_err(|e| format!("cannot encode the RSA key: {e}"))
         }
-        Algorithm::Ed25519 => mail_auth::common::crypto::Ed25519Key::generate_pkcs8()
+        // PKCS#8 v1 (RFC 8410), as `openssl genpkey -algorithm ed25519` writes it: OpenSSL
+        // 3.0 cannot read the v2 form (with the public key) that mail-auth's generate_pkcs8
+        // gives.
+        Algorithm::Ed25519 => aws_lc_rs::signature::Ed25519KeyPair::generate()
+            .and_then(|k| k.to_pkcs8v1())
+            .map(|d| d.as_ref().to_vec())
             .map_err(|e| format!("cannot make an Ed25519 key: {e}")),
     }
 }
@@ -178,6 +183,9 @@ mod tests {
     #[test]
     fn ed25519_key_round_trip() {
         let der = generate(Algorithm::Ed25519).unwrap();
+        // PKCS#8 v1 (version 0), the 32-byte seed: RFC 8410 §7.
+        assert_eq!(der.len(), 48);
+        assert_eq!(der[..5], [0x30, 0x2e, 0x02, 0x01, 0x00]);
         let key = keys::parse_pem(pem(&der).as_bytes()).unwrap();
         assert_eq!(key.kind(), "ed25519");
         assert_eq!(key.public_der().len(), 32);
