@@ -435,7 +435,12 @@ impl Config {
                 .collect();
             names.sort();
             for n in names {
-                if n.starts_with('.') || n == "README" || n.ends_with('~') || n == "tls" {
+                if n.starts_with('.')
+                    || n == "README"
+                    || n.ends_with('~')
+                    || n == "tls"
+                    || n == "dkim"
+                {
                     continue;
                 }
                 if control::lookup(&n).is_none() {

@@ -4,7 +4,8 @@
 //! Checked: the control files (syntax with file and line, unknown names, the TLS pair), the
 //! install manifest (owners, modes, the setuid queue), smtpd answering 220 on each address
 //! of smtplisten, the certificate it serves over STARTTLS (the one in control/tlscert? days
-//! left: WARN under 14, FAIL expired), and the DNS records the domains need (see dnscheck.rs).
+//! left: WARN under 14, FAIL expired), the DKIM keys (each loads, belongs to the signer,
+//! readable by nobody else: dkim.rs), and the DNS records the domains need (see dnscheck.rs).
 
 use crate::dnscheck;
 use anyhow::Result;
@@ -377,8 +378,9 @@ pub fn items(root: &Root, with_dns: bool) -> Vec<Item> {
         Some(cfg) => {
             items.extend(listening(root, cfg));
             items.extend(crate::passwd::check(root, cfg));
+            items.extend(crate::dkim::file_items(root));
             if with_dns {
-                items.extend(dnscheck::check(cfg));
+                items.extend(dnscheck::check(root, cfg));
             }
         }
         None => items.push(warn(

@@ -1,11 +1,11 @@
 //! DNS lookups for `ferryctl check` (dnscheck.rs), with hickory-resolver: A/AAAA, MX, TXT
-//! and PTR, each answer sorted into found / no such record / no such name / error.
+//! and PTR, each answer sorted into found / no such record / no such name / error. SPF is
+//! evaluated by ferry_auth::spf on the same resolver.
 //!
 //! hickory-resolver is async only: the caller runs one current-thread tokio runtime. Each
 //! lookup has 3 s and 2 attempts, and a limit of its own. The name servers are
 //! control/resolvconf when it lists any, else /etc/resolv.conf.
 
-use crate::spf;
 use ferry_common::config::Config;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{Name, RData};
@@ -53,6 +53,11 @@ fn plain(n: &Name) -> String {
 impl Dns {
     pub fn new(cfg: &Config) -> Result<Dns, String> {
         ferry_dns::resolver(&cfg.resolvconf, Duration::from_secs(3)).map(|r| Dns { r })
+    }
+
+    /// The resolver itself, for ferry_auth::spf.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.r
     }
 
     async fn query<T>(
@@ -151,20 +156,5 @@ impl Dns {
             }
         })
         .await
-    }
-}
-
-impl spf::Lookups for Dns {
-    async fn addrs(&self, name: &str) -> Vec<IpAddr> {
-        self.ips(name).await.found().unwrap_or_default()
-    }
-    async fn mx_hosts(&self, name: &str) -> Vec<String> {
-        self.mx(name)
-            .await
-            .found()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect()
     }
 }

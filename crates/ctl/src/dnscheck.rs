@@ -1,12 +1,15 @@
 //! The DNS part of `ferryctl check`, as the online checkers do it: A/AAAA of `me`; for each
 //! local domain its MX (pointing at `me`, or at a name with one of me's addresses), SPF
-//! (present, one record, authorising me's addresses) and DMARC; the PTR of me's addresses.
-//! Each verdict carries the record to publish as the fix. The lookups are in dns.rs.
+//! (present, one record, authorising me's addresses: evaluated by ferry_auth::spf as a
+//! receiver would, for MAIL FROM postmaster@DOMAIN and HELO me) and DMARC; the PTR of me's
+//! addresses; for each DKIM key in control/dkim, its record (dkim.rs). Each verdict carries
+//! the record to publish as the fix. The lookups are in dns.rs.
 
 use crate::check::{Item, fail, ok, warn};
 use crate::dns::{Answer, Dns};
-use crate::spf::{self, Verdict};
+use ferry_auth::spf::{self, SpfResult};
 use ferry_common::config::Config;
+use ferry_common::root::Root;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -102,10 +105,12 @@ async fn check_mx(dns: &Dns, d: &str, me: &str, mine: &[IpAddr], out: &mut Vec<I
     }
 }
 
-async fn check_spf(dns: &Dns, d: &str, mine: &[IpAddr], out: &mut Vec<Item>) {
+async fn check_spf(dns: &Dns, d: &str, me: &str, mine: &[IpAddr], out: &mut Vec<Item>) {
     let publish = format!("publish: {d}. IN TXT \"v=spf1 mx -all\"");
+    // The record is looked up to be shown; ferry_auth::spf evaluates it (as a receiver
+    // would: include:, redirect=, macros, the lookup limits).
     let records: Vec<String> = match dns.txt(d).await {
-        Answer::Found(v) => v.into_iter().filter(|t| spf::is_spf(t)).collect(),
+        Answer::Found(v) => v.into_iter().filter(|t| spf::is_spf_record(t)).collect(),
         Answer::Error(e) => {
             return out.push(warn(
                 format!("DNS: cannot look up the SPF record of {d}: {e}"),
@@ -134,40 +139,40 @@ async fn check_spf(dns: &Dns, d: &str, mine: &[IpAddr], out: &mut Vec<Item>) {
             ));
         }
     };
-    let parsed = match spf::parse(rec) {
-        Ok(p) => p,
-        Err(e) => {
-            return out.push(fail(
-                format!("DNS: SPF of {d} is malformed ({e}): \"{rec}\""),
-                publish,
-            ));
-        }
-    };
     if mine.is_empty() {
         return out.push(warn(
             format!("DNS: SPF of {d} not evaluated: me has no address"),
             "publish the A record of me first",
         ));
     }
+    let sender = format!("postmaster@{d}");
     let mut worst: Option<Item> = None;
     for ip in mine {
-        let item = match spf::evaluate(dns, d, &parsed, *ip).await {
-            Verdict::Pass(t) => ok(format!("DNS: SPF of {d} authorises {ip} ({t})")),
-            Verdict::Fail(t) => fail(
-                format!("DNS: SPF of {d} does not authorise {ip} ({t}): \"{rec}\""),
-                format!("{publish}, or add {}", ip_term(*ip)),
+        let a = spf::evaluate(dns.resolver(), *ip, me, &sender, me).await;
+        let add = || format!("{publish}, or add {}", ip_term(*ip));
+        let item = match a.result() {
+            SpfResult::Pass => ok(format!("DNS: SPF of {d} authorises {ip}: \"{rec}\"")),
+            SpfResult::Fail => fail(
+                format!("DNS: SPF of {d} does not authorise {ip}: \"{rec}\""),
+                add(),
             ),
-            Verdict::SoftFail(t) => warn(
-                format!("DNS: SPF of {d} soft-fails {ip} ({t}): \"{rec}\""),
-                format!("{publish}, or add {}", ip_term(*ip)),
+            SpfResult::SoftFail => {
+                warn(format!("DNS: SPF of {d} soft-fails {ip}: \"{rec}\""), add())
+            }
+            SpfResult::Neutral => warn(
+                format!("DNS: SPF of {d} is neutral about {ip}: \"{rec}\""),
+                add(),
             ),
-            Verdict::Neutral(t) => warn(
-                format!("DNS: SPF of {d} is neutral about {ip} ({t}): \"{rec}\""),
-                format!("{publish}, or add {}", ip_term(*ip)),
+            SpfResult::PermError => fail(
+                format!(
+                    "DNS: SPF of {d} is a permerror for receivers ({}): \"{rec}\"",
+                    a.explanation
+                ),
+                format!("correct it, e.g. {publish}"),
             ),
-            Verdict::NotEvaluated(t) => warn(
-                format!("DNS: SPF of {d} uses {t}, not evaluated: \"{rec}\""),
-                format!("make sure it covers {ip}"),
+            SpfResult::TempError | SpfResult::None => warn(
+                format!("DNS: SPF of {d} not evaluated for {ip}: {}", a.explanation),
+                resolver_fix(),
             ),
         };
         if worst.as_ref().is_none_or(|w| item.level > w.level) {
@@ -246,17 +251,18 @@ async fn check_ptr(dns: &Dns, me: &str, mine: &[IpAddr], out: &mut Vec<Item>) {
     }
 }
 
-async fn check_all(dns: &Dns, cfg: &Config, out: &mut Vec<Item>) {
+async fn check_all(dns: &Dns, root: &Root, cfg: &Config, out: &mut Vec<Item>) {
     let me = cfg.me.as_str();
     let Some(mine) = check_me(dns, me, out).await else {
         return;
     };
     for d in cfg.locals.iter().filter(|d| *d != me && d.contains('.')) {
         check_mx(dns, d, me, &mine, out).await;
-        check_spf(dns, d, &mine, out).await;
+        check_spf(dns, d, me, &mine, out).await;
         check_dmarc(dns, d, out).await;
     }
     check_ptr(dns, me, &mine, out).await;
+    crate::dkim::dns_items(dns, root, out).await;
 }
 
 /// Every host named in smtproutes must resolve, or every delivery routed to it is deferred.
@@ -292,7 +298,7 @@ async fn check_routes(dns: &Dns, cfg: &Config, out: &mut Vec<Item>) {
 }
 
 /// Every DNS verdict for this configuration.
-pub fn check(cfg: &Config) -> Vec<Item> {
+pub fn check(root: &Root, cfg: &Config) -> Vec<Item> {
     let demo = !cfg.me.contains('.');
     let demo_item = || {
         warn(
@@ -327,7 +333,7 @@ pub fn check(cfg: &Config) -> Vec<Item> {
         let all = async {
             check_routes(&dns, cfg, &mut out).await;
             if !demo {
-                check_all(&dns, cfg, &mut out).await;
+                check_all(&dns, root, cfg, &mut out).await;
             }
         };
         if tokio::time::timeout(OVERALL, all).await.is_err() {

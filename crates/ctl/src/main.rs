@@ -10,6 +10,7 @@
 
 mod check;
 mod ctlsock;
+mod dkim;
 mod dns;
 mod dnscheck;
 mod init;
@@ -21,7 +22,7 @@ mod queuecmd;
 mod run;
 mod s6;
 mod setup;
-mod spf;
+mod spfcmd;
 mod stat;
 mod svccmd;
 mod tls;
@@ -93,13 +94,13 @@ const COMMANDS: &[Command] = &[
         "check",
         "check [--no-dns]",
         "check configuration, install, listening ports and DNS records",
-        "One line per item, OK, WARN or FAIL, with the fix: every control file (errors with file and line, unknown names), the TLS pair and the certificate smtpd serves (the one on disk? days left), owners and modes of the install (the manifest), the owners of virtual mailboxes, smtpd answering 220 on each smtplisten address, and DNS (unless --no-dns): every smtproutes host, A/AAAA of me, MX, SPF and DMARC of each local domain, PTR of me's addresses. Name servers: control/resolvconf, else /etc/resolv.conf. Exit 1 if anything FAILs.",
+        "One line per item, OK, WARN or FAIL, with the fix: every control file (errors with file and line, unknown names), the TLS pair and the certificate smtpd serves (the one on disk? days left), owners and modes of the install (the manifest), the owners of virtual mailboxes, smtpd answering 220 on each smtplisten address, the DKIM keys in control/dkim (each loads, belongs to the signer, readable by nobody else), and DNS (unless --no-dns): every smtproutes host, A/AAAA of me, MX, SPF (evaluated as a receiver would, for MAIL FROM postmaster@DOMAIN from me's addresses) and DMARC of each local domain, PTR of me's addresses, and for each DKIM key its record (OK: the key on disk; FAIL: another key; WARN: none published). Name servers: control/resolvconf, else /etc/resolv.conf. Exit 1 if anything FAILs.",
     ),
     cmd(
         "setup",
         "setup DOMAIN [--admin USER|ADDRESS] [--me HOST] [--ip ADDRESS] [--dry-run]",
         "first-run wizard: names, aliases, a TLS certificate, the DNS records to publish",
-        "Writes me (the host's name when it is DOMAIN or inside it, else mail.DOMAIN; --me decides), defaultdomain (DOMAIN), locals and rcpthosts (DOMAIN and me; rcpthosts keeps the virtual domains), saying old → new for each file it replaces. Writes a self-signed certificate for me to control/tlscert and control/tlskey when neither exists. Adds the aliases postmaster, root, abuse and mailer-daemon → --admin (default: the invoking user; as root without --admin they stay with the mailbox mail/postmaster), never changing existing ones. Prints the DNS records to publish (A, MX, SPF, DMARC, PTR) with this host's address (--ip gives it), and how to let mail clients in: the first user (ferryctl passwd NAME), then ferryctl start for the submission services (587, 465). --dry-run shows all this and writes nothing.",
+        "Writes me (the host's name when it is DOMAIN or inside it, else mail.DOMAIN; --me decides), defaultdomain (DOMAIN), locals and rcpthosts (DOMAIN and me; rcpthosts keeps the virtual domains), saying old → new for each file it replaces. Writes a self-signed certificate for me to control/tlscert and control/tlskey when neither exists. Adds the aliases postmaster, root, abuse and mailer-daemon → --admin (default: the invoking user; as root without --admin they stay with the mailbox mail/postmaster), never changing existing ones. Prints the DNS records to publish (A, MX, SPF, DMARC, PTR, and the DKIM record of each key in control/dkim, or how to make one) with this host's address (--ip gives it), and how to let mail clients in: the first user (ferryctl passwd NAME), then ferryctl start for the submission services (587, 465). --dry-run shows all this and writes nothing.",
     ),
     cmd(
         "log",
@@ -136,6 +137,18 @@ const COMMANDS: &[Command] = &[
         "passwd NAME | passwd --delete NAME | passwd --list",
         "set, delete or list the passwords of submission (SMTP AUTH)",
         "Sets the password of NAME in control/passwords (argon2id), read from stdin: its first line, or typed twice without echo on a terminal. NAME is a local user (then it may send as NAME and NAME-ext at each local domain) or a virtual mailbox address (itself and its +ext/-ext forms); control/senders adds more. The file is mode 0640 root:ferrya (with privilege separation): only smtpd's password checker reads it. Takes effect at once, no reload. --delete NAME removes it (exit 1 if it had none), --list prints the names.",
+    ),
+    cmd(
+        "dkim",
+        "dkim keygen DOMAIN [SELECTOR] [--ed25519] | dkim list",
+        "make a DKIM signing key and print its DNS record; list the keys",
+        "keygen writes a new signing key to control/dkim/DOMAIN/SELECTOR.key (RSA 2048, or Ed25519 with --ed25519), mode 0600, owned by the signer (ferryq with privilege separation), and prints the TXT record to publish at SELECTOR._domainkey.DOMAIN as a zone file line (strings of at most 255 bytes), with its name and value. SELECTOR defaults to the month: sYYYYMM for RSA, eYYYYMM for Ed25519. An existing key is never replaced (exit 1). ferry signs the domain's mail with every key there, so publish the record at once; ferryctl check compares the published record with the key. list prints one line per key: domain, selector, kind, file, record value; keys that do not load are named (exit 1). docs/AUTHENTICATION.md tells how to rotate keys.",
+    ),
+    cmd(
+        "spf",
+        "spf IP HELO SENDER",
+        "evaluate SPF for a client address, HELO name and sender, as smtpd does",
+        "Evaluates SPF (RFC 7208) for a client at IP that said HELO and MAIL FROM:<SENDER> (\"\" or <> for the null sender: then the HELO name is evaluated), through the name servers of control/resolvconf (else /etc/resolv.conf), and prints the result (pass, fail, softfail, neutral, none, temperror, permerror) on the first line, then the domain evaluated and why (for a fail the domain's exp= text). include:, redirect=, exists:, macros and the limits (10 DNS-querying terms, 2 void lookups) apply. Exit 0 whatever the result, 2 for bad arguments.",
     ),
     Command {
         name: "tls-selfsigned",
@@ -413,6 +426,31 @@ fn run(root: &Root, c: &Command, args: &[String]) -> Result<i32> {
                 _ => Err(usage(
                     "expected: passwd NAME, passwd --delete NAME or passwd --list",
                 )),
+            }
+        }
+        "dkim" => {
+            let a = Args::parse(args, &[], &["--ed25519"])?;
+            a.at_most(3)?;
+            let pos: Vec<&str> = a.pos.iter().map(String::as_str).collect();
+            match (pos.as_slice(), a.has("--ed25519")) {
+                (["keygen", domain], ed) => print_lines(dkim::keygen(root, domain, None, ed)?, 0),
+                (["keygen", domain, sel], ed) => {
+                    print_lines(dkim::keygen(root, domain, Some(sel), ed)?, 0)
+                }
+                (["list"], false) => {
+                    let (lines, code) = dkim::list(root);
+                    print_lines(lines, code)
+                }
+                _ => Err(usage(
+                    "expected: dkim keygen DOMAIN [SELECTOR] [--ed25519] or dkim list",
+                )),
+            }
+        }
+        "spf" => {
+            let a = Args::parse(args, &[], &[])?;
+            match a.pos.as_slice() {
+                [ip, helo, sender] => print_lines(spfcmd::run(root, ip, helo, sender)?, 0),
+                _ => Err(usage("expected: spf IP HELO SENDER")),
             }
         }
         "tls-selfsigned" => {

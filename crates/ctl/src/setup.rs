@@ -1,7 +1,8 @@
 //! `ferryctl setup DOMAIN`: the first-run wizard. Writes me, defaultdomain, locals and
 //! rcpthosts (saying old → new when it replaces one), a self-signed certificate when there is
 //! none, the postmaster/root/abuse/mailer-daemon aliases (added, never changed), and prints
-//! the DNS records to publish, and how to let mail clients in (the first user with
+//! the DNS records to publish (A, MX, SPF, DMARC, PTR, and DKIM: the record of each key in
+//! control/dkim, or how to make one), and how to let mail clients in (the first user with
 //! `ferryctl passwd NAME`, then `ferryctl start` for the submission services). `--dry-run`
 //! writes nothing.
 //!
@@ -223,7 +224,7 @@ fn aliases(root: &Root, opts: &Opts, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn dns_records(domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
+fn dns_records(root: &Root, domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
     let addrs: Vec<IpAddr> = match opts.ip {
         Some(ip) => vec![ip],
         None => [local_address(false), local_address(true)]
@@ -261,7 +262,7 @@ fn dns_records(domain: &str, me: &str, opts: &Opts, out: &mut Vec<String>) {
             "  PTR of {ip} → {me}.   (set by whoever runs the address: your hosting provider)"
         ));
     }
-    out.push("  DKIM: ferry does not sign mail yet; a DKIM record comes with it.".into());
+    out.extend(crate::dkim::setup_lines(root, domain));
 }
 
 /// How to let mail clients in: the first user, then the submission services.
@@ -352,7 +353,7 @@ pub fn run(root: &Root, opts: &Opts) -> Result<Vec<String>> {
         tls::Outcome::Partial(why) => why,
     });
     aliases(root, opts, &mut out)?;
-    dns_records(&domain, &me, opts, &mut out);
+    dns_records(root, &domain, &me, opts, &mut out);
     submission(root, &me, &domain, opts.dry_run, &mut out);
     out.push(String::new());
     if !opts.dry_run {
