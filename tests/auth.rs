@@ -475,6 +475,26 @@ fn spf_results_are_marked() {
             "auth=(spf=temperror (tmp.test)",
         ],
     );
+    // The verifier runs as ferryv (as root; single-user, as the one user).
+    let want = if is_root() {
+        nix::unistd::User::from_name(ferry_common::users::VERIFY)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw()
+    } else {
+        nix::unistd::getuid().as_raw()
+    };
+    let verifiers: Vec<u32> = ferry_e2e::supervision::processes_of(&site.env.root)
+        .into_iter()
+        .filter(|(_, name)| name == "authverify")
+        .map(|(pid, _)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            uids.split_whitespace().nth(2).unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(verifiers, [want]);
 }
 
 #[test]
