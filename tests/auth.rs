@@ -19,8 +19,10 @@ use std::sync::OnceLock;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The other side: `send PORT HELO MAILFROM RCPT FILE [--sign ALGO SELECTOR DOMAIN KEYFILE
-/// now|expired]... [--tamper body|subject] [--auth USER PASSWORD]` signs the message in FILE with dkimpy (each
-/// --sign adds a signature on top; expired: t= ten days ago, x= five days ago), tampers with
+/// now|expired]... [--arc SELECTOR DOMAIN KEYFILE] [--tamper body|subject] [--auth USER
+/// PASSWORD]` signs the message in FILE with dkimpy (each
+/// --sign adds a signature on top; expired: t= ten days ago, x= five days ago; --arc adds
+/// DOMAIN's Authentication-Results and seals it as an ARC set, rsa-sha256), tampers with
 /// it after signing, sends it with smtplib (with --auth: STARTTLS, then AUTH) and prints the final reply: `CODE TEXT` (or `MAIL
 /// CODE TEXT` / `RCPT CODE TEXT` when refused earlier). `verify FILE NAME=TXT...` verifies
 /// every DKIM-Signature of FILE (LF line ends are made CR LF) with the given TXT records as
@@ -60,6 +62,13 @@ def send(args):
         elif opts[i] == '--tamper':
             tamper = opts[i + 1]
             i += 2
+        elif opts[i] == '--arc':
+            selector, domain, keyfile = opts[i + 1:i + 4]
+            i += 4
+            key = open(keyfile, 'rb').read().strip()
+            msg = ('Authentication-Results: %s; spf=pass smtp.mailfrom=%s\r\n' % (domain, mail_from)).encode() + msg
+            seal = dkim.arc_sign(msg, selector.encode(), domain.encode(), key, domain.encode())
+            msg = b''.join(seal) + msg
         elif opts[i] == '--auth':
             auth = opts[i + 1:i + 3]
             i += 3
@@ -241,6 +250,8 @@ fn records() -> Vec<String> {
         // DKIM: rsa and ed published; "gone" is not.
         txt("rsa._domainkey.dkim.test", &dkim_txt("rsa")),
         txt("ed._domainkey.dkim.test", &dkim_txt("ed")),
+        // ARC: a forwarder's sealing key.
+        txt("arc._domainkey.fwd.test", &dkim_txt("rsa")),
         // DMARC.
         txt("spf-aligned.test", "v=spf1 ip4:127.0.0.1 -all"),
         txt("_dmarc.spf-aligned.test", "v=DMARC1; p=reject"),
@@ -1005,4 +1016,67 @@ fn authenticated_mail_is_signed_not_verified() {
     let m = site.delivered("alice");
     assert!(all(&m, "Authentication-Results").is_empty(), "{m}");
     assert_signed_by_us(&site.scratch, &m, "localhost");
+}
+
+#[test]
+fn arc_sets_of_dkimpy_are_verified() {
+    let mut site = Site::new(None, None);
+    let rsa = site.key_file(&keys().rsa_pkcs1);
+    let from = "a@spf-aligned.test";
+    let seal = ["--arc", "arc", "fwd.test", &rsa];
+    let tampered = [&seal[..], &["--tamper", "body"]].concat();
+    let subject = [&seal[..], &["--tamper", "subject"]].concat();
+    let r = site.send(
+        "fwd.test",
+        from,
+        "arc-pass@localhost",
+        &message(from, "arc-pass"),
+        &seal,
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let r = site.send(
+        "fwd.test",
+        from,
+        "arc-fail@localhost",
+        &message(from, "arc-fail"),
+        &tampered,
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let r = site.send(
+        "fwd.test",
+        from,
+        "arc-subject@localhost",
+        &message(from, "arc-subject"),
+        &subject,
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let r = site.send(
+        "fwd.test",
+        from,
+        "arc-none@localhost",
+        &message(from, "arc-none"),
+        &[],
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    for (name, want) in [
+        ("arc-pass", "arc=pass smtp.remote-ip=127.0.0.1"),
+        // As for DKIM, mail-auth calls a body changed since the seal neutral.
+        (
+            "arc-fail",
+            "arc=neutral (body hash did not verify) smtp.remote-ip=127.0.0.1",
+        ),
+        (
+            "arc-subject",
+            "arc=fail (verification failed) smtp.remote-ip=127.0.0.1",
+        ),
+        ("arc-none", "arc=none smtp.remote-ip=127.0.0.1"),
+    ] {
+        let m = site.delivered(name);
+        let ar = ours(&m);
+        assert_has(&ar, &[want]);
+        // The forwarder's Authentication-Results stays, below ours.
+        if name != "arc-none" {
+            assert_eq!(all(&m, "Authentication-Results").len(), 2, "{m}");
+        }
+    }
 }
