@@ -163,7 +163,8 @@ pub async fn verify(
             action = spf_action(&spf.mail_from);
         }
     }
-    let parsed = AuthenticatedMessage::parse(message);
+    let wire = crlf(message);
+    let parsed = AuthenticatedMessage::parse(&wire);
     let mut quarantine = None;
     if policies.dmarc != Mode::Off {
         match &parsed {
@@ -310,6 +311,22 @@ fn spf_action(o: &SpfOutput) -> Action {
     }
 }
 
+/// The message as it went over the wire: CR LF line ends (the queue stores LF). Simple
+/// header canonicalisation (RFC 6376 §3.4.1) hashes the line ends as they are, so a
+/// signature with c=simple/... made on the CR LF original fails on LF.
+fn crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 2);
+    let mut prev = 0u8;
+    for &b in message {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
 /// CR LF line ends (mail-auth's) as the queue stores them: LF.
 fn lf(s: &str) -> String {
     s.replace("\r\n", "\n")
@@ -359,6 +376,15 @@ fn policy_word(p: DmarcPolicy) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_ends_for_verification() {
+        assert_eq!(
+            crlf(b"A: b\nC: d\r\n\nbody\n"),
+            b"A: b\r\nC: d\r\n\r\nbody\r\n"
+        );
+        assert_eq!(crlf(b""), b"");
+    }
 
     #[test]
     fn spf_enforcement() {
