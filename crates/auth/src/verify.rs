@@ -11,7 +11,6 @@
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy as DmarcPolicy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfOutput, SpfResult,
@@ -68,64 +67,19 @@ pub struct Verdict {
 /// SPF of the HELO name and of the envelope sender (RFC 7208 §2.3, §2.4; for the null sender
 /// the MAIL FROM identity is postmaster@HELO).
 pub async fn spf(auth: &MessageAuthenticator, c: &Client) -> Spf {
-    let temp = |d: &str| SpfOutput::new(d.to_string()).with_result(SpfResult::TempError);
-    let helo = tokio::time::timeout(MAX_VERIFY_TIME, async {
-        let o = auth
-            .verify_spf(SpfParameters::verify_ehlo(c.ip, &c.helo, &c.me))
-            .await;
-        one_record(auth, o).await
-    })
-    .await
-    .unwrap_or_else(|_| temp(&c.helo));
+    // crate::spf adds to mail-auth's evaluation the rules it leaves out (two records, more
+    // than 2 void lookups: permerror), as `ferryctl spf` reports them.
+    let helo = crate::spf::evaluate(&auth.0, c.ip, &c.helo, "", &c.me)
+        .await
+        .output;
     let mail_from = if c.sender.is_empty() {
         helo.clone()
     } else {
-        tokio::time::timeout(MAX_VERIFY_TIME, async {
-            let o = auth
-                .verify_spf(SpfParameters::verify_mail_from(
-                    c.ip, &c.helo, &c.me, &c.sender,
-                ))
-                .await;
-            one_record(auth, o).await
-        })
-        .await
-        .unwrap_or_else(|_| temp(sender_domain(&c.sender)))
+        crate::spf::evaluate(&auth.0, c.ip, &c.helo, &c.sender, &c.me)
+            .await
+            .output
     };
     Spf { helo, mail_from }
-}
-
-/// RFC 7208 §4.5: a domain with more than one SPF record has none that counts (permerror);
-/// mail-auth uses the first it can parse. Checked for the domain evaluated (its answer is in
-/// the resolver's cache by now), not for the targets of include: and redirect=.
-async fn one_record(auth: &MessageAuthenticator, o: SpfOutput) -> SpfOutput {
-    use hickory_resolver::proto::rr::RData;
-    if !matches!(
-        o.result(),
-        SpfResult::Pass | SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral
-    ) {
-        return o;
-    }
-    let Ok(lookup) = auth.0.txt_lookup(format!("{}.", o.domain())).await else {
-        return o;
-    };
-    let spf_records = lookup
-        .answers()
-        .iter()
-        .filter(|r| match &r.data {
-            RData::TXT(t) => {
-                let v: Vec<u8> = t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
-                v.len() >= 6
-                    && v[..6].eq_ignore_ascii_case(b"v=spf1")
-                    && (v.len() == 6 || v[6] == b' ')
-            }
-            _ => false,
-        })
-        .count();
-    if spf_records > 1 {
-        SpfOutput::new(o.domain().to_string()).with_result(SpfResult::PermError)
-    } else {
-        o
-    }
 }
 
 fn sender_domain(sender: &str) -> &str {
