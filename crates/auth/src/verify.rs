@@ -110,7 +110,7 @@ pub async fn verify(
             .with_spf_mailfrom_result(&spf.mail_from, c.ip, &c.sender, &c.helo);
         summary.push(format!(
             "spf={} ({})",
-            spf_word(spf.mail_from.result()),
+            crate::spf::word(spf.mail_from.result()),
             spf.mail_from.domain()
         ));
         if policies.spf == Mode::Enforce {
@@ -284,18 +284,6 @@ fn crlf(message: &[u8]) -> Vec<u8> {
 /// CR LF line ends (mail-auth's) as the queue stores them: LF.
 fn lf(s: &str) -> String {
     s.replace("\r\n", "\n")
-}
-
-pub fn spf_word(r: SpfResult) -> &'static str {
-    match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
-    }
 }
 
 fn dkim_word(r: &DkimResult) -> &'static str {
