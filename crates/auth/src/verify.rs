@@ -268,7 +268,7 @@ fn spf_action(o: &SpfOutput) -> Action {
 /// The message as it went over the wire: CR LF line ends (the queue stores LF). Simple
 /// header canonicalisation (RFC 6376 §3.4.1) hashes the line ends as they are, so a
 /// signature with c=simple/... made on the CR LF original fails on LF.
-fn crlf(message: &[u8]) -> Vec<u8> {
+pub(crate) fn crlf(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 2);
     let mut prev = 0u8;
     for &b in message {
