@@ -23,6 +23,9 @@ use mail_auth::common::crypto::{RsaKey, Sha256, SigningKey};
 use mail_auth::dkim::Canonicalization;
 use std::path::Path;
 
+/// A header field as mail-auth parses it: name, and value with its line end.
+type Field<'x> = (&'x [u8], &'x [u8]);
+
 /// The most ARC sets a message may carry (RFC 8617 §4.2.1).
 pub const MAX_SETS: u32 = 50;
 
@@ -127,9 +130,9 @@ impl Sealer {
         let ams_unsigned = fold(
             "ARC-Message-Signature:".len(),
             &format!(
-            "i={i}; a=rsa-sha256; c=relaxed/relaxed; d={}; s={}; t={now}; h={}; bh={bh}; b=",
-            key.domain,
-            key.selector,
+                "i={i}; a=rsa-sha256; c=relaxed/relaxed; d={}; s={}; t={now}; h={}; bh={bh}; b=",
+                key.domain,
+                key.selector,
                 names.join(":")
             ),
         );
@@ -163,9 +166,8 @@ impl Sealer {
         );
         let b = key.key.sign(&input[..]).map_err(err)?;
         let seal = format!("{seal_unsigned}{}\r\n", fold_b64(&b64(&b)));
-        let fields = format!(
-            "ARC-Seal:{seal}ARC-Message-Signature:{ams}ARC-Authentication-Results:{aar}"
-        );
+        let fields =
+            format!("ARC-Seal:{seal}ARC-Message-Signature:{ams}ARC-Authentication-Results:{aar}");
         Ok(fields.replace("\r\n", "\n").into_bytes())
     }
 }
@@ -238,7 +240,7 @@ pub fn method_result(results: &str, method: &str) -> Option<String> {
 }
 
 /// The fields of set `i` already in the message, in the order the seal hashes them.
-fn earlier_set<'x>(msg: &AuthenticatedMessage<'x>, i: u32) -> Option<Vec<(&'x [u8], &'x [u8])>> {
+fn earlier_set<'x>(msg: &AuthenticatedMessage<'x>, i: u32) -> Option<Vec<Field<'x>>> {
     let aar = msg.aar_headers.iter().find(|h| h.header.i == i)?;
     let ams = msg.ams_headers.iter().find(|h| h.header.i == i)?;
     let seal = msg.as_headers.iter().find(|h| h.header.i == i)?;
@@ -252,11 +254,15 @@ fn earlier_set<'x>(msg: &AuthenticatedMessage<'x>, i: u32) -> Option<Vec<(&'x [u
 /// The fields the message signature covers, in the order hashed, and the `h=` names: every
 /// instance of each name of [`crate::sign::SIGNED`] and DKIM-Signature, bottom-most first
 /// for a repeated name (RFC 6376 §5.4.2).
-fn signed_fields<'x>(msg: &AuthenticatedMessage<'x>) -> (Vec<(&'x [u8], &'x [u8])>, Vec<String>) {
+fn signed_fields<'x>(msg: &AuthenticatedMessage<'x>) -> (Vec<Field<'x>>, Vec<String>) {
     let mut fields = Vec::new();
     let mut names = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
-    for name in crate::sign::SIGNED.iter().copied().chain(["DKIM-Signature"]) {
+    for name in crate::sign::SIGNED
+        .iter()
+        .copied()
+        .chain(["DKIM-Signature"])
+    {
         if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
             continue;
         }
@@ -329,7 +335,8 @@ mod tests {
             trusted_results(ours, "mx.ours.example").as_deref(),
             Some(" mx.ours.example; arc=none")
         );
-        let below = b"Received: from x\nAuthentication-Results: mx.ours.example; arc=pass\n\nbody\n";
+        let below =
+            b"Received: from x\nAuthentication-Results: mx.ours.example; arc=pass\n\nbody\n";
         assert_eq!(trusted_results(below, "mx.ours.example"), None);
         let other = b"Authentication-Results: mx.other.example; arc=pass\nReceived: x\n\n";
         assert_eq!(trusted_results(other, "mx.ours.example"), None);
@@ -400,25 +407,43 @@ mod tests {
         let (sealer, dns) = sealer_and_dns(dir.path());
         let message = b"Received: from x\nFrom: A <a@far.example>\nTo: b@ours.example\nSubject: hello\n\nbody line\n";
         let results = " mx.ours.example;\n\tspf=pass smtp.mailfrom=a@far.example;\n\tarc=none";
-        let set = sealer.seal(message, results, "ours.example", 1_800_000_000).unwrap();
+        let set = sealer
+            .seal(message, results, "ours.example", 1_800_000_000)
+            .unwrap();
         let text = String::from_utf8(set.clone()).unwrap();
         assert!(text.starts_with("ARC-Seal: i=1; a=rsa-sha256;"), "{text}");
         assert!(text.contains("cv=none"), "{text}");
-        assert!(text.contains("ARC-Authentication-Results: i=1; mx.ours.example;\n\tspf=pass"), "{text}");
+        assert!(
+            text.contains("ARC-Authentication-Results: i=1; mx.ours.example;\n\tspf=pass"),
+            "{text}"
+        );
         assert!(text.lines().all(|l| l.len() <= 80), "{text}");
         let once = crate::verify::crlf(&[set.as_slice(), message].concat());
         assert_eq!(verify(&once, &dns), mail_auth::DkimResult::Pass);
 
         // Changed after sealing: the chain fails.
-        let changed = String::from_utf8(once.clone()).unwrap().replace("hello", "hullo");
-        assert_ne!(verify(changed.as_bytes(), &dns), mail_auth::DkimResult::Pass);
+        let changed = String::from_utf8(once.clone())
+            .unwrap()
+            .replace("hello", "hullo");
+        assert_ne!(
+            verify(changed.as_bytes(), &dns),
+            mail_auth::DkimResult::Pass
+        );
 
         // A second hop that saw arc=pass seals i=2 with cv=pass; both sets verify.
         let set2 = sealer
-            .seal(&once, " mx.ours.example; arc=pass", "ours.example", 1_800_000_100)
+            .seal(
+                &once,
+                " mx.ours.example; arc=pass",
+                "ours.example",
+                1_800_000_100,
+            )
             .unwrap();
         let text2 = String::from_utf8(set2.clone()).unwrap();
-        assert!(text2.contains("i=2") && text2.contains("cv=pass"), "{text2}");
+        assert!(
+            text2.contains("i=2") && text2.contains("cv=pass"),
+            "{text2}"
+        );
         let twice = crate::verify::crlf(&[set2.as_slice(), &once].concat());
         assert_eq!(verify(&twice, &dns), mail_auth::DkimResult::Pass);
 
