@@ -6,6 +6,7 @@
 
 use crate::control::{self, ControlError, Kind};
 use crate::root::Root;
+use crate::srs::Srs;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,9 @@ pub struct Config {
     /// `submissionreceived`: the Received line of authenticated mail shows the client's
     /// address and HELO name (`full`, false) or neither (`hide`, true).
     pub submission_hides_client: bool,
+    /// SRS for forwarded mail (crate::srs): `srssecret` and `srsdomain`; None when there is
+    /// no secret, or when this program may not read it (only ferryq and the group ferry may).
+    pub srs: Option<Srs>,
     /// `spfpolicy` and `dmarcpolicy`: off, mark or enforce (crates/auth/src/verify.rs).
     pub spfpolicy: AuthMode,
     pub dmarcpolicy: AuthMode,
@@ -200,6 +204,46 @@ impl Loader<'_> {
         }
     }
 
+    /// `srssecret` (skipped when this program may not read it) and `srsdomain`: by default
+    /// `me` when that is a domain of ours, else the first local or virtual domain.
+    fn srs(&mut self, me: &str, locals: &[String], virt: &[VirtualDomain]) -> Option<Srs> {
+        let ours = |d: &str| locals.iter().any(|l| l == d) || virt.iter().any(|v| v.domain == d);
+        let domain = match self.text("srsdomain").map(|d| d.to_ascii_lowercase()) {
+            Some(d) if ours(&d) => d,
+            Some(d) => {
+                self.errors.push(ControlError::new(
+                    "srsdomain",
+                    Some(1),
+                    format!("{d} is not a domain of ours (locals or virtualdomains): bounces to its SRS addresses would not come here"),
+                ));
+                return None;
+            }
+            None if ours(me) => me.to_string(),
+            None => locals
+                .first()
+                .cloned()
+                .or_else(|| virt.first().map(|v| v.domain.clone()))
+                .unwrap_or_else(|| me.to_string()),
+        };
+        let secret = match control::read_text(self.dir, "srssecret") {
+            Ok(s) => s?,
+            Err(_) if !readable(&self.dir.join("srssecret")) => return None,
+            Err(e) => {
+                self.errors.push(e);
+                return None;
+            }
+        };
+        if secret.len() < 16 {
+            self.errors.push(ControlError::new(
+                "srssecret",
+                Some(1),
+                "is shorter than 16 characters: make a new one with ferryctl init",
+            ));
+            return None;
+        }
+        Some(Srs::new(secret.as_bytes(), &domain))
+    }
+
     fn number(&mut self, name: &str, default: u64) -> u64 {
         control::read_number(self.dir, name, default).unwrap_or_else(|e| {
             self.errors.push(e);
@@ -253,6 +297,11 @@ impl Loader<'_> {
             }
         }
     }
+}
+
+/// May this program open the file for reading? (srssecret is kept from most ferry users.)
+fn readable(path: &Path) -> bool {
+    !matches!(std::fs::File::open(path), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 pub fn parse_domain(s: &str) -> Result<String, String> {
@@ -488,6 +537,7 @@ impl Config {
                 .filter_map(|c| Cidr::parse(c))
                 .collect()
         });
+        let srs = l.srs(&me, &locals, &virtualdomains);
         let cfg = Config {
             defaultdomain,
             locals,
@@ -532,6 +582,7 @@ impl Config {
                     false
                 }
             },
+            srs,
             spfpolicy: l.auth_mode("spfpolicy"),
             dmarcpolicy: l.auth_mode("dmarcpolicy"),
             checkpassword: l
@@ -585,6 +636,19 @@ impl Config {
                 .all(|f| f.kind != Kind::Pem || f.name.starts_with("tls"))
         );
         (cfg, l.errors)
+    }
+
+    /// The envelope sender of mail forwarded to another domain (an alias in send, a
+    /// `&address` forward in queue): rewritten by SRS when there is a secret, unless it is
+    /// null or in a domain of ours, whose SPF record already names this host.
+    pub fn forward_sender(&self, sender: &str) -> String {
+        let domain = crate::addr::split(sender).1.to_lowercase();
+        match &self.srs {
+            Some(srs) if !sender.is_empty() && !self.is_ours(&domain) => {
+                srs.forward(sender, crate::date::now_secs())
+            }
+            _ => sender.to_string(),
+        }
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {

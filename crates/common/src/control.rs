@@ -181,6 +181,20 @@ pub const FILES: &[ControlFile] = &[
         "smtpd",
     ),
     cf(
+        "srsdomain",
+        Kind::Text,
+        "me",
+        "the domain of SRS addresses: the envelope sender of mail forwarded to another domain (aliases, &address forwards) is rewritten to SRS0=...@srsdomain, whose bounces come back and go on to the original sender; it must be a domain this host receives mail for, with an SPF record naming it",
+        "smtpd, send, queue",
+    ),
+    cf(
+        "srssecret",
+        Kind::Text,
+        "(made by ferryctl init)",
+        "the key of SRS addresses (random; mode 0640, owner ferryq, group ferry); without it forwarded mail keeps its sender. Change it and bounces to addresses made with the old one are refused",
+        "smtpd, send, queue",
+    ),
+    cf(
         "authfailures",
         Kind::Number,
         "5",

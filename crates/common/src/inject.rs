@@ -27,11 +27,42 @@ impl QueueResult {
 
 /// Runs `queue`, streaming the message from `message`. Err if it could not run at all.
 pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Result<QueueResult> {
+    run(root, Some(message), None, env)
+}
+
+/// Runs `queue --forward ADDRESS` for mail that came to `address`, with `message` (lspawn's
+/// sealed copy of the queued message) as its fd 0: queue adds Delivered-To, rewrites the
+/// sender by SRS and seals the message with ARC (crates/queue/src/main.rs).
+pub fn run_queue_forward(
+    root: &Root,
+    message: &std::fs::File,
+    address: &str,
+    env: &Envelope,
+) -> io::Result<QueueResult> {
+    run(root, None, Some((message, address)), env)
+}
+
+fn run(
+    root: &Root,
+    stream: Option<&mut dyn Read>,
+    forward: Option<(&std::fs::File, &str)>,
+    env: &Envelope,
+) -> io::Result<QueueResult> {
     let (env_r, env_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    let mut child = Command::new(root.bin("queue"))
+    let mut cmd = Command::new(root.bin("queue"));
+    match forward {
+        Some((file, address)) => {
+            cmd.arg("--forward")
+                .arg(address)
+                .stdin(Stdio::from(file.try_clone()?));
+        }
+        None => {
+            cmd.stdin(Stdio::piped());
+        }
+    }
+    let mut child = cmd
         .env_clear()
-        .stdin(Stdio::piped())
         .stdout(Stdio::from(env_r))
         .stderr(Stdio::piped())
         .spawn()
@@ -41,12 +72,11 @@ pub fn run_queue(root: &Root, message: &mut dyn Read, env: &Envelope) -> io::Res
                 format!("cannot run {}: {e}", root.bin("queue").display()),
             )
         })?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("no stdin pipe"))?;
-    let copied = io::copy(message, &mut stdin);
-    drop(stdin);
+    let copied = match (stream, child.stdin.take()) {
+        (Some(message), Some(mut stdin)) => io::copy(message, &mut stdin),
+        (Some(_), None) => Err(io::Error::other("no stdin pipe")),
+        (None, _) => Ok(0),
+    };
     let mut env_w = std::fs::File::from(env_w);
     // If queue refused early (e.g. too big) it exits without reading: ignore EPIPE here and
     // let the exit code tell.

@@ -25,6 +25,7 @@ pub mod record;
 pub mod rfc5322;
 pub mod root;
 pub mod route;
+pub mod srs;
 pub mod status;
 pub mod users;
 pub mod writer;

@@ -106,6 +106,37 @@ pub fn is_mailbox_name(s: &str) -> bool {
         })
 }
 
+/// Does mail to `address` go on to another domain through `aliases` (followed at most 10
+/// deep)? smtpd asks, so that such mail is sealed with ARC on receipt (crates/auth/src/arc.rs).
+pub fn forwards_elsewhere(cfg: &Config, address: &str) -> bool {
+    let mut todo = vec![(address.to_string(), 0)];
+    let mut seen = 0;
+    while let Some((a, depth)) = todo.pop() {
+        let (local, domain) = addr::split(&a);
+        let domain = domain.to_lowercase();
+        if !cfg.is_ours(&domain) {
+            if depth > 0 {
+                return true;
+            }
+            continue;
+        }
+        seen += 1;
+        if depth >= 10 || seen > 100 {
+            continue;
+        }
+        let lp = addr::unquote_local(local).to_lowercase();
+        let targets = cfg.aliases.get(&format!("{lp}@{domain}")).or_else(|| {
+            cfg.is_local_domain(&domain)
+                .then(|| cfg.aliases.get(&lp))
+                .flatten()
+        });
+        for t in targets.into_iter().flatten() {
+            todo.push((addr::qualify(t, &cfg.defaultdomain), depth + 1));
+        }
+    }
+    false
+}
+
 pub struct Router<'a, A: Accounts> {
     pub cfg: &'a Config,
     pub mail_dir: PathBuf,
@@ -120,6 +151,15 @@ impl<A: Accounts> Router<'_, A> {
         let domain = domain.to_lowercase();
         if domain.is_empty() {
             return Resolved::Unknown("address has no domain");
+        }
+        // A bounce to an address SRS made for mail forwarded from here: back to its sender.
+        if let Some(srs) = &self.cfg.srs
+            && let Some(back) = srs.reverse(address, crate::date::now_secs())
+        {
+            return match back {
+                Ok(sender) => Resolved::Deliver(Dest::Alias(vec![sender])),
+                Err(e) => Resolved::Unknown(e.text()),
+            };
         }
         let lp = addr::unquote_local(local).to_lowercase();
         if let Some(t) = self.cfg.aliases.get(&format!("{lp}@{domain}")) {

@@ -56,6 +56,9 @@ pub const FLAG_AUTH: &str = "auth=";
 pub const FLAG_VERIFY: &str = "verify=";
 /// Sign the message with the DKIM keys of its From domain.
 pub const FLAG_SIGN: &str = "sign";
+/// A recipient is an alias that forwards to another domain: seal the message with ARC,
+/// with the key of this domain (the alias's).
+pub const FLAG_ARC: &str = "arc=";
 
 /// What the flags field of `B` says of a message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub struct Flags {
     pub verify: Option<(AuthMode, AuthMode)>,
     /// Sign it (a relay client or an authenticated user).
     pub sign: bool,
+    /// ARC-seal it after verification, with the key of this domain.
+    pub arc: Option<String>,
 }
 
 impl Flags {
@@ -85,6 +90,9 @@ impl Flags {
         if self.sign {
             f.push(FLAG_SIGN.to_string());
         }
+        if let Some(d) = &self.arc {
+            f.push(format!("{FLAG_ARC}{}", clean(d, 255).replace(' ', "?")));
+        }
         f.join(" ")
     }
 
@@ -98,6 +106,8 @@ impl Flags {
                 out.sign = true;
             } else if let Some(a) = f.strip_prefix(FLAG_AUTH) {
                 out.auth = Some(a.to_string());
+            } else if let Some(d) = f.strip_prefix(FLAG_ARC) {
+                out.arc = Some(d.to_string());
             } else if let Some((s, d)) = f.strip_prefix(FLAG_VERIFY).and_then(|v| v.split_once(':'))
                 && let (Some(s), Some(d)) = (AuthMode::parse(s), AuthMode::parse(d))
             {

@@ -207,9 +207,49 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
             );
         }
     }
+    if write_srs_secret(root, mode)? {
+        done.push(
+            "wrote control/srssecret (the key of SRS addresses: docs/AUTHENTICATION.md)".into(),
+        );
+    }
     let readme = root.control_file("README");
     std::fs::write(&readme, include_str!("../../../etc/control/README")).ok();
     Ok(done)
+}
+
+/// A new random control/srssecret unless one exists: mode 0640, ferryq:ferry with privilege
+/// separation (the setuid queue reads it as its owner, send through the group, smtpd
+/// before it drops root).
+fn write_srs_secret(root: &Root, mode: Mode) -> Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.control_file("srssecret");
+    if path.exists() {
+        return Ok(false);
+    }
+    let mut key = [0u8; 24];
+    ferry_sys::random_bytes(&mut key).context("cannot get random bytes")?;
+    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = root.control_file(".srssecret.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(format!("{text}\n").as_bytes())?;
+    f.sync_all()?;
+    if mode == Mode::Separated {
+        let g = nix::unistd::Group::from_name(ferry_common::users::GROUP)?
+            .context("the group ferry does not exist")?;
+        let q = nix::unistd::User::from_name(ferry_common::users::QUEUE)?
+            .context("the user ferryq does not exist")?;
+        nix::unistd::chown(&tmp, Some(q.uid), Some(g.gid))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
 }
 
 #[cfg(test)]

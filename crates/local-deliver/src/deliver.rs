@@ -150,7 +150,7 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
         }
     }
     if matches!(outcome, Outcome::Done(_)) && !forwards.is_empty() {
-        outcome = forward(cx.root, job, &dtline, forwards);
+        outcome = forward(cx.root, job, forwards);
     }
     if matches!(outcome, Outcome::Done(_)) {
         outcome = Outcome::Done(done.join(", "));
@@ -316,15 +316,15 @@ fn environment(
     v
 }
 
-/// Sends the message on to `targets` through `queue`, with our Delivered-To line on top.
-fn forward(root: &Root, job: &Job, dtline: &str, targets: Vec<String>) -> Outcome {
+/// Sends the message on to `targets` through `queue --forward`, which adds our Delivered-To
+/// line, rewrites the sender by SRS and adds an ARC set.
+fn forward(root: &Root, job: &Job, targets: Vec<String>) -> Outcome {
     let env = Envelope {
         sender: job.sender.clone(),
         recipients: targets,
         smtputf8: false,
     };
-    let mut msg = dtline.as_bytes().chain(job.msg.reader());
-    match inject::run_queue(root, &mut msg, &env) {
+    match inject::run_queue_forward(root, &job.msg.file, &job.recipient, &env) {
         Ok(r) if r.code == 0 => Outcome::Done(String::new()),
         Ok(r) if status::queue_exit_is_permanent(r.code) => {
             Outcome::Permanent(format!("forward refused: {}", r.reason()))

@@ -5,13 +5,19 @@
 //!
 //! - fd 0: the message (LF line ends). It is read to the end.
 //! - fd 1: the envelope, read after the message: `F<sender>\0`, `T<recipient>\0`..., `\0`.
-//! - Arguments and environment: none are read (the program is setuid; see docs/SECURITY.md).
+//! - Arguments: none, or `--forward ADDRESS` from local-deliver forwarding mail that came to
+//!   ADDRESS (an `&address` line): `Delivered-To: ADDRESS` is added below the Received line;
+//!   when a recipient is in another domain, the envelope sender is rewritten by SRS (crates/common/src/srs.rs) unless it is null or
+//!   ours, and when fd 0 is lspawn's sealed copy of the queued message (owned by root, sealed:
+//!   what it says was recorded here on receipt) the message gets an ARC set of the
+//!   Authentication-Results ferry added on receipt (crates/auth/src/arc.rs), signed with the
+//!   RSA key of ADDRESS's domain. The environment is not read (setuid; docs/SECURITY.md).
 //! - Root: the parent of the directory holding this executable (/proc/self/exe).
 //! - Control files: `databytes` (size limit of the message as given, without the line added
 //!   here), `maxhops` (a message with more Received lines in its header is refused: exit 32,
 //!   a mail loop).
 //! - Adds `Received: (ferry PID invoked by uid UID); DATE` at the top of the message, and
-//!   above it a DKIM-Signature per key of the From domain (control/dkim/DOMAIN/SELECTOR.key,
+//!   above it (and above an ARC set) a DKIM-Signature per key of the From domain (control/dkim/DOMAIN/SELECTOR.key,
 //!   readable by ferryq only: crates/auth/src/sign.rs), made once, so that every delivery
 //!   attempt sends the same bytes.
 //! - Commits per the protocol in docs/INTERNALS.md (message durable, then linked into todo/,
@@ -52,21 +58,40 @@ fn run() -> Result<(), QueueError> {
     let maxhops = control::read_number(&root.control(), "maxhops", 100)
         .map_err(cfg_err)?
         .max(1);
-    let (ruid, _) = ferry_sys::uids();
+    let forward = forward_argument()?;
+    let (ruid, euid) = ferry_sys::uids();
     let received = format!(
         "Received: (ferry {} invoked by uid {ruid});\n\t{}\n",
         std::process::id(),
         date::rfc5322(date::now_secs())
     );
-    // databytes counts the message as given, as smtpd counts it; the line added here is extra.
+    // databytes counts the message as given, as smtpd counts it; the lines added here are extra.
     let q = Queue::new(&root);
     let mut msg = q.begin(limit)?;
     msg.write_added(received.as_bytes())?;
+    let mut added = received.len() as u64;
+    // lspawn's sealed copy of a queued message: read from its start, whatever its offset.
+    let sealed = forward
+        .as_ref()
+        .and_then(|_| {
+            use std::os::fd::AsFd;
+            std::io::stdin().as_fd().try_clone_to_owned().ok()
+        })
+        .map(std::fs::File::from)
+        .filter(|f| ferry_sys::is_sealed_copy(f, euid));
+    if let Some(a) = &forward {
+        let line = format!("Delivered-To: {a}\n");
+        msg.write_added(line.as_bytes())?;
+        added += line.len() as u64;
+    }
     let mut hops = HopCounter::new();
-    let mut stdin = std::io::stdin().lock();
+    let mut input: Box<dyn Read> = match &sealed {
+        Some(f) => Box::new(SealedReader { file: f, pos: 0 }),
+        None => Box::new(std::io::stdin().lock()),
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match stdin.read(&mut buf) {
+        match input.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 hops.feed(&buf[..n]);
@@ -92,14 +117,29 @@ fn run() -> Result<(), QueueError> {
             ),
         ));
     }
-    let env = match read_envelope() {
+    drop(input);
+    let mut env = match read_envelope() {
         Ok(e) => e,
         Err(e) => {
             msg.abort();
             return Err(e);
         }
     };
-    let head = dkim_signature(&root, &mut msg);
+    let mut head = Vec::new();
+    // Forwarded to another domain (not only to addresses of ours): SRS and ARC.
+    if let Some(address) = &forward
+        && let Ok(cfg) = ferry_common::config::Config::load(&root)
+        && env
+            .recipients
+            .iter()
+            .any(|r| !cfg.is_ours(&r.rsplit_once('@').map_or("", |(_, d)| d).to_lowercase()))
+    {
+        env.sender = cfg.forward_sender(&env.sender);
+        if sealed.is_some() {
+            head = arc_set(&root, &cfg, &mut msg, added, address);
+        }
+    }
+    head.splice(0..0, dkim_signature(&root, &mut msg));
     let prepared = msg.finish_with_head(&head, &env)?;
     match queue::commit(&q, vec![prepared]).pop() {
         Some(Ok(id)) => {
@@ -125,6 +165,74 @@ fn dkim_signature(root: &Root, msg: &mut queue::Incoming) -> Vec<u8> {
         return Vec::new();
     }
     signer.sign_file(msg.path(), msg.bytes()).0
+}
+
+/// `--forward ADDRESS`, or nothing. ADDRESS becomes a header line: no control characters.
+fn forward_argument() -> Result<Option<String>, QueueError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(None),
+        [flag, a]
+            if flag == "--forward"
+                && !a.is_empty()
+                && a.len() <= 320
+                && a.contains('@')
+                && !a.chars().any(|c| c.is_control()) =>
+        {
+            Ok(Some(a.clone()))
+        }
+        _ => Err(QueueError::new(
+            status::QUEUE_BUG,
+            "usage: queue [--forward ADDRESS] (message on fd 0, envelope on fd 1)",
+        )),
+    }
+}
+
+/// The ARC set of a forwarded message: the Authentication-Results ferry recorded on receipt
+/// (in the message as it was queued, after the `added` lines written here), sealed with the
+/// RSA key of the forwarding address's domain. None (nothing added) when any is missing.
+fn arc_set(
+    root: &Root,
+    cfg: &ferry_common::config::Config,
+    msg: &mut queue::Incoming,
+    added: u64,
+    address: &str,
+) -> Vec<u8> {
+    let sealer = ferry_auth::arc::Sealer::load(&root.control());
+    if sealer.is_empty() || msg.flush().is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    let read =
+        std::fs::File::open(msg.path()).and_then(|f| f.take(msg.bytes()).read_to_end(&mut bytes));
+    let original = bytes.get(added as usize..).unwrap_or_default();
+    let (Ok(_), Some(results)) = (read, ferry_auth::arc::trusted_results(original, &cfg.me)) else {
+        return Vec::new();
+    };
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+    match sealer.seal(original, &results, domain, date::now_secs()) {
+        Ok(set) => set,
+        Err(why) => {
+            eprintln!("queue: forwarded without an ARC set: {why}");
+            Vec::new()
+        }
+    }
+}
+
+/// Reads a file from its start with pread, leaving the descriptor's offset alone (a
+/// descriptor local-deliver shares with every forward of the message).
+struct SealedReader<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+}
+
+impl Read for SealedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 fn read_envelope() -> Result<Envelope, QueueError> {

@@ -184,6 +184,8 @@ impl Scheduler {
         let Some(m) = self.msgs.get_mut(&id) else {
             return true;
         };
+        // Recipients an alias forwards to leave with an SRS sender, so in jobs of their own.
+        let forwarded = m.rcpts[idx].orig.is_some();
         let mut idxs = vec![idx];
         for (i, other) in m.rcpts.iter_mut().enumerate() {
             if i != idx
@@ -191,17 +193,23 @@ impl Scheduler {
                 && other.ready
                 && other.state == State::Pending
                 && !other.busy
+                && other.orig.is_some() == forwarded
                 && addr::split(&other.addr).1.eq_ignore_ascii_case(&domain)
             {
                 other.ready = false;
                 idxs.push(i);
             }
         }
+        let sender = if forwarded {
+            self.cfg.forward_sender(&m.sender)
+        } else {
+            m.sender.clone()
+        };
         let mut rec = Record::new(b'D')
             .with_u64(0)
             .with(id.to_string())
             .with(m.loc.code())
-            .with(&m.sender)
+            .with(&sender)
             .with(&domain);
         for i in &idxs {
             rec.push(&m.rcpts[*i].addr);

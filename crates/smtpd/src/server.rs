@@ -478,6 +478,7 @@ impl Server {
                                 c.peer.ip(),
                                 smtputf8,
                                 auth.as_deref(),
+                                &rcpts,
                             ))
                             .with(sender);
                         for rc in rcpts {
@@ -794,7 +795,12 @@ impl Server {
 
     fn reload(&mut self) {
         match Config::load(&self.root) {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
+                // srssecret is readable by root and the group ferry only: smtpd read it
+                // before it dropped root, and keeps that key while the file is there.
+                if cfg.srs.is_none() && self.root.control_file("srssecret").exists() {
+                    cfg.srs = self.policy.cfg.srs.take();
+                }
                 // The pair as root reads it now (a renewed certificate, a root-only key);
                 // sessions already in TLS keep the settings they started with.
                 self.tls = match self.keeper.fetch().and_then(|p| {
@@ -856,24 +862,36 @@ fn auth_field(auth: &Option<String>) -> String {
 }
 
 /// The flags of a message's `B` record (crates/common/src/writer.rs): verified when it
-/// comes to port 25 from a stranger, signed when it comes from a relay client or an
-/// authenticated user.
+/// comes to port 25 from a stranger (and ARC-sealed when an alias forwards it to another
+/// domain), signed when it comes from a relay client or an authenticated user.
 fn message_flags(
     cfg: &ferry_common::config::Config,
     service: Service,
     ip: std::net::IpAddr,
     smtputf8: bool,
     auth: Option<&str>,
+    rcpts: &[String],
 ) -> String {
     use ferry_common::config::AuthMode;
     let ours = auth.is_some() || cfg.is_relay_client(ip);
     let checks = (cfg.spfpolicy, cfg.dmarcpolicy);
+    let verify = service == Service::Smtp && !ours && checks != (AuthMode::Off, AuthMode::Off);
+    // Verified mail that an alias forwards to another domain is sealed with ARC, with the
+    // key of the (first such) alias's domain.
+    let arc = verify
+        .then(|| {
+            rcpts
+                .iter()
+                .find(|r| ferry_common::route::forwards_elsewhere(cfg, r))
+        })
+        .flatten()
+        .map(|r| ferry_common::addr::split(r).1.to_lowercase());
     ferry_common::writer::Flags {
         smtputf8,
         auth: auth.map(str::to_string),
-        verify: (service == Service::Smtp && !ours && checks != (AuthMode::Off, AuthMode::Off))
-            .then_some(checks),
+        verify: verify.then_some(checks),
         sign: ours,
+        arc,
     }
     .encode()
 }

@@ -214,6 +214,23 @@ pub fn sealed_copy(src: &mut impl std::io::Read, len: u64) -> io::Result<std::fs
     Ok(copy)
 }
 
+/// Is `file` a copy [`sealed_copy`] made as `uid` (or as root): a regular file owned by one
+/// of them that nobody can change any more? `queue` trusts the results recorded in such a
+/// copy, as only lspawn (root) makes one of a queued message.
+pub fn is_sealed_copy(file: &std::fs::File, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.file_type().is_file() || (meta.uid() != 0 && meta.uid() != uid) {
+        return false;
+    }
+    // SAFETY: fcntl(F_GET_SEALS) on a descriptor the caller holds open; no pointer.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    let wanted = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    seals >= 0 && seals & wanted == wanted
+}
+
 /// Waits at most `timeout` for `fd` to be readable (or at its end). True if it is.
 pub fn wait_readable(
     fd: &impl std::os::fd::AsFd,

@@ -13,6 +13,7 @@
 //! not count it) and `me` at start and again on `R` (smtpd sends it when it reloads). Exits when smtpd closes the socket (after committing what is
 //! complete) or on a broken record (111).
 
+use ferry_auth::arc::Sealer;
 use ferry_auth::sign::Signer;
 use ferry_common::envelope::{self, Envelope};
 use ferry_common::queue::{self, Incoming, Prepared, Queue, QueueError};
@@ -37,6 +38,8 @@ struct Open {
     verify: bool,
     /// DKIM-sign it.
     sign: bool,
+    /// ARC-seal it once verified, with the key of this domain (an alias forwards it there).
+    arc: Option<String>,
 }
 
 struct Writer {
@@ -59,6 +62,7 @@ struct Writer {
     /// Messages complete and sent to authverify, waiting for its verdict.
     verifying: HashMap<u64, Open>,
     signer: Signer,
+    sealer: Sealer,
 }
 
 fn main() {
@@ -116,6 +120,7 @@ fn run() -> io::Result<()> {
         verifier_in: Reader::new(),
         verifying: HashMap::new(),
         signer: load_signer(&root),
+        sealer: Sealer::load(&root.control()),
     };
     let mut reader = Reader::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -267,6 +272,7 @@ impl Writer {
                                         env,
                                         verify,
                                         sign: flags.sign,
+                                        arc: flags.arc,
                                     },
                                 );
                             }
@@ -330,6 +336,7 @@ impl Writer {
                     self.limit = limit;
                     self.me = me;
                     self.signer = load_signer(&self.root);
+                    self.sealer = Sealer::load(&self.root.control());
                     log!("control files reloaded (me {}, databytes {limit})", self.me);
                 }
                 Err(e) => log!("reload refused: {e}; keeping the old settings"),
@@ -371,6 +378,36 @@ impl Writer {
             log!("{p}; it goes unsigned");
         }
         head
+    }
+
+    /// The ARC set of a verified message that an alias forwards to another domain: the
+    /// results authverify put in `head`, sealed with the key of `domain`. None when the key
+    /// or the results are missing, or the chain did not pass (logged).
+    fn seal(&self, o: &Open, head: &[u8], domain: &str) -> Vec<u8> {
+        use std::io::Read;
+        if self.sealer.is_empty() {
+            return Vec::new();
+        }
+        let mut message = head.to_vec();
+        let read = std::fs::File::open(o.msg.path())
+            .and_then(|f| f.take(o.msg.bytes()).read_to_end(&mut message));
+        if let Err(e) = read {
+            log!("cannot read a message to seal it: {e}; it goes unsealed");
+            return Vec::new();
+        }
+        let Some(results) = ferry_auth::arc::trusted_results(&message, &self.me) else {
+            return Vec::new();
+        };
+        match self
+            .sealer
+            .seal(&message, &results, domain, date::now_secs())
+        {
+            Ok(set) => set,
+            Err(why) => {
+                log!("forwarded without an ARC set: {why}");
+                Vec::new()
+            }
+        }
     }
 
     /// Gives authverify a read-only descriptor of the complete message.
@@ -438,7 +475,10 @@ impl Writer {
                     );
                 }
                 "accept" | "quarantine" => {
-                    let head = head.to_vec();
+                    let mut head = head.to_vec();
+                    if let Some(domain) = &o.arc {
+                        head.splice(0..0, self.seal(&o, &head, domain));
+                    }
                     self.finish(txn, o, &head, summary.to_string());
                 }
                 "refuse" => {
