@@ -378,6 +378,7 @@ pub fn items(root: &Root, with_dns: bool) -> Vec<Item> {
         Some(cfg) => {
             items.extend(listening(root, cfg));
             items.extend(crate::passwd::check(root, cfg));
+            items.extend(crate::srscheck::check(root, cfg));
             items.extend(crate::dkim::file_items(root));
             if with_dns {
                 items.extend(dnscheck::check(root, cfg));

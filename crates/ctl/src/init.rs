@@ -220,7 +220,7 @@ pub fn run(root: &Root, demo_port: Option<u16>) -> Result<Vec<String>> {
 /// A new random control/srssecret unless one exists: mode 0640, ferryq:ferry with privilege
 /// separation (the setuid queue reads it as its owner, send through the group, smtpd
 /// before it drops root).
-fn write_srs_secret(root: &Root, mode: Mode) -> Result<bool> {
+pub fn write_srs_secret(root: &Root, mode: Mode) -> Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = root.control_file("srssecret");

@@ -23,6 +23,7 @@ mod run;
 mod s6;
 mod setup;
 mod spfcmd;
+mod srscheck;
 mod stat;
 mod svccmd;
 mod tls;

@@ -352,6 +352,14 @@ pub fn run(root: &Root, opts: &Opts) -> Result<Vec<String>> {
         tls::Outcome::Present => "control/tlscert, control/tlskey: kept (already there)".into(),
         tls::Outcome::Partial(why) => why,
     });
+    if !root.control_file("srssecret").exists() {
+        out.push(if opts.dry_run {
+            "control/srssecret: a random key for SRS addresses (would write)".into()
+        } else {
+            crate::init::write_srs_secret(root, ferry_common::users::Mode::of_root(root))?;
+            "control/srssecret: a random key for SRS addresses (wrote)".into()
+        });
+    }
     aliases(root, opts, &mut out)?;
     dns_records(root, &domain, &me, opts, &mut out);
     submission(root, &me, &domain, opts.dry_run, &mut out);

@@ -18,8 +18,10 @@
 //! durable together (crate::maildir), and only then reported. Each result is logged as
 //! `MSGID: delivery JOB to RECIPIENT delivered|failed|deferred: text`, so that the queue id
 //! follows a message from smtpd through send into its delivery. The delivery rules (.ferry
-//! files, Maildir, mbox, forwards, programs) are in docs/DELIVERY.md. Exits 0 when lspawn
-//! closes the socket.
+//! files, Maildir, mbox, forwards, programs) are in docs/DELIVERY.md. A forward runs
+//! `queue --forward RECIPIENT` with the memfd itself as its fd 0 (queue adds Delivered-To,
+//! SRS and an ARC set, trusting what the sealed copy records). Exits 0 when lspawn closes
+//! the socket.
 
 mod deliver;
 mod dotfile;

@@ -9,7 +9,9 @@
 //!   recipient it came from through aliases, empty if none: local-deliver writes it as
 //!   X-Original-To).
 //! - 5 → rspawn, 6 ← rspawn: `D job msgid sender domain rcpt...` /
-//!   `R job (status text)...` (the recipients of one domain per job).
+//!   `R job (status text)...` (the recipients of one domain per job; recipients an alias
+//!   forwards there get jobs of their own, whose sender is rewritten by SRS: config.rs's
+//!   `forward_sender`).
 //! - 7 → clean, 8 ← clean: `M id` (take todo/ID into mess/) and `D id` (delete) / `m|d id status`.
 //!
 //! Also: queue/lock/trigger (a FIFO, one byte wakes send), queue/ctl/send (a Unix socket for

@@ -9,6 +9,10 @@
 //! syncfs, the todo/ links, one fsync of todo/ — before any of them is confirmed with
 //! `K txn id`. Input is read at most [`READ_TURN`] bytes per turn. Failures are
 //! `F txn code text` with a `queue` exit code. The envelope keeps the SMTPUTF8 flag of `B`.
+//! A message with flag `verify` goes to authverify (fd 3) at `E` and is committed with the
+//! head of its verdict on top; with `arc=DOMAIN` too (an alias forwards it to another domain)
+//! that head gets an ARC set of authverify's results, sealed with DOMAIN's RSA key; with
+//! `sign`, DKIM-Signatures. Keys are read at start and on `R`.
 //! Reads `databytes` (the body limit; the Received line it adds is not counted, as smtpd does
 //! not count it) and `me` at start and again on `R` (smtpd sends it when it reloads). Exits when smtpd closes the socket (after committing what is
 //! complete) or on a broken record (111).
