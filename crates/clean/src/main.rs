@@ -4,7 +4,8 @@
 //! so it asks clean, over a pipe, with records (crates/common/src/record.rs):
 //!
 //! - fd 0, from send: `M id` take a new message: rename todo/ID to mess/XX/ID;
-//!   `D id` delete a message: remove mess/XX/ID and todo/ID.
+//!   `D id` delete a message: remove todo/ID and mess/XX/ID (its file, emptied, goes into
+//!   queue/pool/ for a new message: crates/common/src/pool.rs).
 //! - fd 1, to send: `m id status` / `d id status`, status "ok" or the error text.
 //!
 //! Requests that arrive together are done as a batch; moves are made durable with one sync
@@ -15,6 +16,7 @@
 //! Exits 0 when send closes fd 0; 111 on a broken pipe or record.
 
 use ferry_common::id::MsgId;
+use ferry_common::pool::Giver;
 use ferry_common::queue::{self, Queue};
 use ferry_common::record::{self, Record};
 use ferry_common::root::Root;
@@ -67,6 +69,7 @@ fn run() -> std::io::Result<()> {
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(std::io::stdout().lock());
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    let mut giver = Giver::default();
     loop {
         if Instant::now() >= next_sweep {
             sweep(&q, SWEEP_MIN_AGE);
@@ -97,7 +100,7 @@ fn run() -> std::io::Result<()> {
                     moved |= r.is_ok();
                     (b'm', r)
                 }
-                b'D' => (b'd', delete(&q, &id)),
+                b'D' => (b'd', delete(&q, &mut giver, &id)),
                 other => {
                     return Err(std::io::Error::other(format!(
                         "unknown request {:?} from send",
@@ -128,13 +131,12 @@ fn run() -> std::io::Result<()> {
     }
 }
 
-fn delete(q: &Queue, id: &MsgId) -> std::io::Result<()> {
-    let gone = |r: std::io::Result<()>| match r {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    };
-    gone(std::fs::remove_file(q.mess(id)))?;
-    gone(std::fs::remove_file(q.todo(id)))
+/// Removes a finished message: mess/XX/ID and todo/ID (a message delivered at once is never
+/// moved out of todo/). Its file goes into queue/pool/ for a new message when the name is
+/// its last link (crate::pool).
+fn delete(q: &Queue, giver: &mut Giver, id: &MsgId) -> std::io::Result<()> {
+    giver.give_back(q.dir(), &q.mess(id))?;
+    giver.give_back(q.dir(), &q.todo(id))
 }
 
 trait WriteRecord {

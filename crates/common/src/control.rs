@@ -268,7 +268,7 @@ pub const FILES: &[ControlFile] = &[
         "concurrencylocal",
         Kind::Number,
         "10",
-        "most simultaneous local deliveries",
+        "most users and mailboxes delivered to at once (each one's worker delivers its mail in batches)",
         "send",
     ),
     cf(
@@ -288,8 +288,8 @@ pub const FILES: &[ControlFile] = &[
     cf(
         "concurrencyuser",
         Kind::Number,
-        "3",
-        "most simultaneous local deliveries to one user",
+        "32",
+        "most deliveries to one user or mailbox handed to its worker at once (delivered as one batch with one commit; a user whose program hangs holds one concurrencylocal slot)",
         "send",
     ),
     cf(

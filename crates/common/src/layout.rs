@@ -83,6 +83,8 @@ pub fn manifest() -> Vec<Entry> {
         e("queue/mess", Kind::Dir, QUEUE, GROUP, 0o750),
         e("queue/info", Kind::Dir, SEND, GROUP, 0o700),
         e("queue/lock", Kind::Dir, QUEUE, GROUP, 0o750),
+        // Emptied files of delivered messages, taken again by new ones (crate::pool).
+        e("queue/pool", Kind::Dir, QUEUE, GROUP, 0o700),
         e("queue/lock/trigger", Kind::Fifo, SEND, GROUP, 0o622),
         e("queue/ctl", Kind::Dir, SEND, GROUP, 0o700),
     ];

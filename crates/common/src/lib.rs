@@ -20,6 +20,7 @@ pub mod info;
 pub mod inject;
 pub mod layout;
 pub mod log;
+pub mod pool;
 pub mod queue;
 pub mod record;
 pub mod rfc5322;

@@ -48,6 +48,7 @@ pub const FILE_MODE: u32 = 0o640;
 #[derive(Clone, Debug)]
 pub struct Queue {
     dir: PathBuf,
+    pool: crate::pool::Pool,
 }
 
 /// A failure of the queue, with the `queue` exit code that tells the caller what to answer.
@@ -92,10 +93,14 @@ impl std::error::Error for QueueError {}
 
 impl Queue {
     pub fn new(root: &Root) -> Queue {
-        Queue { dir: root.queue() }
+        Queue::at(root.queue())
     }
     pub fn at(dir: impl Into<PathBuf>) -> Queue {
-        Queue { dir: dir.into() }
+        let dir = dir.into();
+        Queue {
+            pool: crate::pool::Pool::new(&dir),
+            dir,
+        }
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -126,34 +131,40 @@ impl Queue {
         self.dir.join("ctl").join("send")
     }
 
-    /// Starts a new message: creates and locks tmp/ID. `limit` is `databytes` (0: none).
+    /// Starts a new message: takes a recycled file or creates one as tmp/ID, locked. `limit` is `databytes` (0: none).
     pub fn begin(&self, limit: u64) -> Result<Incoming, QueueError> {
         for _ in 0..8 {
             let id = MsgId::random()
                 .map_err(|e| QueueError::new(status::QUEUE_BUG, format!("random id: {e}")))?;
             let path = self.tmp(&id);
-            let file = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&path)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(QueueError::io(
-                        &format!("cannot create {}", path.display()),
-                        e,
-                    ));
+            // A recycled file (queue/pool/, crate::pool) if there is one, else a new one.
+            let lock = match self.pool.take(&path) {
+                Some(l) => l,
+                None => {
+                    let file = match OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(FILE_MODE)
+                        .open(&path)
+                    {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => {
+                            return Err(QueueError::io(
+                                &format!("cannot create {}", path.display()),
+                                e,
+                            ));
+                        }
+                    };
+                    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+                        QueueError::new(
+                            status::QUEUE_BUG,
+                            format!("cannot lock {}: {e}", path.display()),
+                        )
+                    })?
                 }
             };
-            let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-                QueueError::new(
-                    status::QUEUE_BUG,
-                    format!("cannot lock {}: {e}", path.display()),
-                )
-            })?;
             let out = Some(BufWriter::with_capacity(64 * 1024, Locked(lock)));
             return Ok(Incoming {
                 id,

@@ -14,8 +14,9 @@
 //! - out: `R job status text`, status 0 delivered, 100 permanent failure, 111 temporary;
 //!   lspawn ends a worker that sends anything else, or a result for a job it was not given.
 //!
-//! Jobs that arrive together are delivered as a batch: Maildir files are written, then made
-//! durable together (crate::maildir), and only then reported. Each result is logged as
+//! Every job already sent when one arrives (up to 64: a job's descriptor ends a read, so the
+//! socket is read again without waiting) is delivered in one batch: Maildir files are
+//! written, then made durable together (crate::maildir), and only then reported. Each result is logged as
 //! `MSGID: delivery JOB to RECIPIENT delivered|failed|deferred: text`, so that the queue id
 //! follows a message from smtpd through send into its delivery. The delivery rules (.ferry
 //! files, Maildir, mbox, forwards, programs) are in docs/DELIVERY.md. A forward runs
@@ -79,6 +80,19 @@ fn run() -> io::Result<()> {
         }
         reader.feed(&buf[..n]);
         fds.extend(got);
+        // Each job comes with its descriptor, which ends a read: take every job already
+        // sent (up to MAX_BATCH), so that they share one commit.
+        let mut reads = 1;
+        while reads < MAX_BATCH {
+            match ferry_sys::try_recv_with_fds(&sock, &mut buf)? {
+                Some((0, _)) | None => break,
+                Some((n, got)) => {
+                    reader.feed(&buf[..n]);
+                    fds.extend(got);
+                    reads += 1;
+                }
+            }
+        }
         let mut jobs = Vec::new();
         while let Some(rec) = reader.next_record()? {
             let fd = fds
@@ -125,6 +139,9 @@ fn run() -> io::Result<()> {
         (&sock).write_all(&out)?;
     }
 }
+
+/// Most reads of jobs gathered into one batch.
+const MAX_BATCH: usize = 64;
 
 fn word(code: i32) -> &'static str {
     match code {

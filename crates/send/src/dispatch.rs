@@ -126,8 +126,9 @@ impl Scheduler {
                 return;
             }
         };
-        // One user (or mailbox) gets at most concurrencyuser deliveries at once; the rest of
-        // theirs waits, so that a program that hangs cannot take every local slot.
+        // A user (or mailbox) takes one of the concurrencylocal slots, however many of its
+        // deliveries run: its worker does them in batches, one commit for all of a batch.
+        // It gets at most concurrencyuser deliveries at once; the rest of theirs waits.
         let user = format!("{kind} {name}");
         let busy = self.local_by_user.get(&user).copied().unwrap_or(0);
         if busy >= self.cfg.concurrencyuser as usize {
@@ -140,7 +141,11 @@ impl Scheduler {
         if !self.claim(id, idx) {
             return;
         }
-        *self.local_by_user.entry(user.clone()).or_insert(0) += 1;
+        let jobs = self.local_by_user.entry(user.clone()).or_insert(0);
+        if *jobs == 0 {
+            self.local_busy += 1;
+        }
+        *jobs += 1;
         let job = self.new_job(Job {
             msg: id,
             rcpts: vec![idx],
@@ -161,7 +166,6 @@ impl Scheduler {
             .with(domain)
             .with(orig);
         self.lspawn.send(&rec);
-        self.local_busy += 1;
     }
 
     /// Starts a remote job with this recipient and every other ready one of the same message
@@ -249,7 +253,6 @@ impl Scheduler {
         };
         match job.channel {
             Channel::Local => {
-                self.local_busy = self.local_busy.saturating_sub(1);
                 if let Some(u) = &job.user {
                     self.user_done(u);
                 }
@@ -289,6 +292,7 @@ impl Scheduler {
             *c = c.saturating_sub(1);
             if *c == 0 {
                 self.local_by_user.remove(user);
+                self.local_busy = self.local_busy.saturating_sub(1);
             }
         }
     }

@@ -102,6 +102,8 @@ pub struct Scheduler {
     pub schedule: Schedule,
     pub jobs: HashMap<u64, Job>,
     pub next_job: u64,
+    /// Users and mailboxes with local deliveries running (each takes one concurrencylocal
+    /// slot, whatever the number of its deliveries).
     pub local_busy: usize,
     pub remote_busy: usize,
     pub remote_by_domain: HashMap<String, usize>,

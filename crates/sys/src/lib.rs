@@ -320,6 +320,28 @@ pub fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: RawFd) -> io::Result<u
 
 /// Receives bytes into `buf` and the descriptors passed with them (SCM_RIGHTS), in order.
 pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_fds(sock, buf, nix::sys::socket::MsgFlags::empty())
+}
+
+/// [`recv_with_fds`] without waiting: None when nothing is there now. A stream socket hands
+/// out what each sendmsg with descriptors sent separately (the descriptors are a boundary),
+/// so a reader that wants everything already sent asks again with this.
+pub fn try_recv_with_fds(
+    sock: &impl AsRawFd,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    match recv_fds(sock, buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn recv_fds(
+    sock: &impl AsRawFd,
+    buf: &mut [u8],
+    flags: nix::sys::socket::MsgFlags,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut iov = [io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 64]);
@@ -327,7 +349,7 @@ pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, 
         sock.as_raw_fd(),
         &mut iov,
         Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
+        MsgFlags::MSG_CMSG_CLOEXEC | flags,
     )
     .map_err(io::Error::from)?;
     let mut got = Vec::new();
