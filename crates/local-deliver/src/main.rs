@@ -74,24 +74,8 @@ fn run() -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut seq = 0u64;
     loop {
-        let (n, got) = ferry_sys::recv_with_fds(&sock, &mut buf)?;
-        if n == 0 {
+        if !read_batch(&sock, &mut reader, &mut fds, &mut buf)? {
             return Ok(());
-        }
-        reader.feed(&buf[..n]);
-        fds.extend(got);
-        // Each job comes with its descriptor, which ends a read: take every job already
-        // sent (up to MAX_BATCH), so that they share one commit.
-        let mut reads = 1;
-        while reads < MAX_BATCH {
-            match ferry_sys::try_recv_with_fds(&sock, &mut buf)? {
-                Some((0, _)) | None => break,
-                Some((n, got)) => {
-                    reader.feed(&buf[..n]);
-                    fds.extend(got);
-                    reads += 1;
-                }
-            }
         }
         let mut jobs = Vec::new();
         while let Some(rec) = reader.next_record()? {
@@ -142,6 +126,33 @@ fn run() -> io::Result<()> {
 
 /// Most reads of jobs gathered into one batch.
 const MAX_BATCH: usize = 64;
+
+/// Waits for jobs, then takes every one already sent (at most [`MAX_BATCH`] reads): each job
+/// comes with its descriptor, which ends a read, so the socket is read again without waiting
+/// until it is empty, and the jobs share one commit. False when lspawn closed the socket.
+fn read_batch(
+    sock: &UnixStream,
+    reader: &mut Reader,
+    fds: &mut VecDeque<OwnedFd>,
+    buf: &mut [u8],
+) -> io::Result<bool> {
+    let (n, got) = ferry_sys::recv_with_fds(sock, buf)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    reader.feed(&buf[..n]);
+    fds.extend(got);
+    for _ in 1..MAX_BATCH {
+        match ferry_sys::try_recv_with_fds(sock, buf)? {
+            Some((0, _)) | None => break,
+            Some((n, got)) => {
+                reader.feed(&buf[..n]);
+                fds.extend(got);
+            }
+        }
+    }
+    Ok(true)
+}
 
 fn word(code: i32) -> &'static str {
     match code {
@@ -215,4 +226,31 @@ fn batch(cx: &mut Context<'_>, jobs: &[Job]) -> Vec<(i32, String)> {
         }
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Jobs sent one by one, each with its descriptor, arrive as one batch.
+    #[test]
+    fn jobs_already_sent_are_one_batch() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        for j in 0..5u64 {
+            let rec = Record::new(b'J').with_u64(j).encode();
+            let n = ferry_sys::send_with_fd(&a, &rec, f.as_raw_fd()).unwrap();
+            assert_eq!(n, rec.len());
+        }
+        let (mut reader, mut fds, mut buf) = (Reader::new(), VecDeque::new(), vec![0u8; 4096]);
+        assert!(read_batch(&b, &mut reader, &mut fds, &mut buf).unwrap());
+        let mut jobs = 0;
+        while reader.next_record().unwrap().is_some() {
+            jobs += 1;
+        }
+        assert_eq!((jobs, fds.len()), (5, 5));
+        drop(a);
+        assert!(!read_batch(&b, &mut reader, &mut fds, &mut buf).unwrap());
+    }
 }
