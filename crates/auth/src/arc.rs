@@ -86,17 +86,31 @@ impl Sealer {
     }
 
     fn key_for(&self, domain: &str) -> Option<&SealKey> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let mut d = domain.as_str();
-        loop {
-            if let Some(k) = self.keys.iter().find(|k| k.domain == d) {
-                return Some(k);
-            }
-            match d.split_once('.') {
-                Some((_, parent)) if parent.contains('.') => d = parent,
-                _ => return None,
-            }
-        }
+        let d = crate::keys::nearest_domain(domain, |d| self.keys.iter().any(|k| k.domain == d))?;
+        self.keys.iter().find(|k| k.domain == d)
+    }
+
+    /// The ARC set for a message that is `head` followed by the first `len` bytes of the file
+    /// at `path`, sealing the results ferry recorded in it on receipt ([`trusted_results`],
+    /// authserv-id `me`), with the key of `domain`. The message ferry recorded them in is
+    /// what follows the first `skip` bytes (lines added since, such as a forward's).
+    pub fn seal_file(
+        &self,
+        head: &[u8],
+        path: &Path,
+        len: u64,
+        skip: usize,
+        me: &str,
+        domain: &str,
+    ) -> Result<Vec<u8>, NotSealed> {
+        use std::io::Read;
+        let mut message = head.to_vec();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(len).read_to_end(&mut message))
+            .map_err(|e| NotSealed::Error(format!("cannot read the message: {e}")))?;
+        let recorded = message.get(skip..).unwrap_or_default();
+        let results = trusted_results(recorded, me).ok_or(NotSealed::NoResults)?;
+        self.seal(recorded, &results, domain, ferry_common::date::now_secs())
     }
 
     /// The ARC set for `message` (LF or CR LF line ends) with the results `results` (the

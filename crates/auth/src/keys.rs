@@ -37,6 +37,23 @@ impl Key {
     }
 }
 
+/// The first of `domain` and its parents (never a bare top-level domain) for which `has`
+/// holds, lower case without a trailing dot: the domain whose keys sign (or seal) for it
+/// (relaxed alignment, RFC 7489 §3.1.1).
+pub fn nearest_domain(domain: &str, has: impl Fn(&str) -> bool) -> Option<String> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut d = domain.as_str();
+    loop {
+        if has(d) {
+            return Some(d.to_string());
+        }
+        match d.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => d = parent,
+            _ => return None,
+        }
+    }
+}
+
 /// A signing key of a domain.
 pub struct DomainKey {
     /// Lower case, without a trailing dot.

@@ -88,19 +88,8 @@ impl Signer {
     }
 
     /// The domain whose keys sign mail From `domain`: itself or its nearest parent with keys.
-    fn domain_for(&self, domain: &str) -> Option<&str> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let mut d = domain.as_str();
-        loop {
-            if let Some(k) = self.keys.iter().find(|k| k.domain == d) {
-                return Some(k.domain.as_str());
-            }
-            // A parent, but never a bare top-level domain.
-            match d.split_once('.') {
-                Some((_, parent)) if parent.contains('.') => d = parent,
-                _ => return None,
-            }
-        }
+    fn domain_for(&self, domain: &str) -> Option<String> {
+        crate::keys::nearest_domain(domain, |d| self.keys.iter().any(|k| k.domain == d))
     }
 
     /// [`Signer::sign`] for the first `len` bytes of the file at `path` (a message being
@@ -149,6 +138,7 @@ impl Signer {
         let Some(domain) = self.domain_for(&from_domain) else {
             return (Vec::new(), None);
         };
+        let domain = domain.as_str();
         let mut out = Vec::new();
         let mut error = None;
         for k in self.keys.iter().filter(|k| k.domain == domain) {

@@ -132,7 +132,7 @@ fn run() -> Result<(), QueueError> {
         && env
             .recipients
             .iter()
-            .any(|r| !cfg.is_ours(&r.rsplit_once('@').map_or("", |(_, d)| d).to_lowercase()))
+            .any(|r| !cfg.is_ours(&ferry_common::addr::split(r).1.to_lowercase()))
     {
         env.sender = cfg.forward_sender(&env.sender);
         if sealed.is_some() {
@@ -202,16 +202,17 @@ fn arc_set(
     if sealer.is_empty() || msg.flush().is_err() {
         return Vec::new();
     }
-    let mut bytes = Vec::new();
-    let read =
-        std::fs::File::open(msg.path()).and_then(|f| f.take(msg.bytes()).read_to_end(&mut bytes));
-    let original = bytes.get(added as usize..).unwrap_or_default();
-    let (Ok(_), Some(results)) = (read, ferry_auth::arc::trusted_results(original, &cfg.me)) else {
-        return Vec::new();
-    };
-    let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
-    match sealer.seal(original, &results, domain, date::now_secs()) {
+    let domain = ferry_common::addr::split(address).1;
+    match sealer.seal_file(
+        b"",
+        msg.path(),
+        msg.bytes(),
+        added as usize,
+        &cfg.me,
+        domain,
+    ) {
         Ok(set) => set,
+        Err(ferry_auth::arc::NotSealed::NoResults) => Vec::new(),
         Err(why) => {
             eprintln!("queue: forwarded without an ARC set: {why}");
             Vec::new()

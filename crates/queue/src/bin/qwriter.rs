@@ -388,25 +388,15 @@ impl Writer {
     /// results authverify put in `head`, sealed with the key of `domain`. None when the key
     /// or the results are missing, or the chain did not pass (logged).
     fn seal(&self, o: &Open, head: &[u8], domain: &str) -> Vec<u8> {
-        use std::io::Read;
         if self.sealer.is_empty() {
             return Vec::new();
         }
-        let mut message = head.to_vec();
-        let read = std::fs::File::open(o.msg.path())
-            .and_then(|f| f.take(o.msg.bytes()).read_to_end(&mut message));
-        if let Err(e) = read {
-            log!("cannot read a message to seal it: {e}; it goes unsealed");
-            return Vec::new();
-        }
-        let Some(results) = ferry_auth::arc::trusted_results(&message, &self.me) else {
-            return Vec::new();
-        };
         match self
             .sealer
-            .seal(&message, &results, domain, date::now_secs())
+            .seal_file(head, o.msg.path(), o.msg.bytes(), 0, &self.me, domain)
         {
             Ok(set) => set,
+            Err(ferry_auth::arc::NotSealed::NoResults) => Vec::new(),
             Err(why) => {
                 log!("forwarded without an ARC set: {why}");
                 Vec::new()
