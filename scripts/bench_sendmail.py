@@ -2,7 +2,8 @@
 """bench_sendmail.py — sendmail -> Maildir throughput of ferry, beside Postfix's (make bench).
 
 Lays out a ferry root in a temporary directory (with the release build), starts the send
-service under s6-supervise, injects N messages with the real `sendmail` from C parallel
+and inject services under s6-supervise (--no-inject: send only, so that every sendmail runs
+the setuid queue), injects N messages with the real `sendmail` from C parallel
 injectors, and waits until all N are in the Maildir. When the reference Postfix of
 ../shared/bench/setup-postfix.sh is running (or with --postfix), the same load goes through
 Postfix's /usr/sbin/sendmail to bench@anchor.test in /home/bench/Maildir, in alternating
@@ -10,8 +11,8 @@ order over --rounds rounds, and the ratios are printed.
 
 Reports messages per second, CPU milliseconds per message (all CPUs, from /proc/stat, so it
 includes sendmail and queue processes and anything else running), ferry's CPU per message
-per program (the injectors' sendmail and queue processes, send, clean, lspawn with its
-local-deliver workers), and with --syncs the sync calls per message of each (strace -f -c:
+per program (the injectors' sendmail processes, and the queue processes they start without
+the inject service; inject, send, clean, lspawn with its local-deliver workers), and with --syncs the sync calls per message of each (strace -f -c:
 the timing of that run is not meaningful). Not a test: numbers vary with the machine's mood;
 compare ratios from one run.
 """
@@ -105,12 +106,12 @@ def run(t, n, c, body, root=None, syncs=None):
     n = per * c
     programs = {}
     if root:
-        for name in ["send", "clean", "lspawn"]:
+        for name in ["inject", "send", "clean", "lspawn"]:
             for p in pids_of(root, name):
                 programs[name] = (p, proc_cpu(p, children=(name == "lspawn")))
     tracers = []
     if syncs and root:
-        for name in ["send", "clean", "lspawn", "start"]:
+        for name in ["inject", "send", "clean", "lspawn", "start"]:
             for p in pids_of(root, name):
                 out = f"{syncs}.{name}.{p}"
                 tracers.append(subprocess.Popen(["strace", "-f", "-c", "-e", "trace=" + SYNCS, "-o", out, "-p", str(p)],
@@ -132,7 +133,7 @@ def run(t, n, c, body, root=None, syncs=None):
     b1, c1 = cpu_busy(), children_cpu()
     r = {"rate": n / elapsed, "inject_rate": n / injected, "cpu": (b1 - b0) / HZ * 1000 / n, "n": n}
     if root:
-        per_prog = {"sendmail+queue": (c1 - c0) * 1000 / n}
+        per_prog = {"sendmail (+queue)": (c1 - c0) * 1000 / n}
         for name, (p, before) in programs.items():
             now = proc_cpu(p, children=(name == "lspawn"))
             if name == "lspawn":
@@ -151,7 +152,7 @@ def run(t, n, c, body, root=None, syncs=None):
             if not f.startswith(os.path.basename(syncs) + "."):
                 continue
             key = f.split(".")[1]
-            key = "sendmail+queue" if key.startswith("t") else key
+            key = "sendmail (+queue)" if key.startswith("t") else key
             calls[key] = calls.get(key, 0) + strace_calls(full)
         r["syncs"] = {k: v / n for k, v in calls.items()}
     return r
@@ -172,6 +173,7 @@ def main():
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--syncs", action="store_true", help="count sync calls per message (strace)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-inject", action="store_true", help="without the inject service: sendmail runs queue")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ferry-bench-", dir="/var/tmp")
     os.chmod(tmp, 0o755)
@@ -182,9 +184,12 @@ def main():
                         ("virtualdomains", "localhost:mail/*"), ("concurrencylocal", "20")]:
         with open(os.path.join(ctl, name), "w") as f:
             f.write(value + "\n")
-    log = open(os.path.join(tmp, "send.log"), "w")
-    sup = subprocess.Popen(["s6-supervise", os.path.join(root, "service/send")], stdout=log, stderr=log,
-                           start_new_session=True)
+    services = ["send"] if a.no_inject else ["send", "inject"]
+    sups = []
+    for svc in services:
+        log = open(os.path.join(tmp, svc + ".log"), "w")
+        sups.append(subprocess.Popen(["s6-supervise", os.path.join(root, "service", svc)], stdout=log,
+                                     stderr=log, start_new_session=True))
     body = ("x" * 76 + "\n") * (a.s // 77 + 1)
     ferry = Target("ferry", os.path.join(root, "bin/sendmail"), "b@bench.example", "bench@localhost",
                    os.path.join(root, "mail/bench/Maildir/new"))
@@ -203,7 +208,9 @@ def main():
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             for t in order:
                 results[t.name].append(run(t, a.n, a.c, body, root if t is ferry else None))
-        print(f"sendmail -> Maildir: {a.n} messages of {a.s} bytes, {a.c} injectors, {a.rounds} rounds (median)")
+        how = "sendmail runs queue" if a.no_inject else "sendmail through the inject service"
+        print(f"sendmail -> Maildir: {a.n} messages of {a.s} bytes, {a.c} injectors, {a.rounds} rounds (median); "
+              f"ferry: {how}")
         med = {}
         for t in targets:
             rs = results[t.name]
@@ -223,9 +230,11 @@ def main():
             print("  ferry's sync calls per message (strace, 500 messages): " +
                   ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.get("syncs", {}).items())))
     finally:
-        subprocess.run(["s6-svc", "-wD", "-T", "10000", "-d", os.path.join(root, "service/send")], stderr=subprocess.DEVNULL)
-        subprocess.run(["s6-svc", "-x", os.path.join(root, "service/send")], stderr=subprocess.DEVNULL)
-        sup.wait(timeout=10)
+        for svc, sup in zip(services, sups):
+            subprocess.run(["s6-svc", "-wD", "-T", "10000", "-d", os.path.join(root, "service", svc)],
+                           stderr=subprocess.DEVNULL)
+            subprocess.run(["s6-svc", "-x", os.path.join(root, "service", svc)], stderr=subprocess.DEVNULL)
+            sup.wait(timeout=10)
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

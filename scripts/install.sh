@@ -25,7 +25,7 @@ fi
 export STRIP="${STRIP:-yes}"
 if [ -n "$destdir" ]; then
   mkdir -p "$root/bin"
-  for p in queue qwriter start send lspawn rspawn clean local-deliver remote-deliver smtpd authverify sendmail ferryctl; do
+  for p in queue qwriter inject start send lspawn rspawn clean local-deliver remote-deliver smtpd authverify sendmail ferryctl; do
     install -m 755 "$built/$p" "$root/bin/$p"
     [ "$STRIP" = no ] || strip --strip-debug "$root/bin/$p"
   done

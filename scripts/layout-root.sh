@@ -6,7 +6,7 @@ set -e
 root=$1
 bindir=${FERRY_BIN_DIR:-target/release}
 mkdir -p "$root/bin"
-for p in queue qwriter start send lspawn rspawn clean local-deliver remote-deliver smtpd authverify sendmail ferryctl; do
+for p in queue qwriter inject start send lspawn rspawn clean local-deliver remote-deliver smtpd authverify sendmail ferryctl; do
   if [ ! -f "$bindir/$p" ]; then
     echo "layout-root.sh: $bindir/$p is missing (run make)" >&2
     exit 1

@@ -60,6 +60,7 @@ fn reload_reports_each_programs_verdict() {
     let (tree, _port) = Tree::start(&env);
     let smtpd_pid = tree.pid("smtpd").unwrap();
     let send_pid = tree.pid("send").unwrap();
+    let inject_pid = tree.pid("inject").unwrap();
 
     let out = tree.expect(&["reload"], 0);
     assert!(
@@ -67,9 +68,23 @@ fn reload_reports_each_programs_verdict() {
             "send: reloaded (pid {send_pid}, asked over queue/ctl/send)"
         )) && out.contains(&format!(
             "smtpd: sent HUP to pid {smtpd_pid}: reloaded (its log: control files reloaded"
+        )) && out.contains(&format!(
+            "inject: sent HUP to pid {inject_pid}: reloaded (its log: control files reloaded"
         )),
         "{out}"
     );
+
+    // A broken databytes: inject refuses and keeps its settings.
+    env.control("databytes", "lots");
+    let out = tree.ferryctl(&["reload"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let inject_line = text.lines().find(|l| l.starts_with("inject: ")).unwrap();
+    assert!(
+        inject_line.contains("reload refused") && inject_line.contains("databytes"),
+        "{text}"
+    );
+    std::fs::remove_file(env.path("control/databytes")).unwrap();
 
     // A bad relayclients line: both refuse, keep their settings, and the command says so.
     env.control("relayclients", "127.0.0.1\nnot-an-address\n");

@@ -5,7 +5,8 @@
 //! - smtpd path: qwriter wrote queue/tmp/ID, synced it (fsync/fdatasync, or a syncfs of its
 //!   filesystem) after its last write, linked it to queue/todo/ID, synced todo/ — all before
 //!   its `K txn ID` record to smtpd, which came before smtpd's "250 ... queued as ID";
-//! - sendmail: the same before `queue` exited 0;
+//! - sendmail: the same before `queue` exited 0, or, through the inject service, before the
+//!   `K ID` record of the connection's thread to sendmail;
 //! - local delivery: Maildir/tmp/NAME synced, linked to new/NAME, new/ synced, before
 //!   local-deliver's `R job 0` record to lspawn for the job whose recipient is the file's
 //!   Delivered-To.
@@ -469,6 +470,7 @@ fn note(
 
 const SMTP_MESSAGES: usize = 5;
 const SENDMAIL_MESSAGES: usize = 3;
+const INJECTED_MESSAGES: usize = 3;
 
 #[test]
 fn acknowledged_messages_were_synced_first() {
@@ -482,6 +484,7 @@ fn acknowledged_messages_were_synced_first() {
     }
     env.start_send();
     let port = env.start_smtpd();
+    env.start_inject();
     let root = std::fs::canonicalize(&env.root).unwrap();
     let fs = fs_of(&root);
     let queue = root.join("queue");
@@ -492,8 +495,12 @@ fn acknowledged_messages_were_synced_first() {
     let qwriter = pids_of(&root, "qwriter");
     assert_eq!(qwriter.len(), 1, "one queue writer");
     let qwriter = qwriter[0];
+    let inject = pids_of(&root, "inject");
+    assert_eq!(inject.len(), 1, "one inject service");
+    let inject = inject[0];
     let mut all = smtpd.clone();
     all.push(qwriter);
+    all.push(inject);
     all.extend(pids_of(&root, "lspawn"));
     // Workers already running would not be followed (none should be, nothing was sent yet).
     all.extend(procs::named(&root, "local-deliver").iter().map(|p| p.pid));
@@ -510,7 +517,11 @@ fn acknowledged_messages_were_synced_first() {
         }
     };
 
-    // sendmail: strace runs it (its own child, so this works wherever ptrace does).
+    // sendmail without the inject service (its socket moved away): strace runs it and the
+    // setuid queue it starts (its own child, so this works wherever ptrace does).
+    let socket = root.join("inject/socket");
+    let aside = root.join("inject/socket.aside");
+    std::fs::rename(&socket, &aside).unwrap();
     let mut sendmail_ids = Vec::new();
     let mut errors = Vec::new();
     let mut proofs = std::collections::BTreeMap::new();
@@ -560,10 +571,42 @@ fn acknowledged_messages_were_synced_first() {
         sendmail_ids.push(id);
     }
 
+    std::fs::rename(&aside, &socket).unwrap();
     let Some(mut st) = daemons.take() else {
         assert!(errors.is_empty(), "{}", errors.join("\n"));
         return;
     };
+
+    // sendmail through the inject service, three at once so that it may commit them together.
+    let mut injections = Vec::new();
+    for i in 0..INJECTED_MESSAGES {
+        per_rcpt[i % rcpts.len()] += 1;
+        let to = rcpts[i % rcpts.len()].ext_addr(&format!("i{i}"));
+        expected_rcpts.push(to.clone());
+        let mut child = std::process::Command::new(root.join("bin/sendmail"))
+            .args(["-f", "sender@test.example", &to])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&ferry_e2e::message(&format!("durability-i{i}"), "hello\n"))
+            .unwrap();
+        injections.push(child);
+    }
+    for child in injections {
+        let res = child.wait_with_output().unwrap();
+        assert!(
+            res.status.success(),
+            "sendmail through inject: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
 
     // Five SMTP sessions at once, so that the queue writer may commit several together.
     let mut threads = Vec::new();
@@ -630,6 +673,35 @@ fn acknowledged_messages_were_synced_first() {
             )),
             None => errors.push(format!("smtpd: no 250 for {id} in the trace")),
         }
+    }
+
+    // inject path: its connection threads' K records (the verdict sendmail exits 0 on).
+    let mut threads_of_inject = vec![inject as u32];
+    threads_of_inject.extend(
+        t.calls
+            .iter()
+            .filter(|c| c.pid == inject as u32 && c.name.starts_with("clone"))
+            .filter_map(|c| c.ret.and_then(|r| u32::try_from(r).ok())),
+    );
+    let mut injected = 0;
+    for tid in threads_of_inject {
+        for (r, ci) in t.records(tid, true).unwrap() {
+            if r.kind != b'K' || r.fields.len() != 1 {
+                continue;
+            }
+            let id = String::from_utf8_lossy(&r.fields[0]).into_owned();
+            let (tmp, dest) = (queue.join("tmp").join(&id), queue.join("todo").join(&id));
+            match t.check_commit(&tmp, &dest, t.calls[ci].start, &fs) {
+                Ok(lines) => note(&mut proofs, "inject", &t, lines),
+                Err(e) => errors.push(format!("inject: {e}")),
+            }
+            injected += 1;
+        }
+    }
+    if injected != INJECTED_MESSAGES {
+        errors.push(format!(
+            "inject: {injected} K records traced, {INJECTED_MESSAGES} messages sent"
+        ));
     }
 
     // Local delivery: every Maildir file, by its Delivered-To.
@@ -702,7 +774,8 @@ fn acknowledged_messages_were_synced_first() {
         keep(&st.out)
     );
     eprintln!(
-        "checked: {} SMTP commits and 250s, {} sendmail commits, {} Maildir deliveries",
+        "checked: {} SMTP commits and 250s, {} sendmail commits through queue, {injected} \
+         through inject, {} Maildir deliveries",
         smtp_ids.len(),
         sendmail_ids.len(),
         delivered.len()

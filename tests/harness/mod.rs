@@ -197,6 +197,14 @@ impl Env {
         });
     }
 
+    /// Starts the inject service (sendmail's socket); its output goes to ROOT/inject.log.
+    pub fn start_inject(&mut self) {
+        self.supervise("inject", "inject.log");
+        self.wait_for("inject to listen", Duration::from_secs(20), || {
+            self.log("inject.log").contains("listening on")
+        });
+    }
+
     /// Starts smtpd on a free loopback port; output in ROOT/smtpd.log. Returns the port.
     pub fn start_smtpd(&mut self) -> u16 {
         let port = free_port();
@@ -329,6 +337,7 @@ impl Env {
             "service/smtpd",
             "service/submission",
             "service/smtps",
+            "service/inject",
             "service/send",
         ] {
             let svc = self.root.join(name);

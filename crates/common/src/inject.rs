@@ -1,11 +1,23 @@
 //! Putting a message into the queue from another program (sendmail, send's bounces,
 //! local-deliver's forwards): runs ROOT/bin/queue with the message on its fd 0 and the
-//! envelope on its fd 1, and returns its exit code (see [`crate::status`]).
+//! envelope on its fd 1, and returns its exit code (see [`crate::status`]). sendmail first
+//! offers it to the `inject` service over ROOT/inject/socket ([`submit`]), which queues it
+//! without starting a process.
 
 use crate::envelope::Envelope;
+use crate::record::{self, Record};
 use crate::root::Root;
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Largest `D` record a client sends (the server refuses larger ones).
+pub const CHUNK: usize = 64 * 1024;
+/// How long the client waits for the server's greeting before it runs `queue` itself.
+const GREETING_WAIT: Duration = Duration::from_secs(5);
+/// How long it waits for the verdict once the message is sent (the commit is a few syncs).
+const VERDICT_WAIT: Duration = Duration::from_secs(600);
 
 /// What `queue` said: its exit code and its one line of explanation (empty on success).
 pub struct QueueResult {
@@ -98,4 +110,72 @@ fn run(
         code: status.code().unwrap_or(crate::status::QUEUE_BUG),
         message: text,
     })
+}
+
+/// Offers the message to the `inject` service (protocol in crates/queue/src/bin/inject.rs and
+/// docs/INTERNALS.md). Ok(None) when the service is not running or is busy: nothing has been
+/// read from `message`, so the caller runs `queue` instead. Err when the service went away
+/// after the message was begun: it was not queued (the caller must say "try again").
+pub fn submit(
+    root: &Root,
+    message: &mut dyn Read,
+    env: &Envelope,
+) -> io::Result<Option<QueueResult>> {
+    let Ok(mut sock) = UnixStream::connect(root.inject_socket()) else {
+        return Ok(None);
+    };
+    sock.set_read_timeout(Some(GREETING_WAIT))?;
+    match record::read_blocking_max(&mut sock, 1024) {
+        Ok(Some(r)) if r.kind == b'H' => {}
+        // Busy, or not answering: queue it the old way.
+        _ => return Ok(None),
+    }
+    sock.set_read_timeout(Some(VERDICT_WAIT))?;
+    let sent = send_message(&mut sock, message, env);
+    if sent.is_err() {
+        // Cut short (no `.`): the server drops what it has and closes.
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+    }
+    // A refusal may come before the whole message was sent (the server reads it to its end,
+    // so its verdict is there to read whatever happened to the writes).
+    let verdict = record::read_blocking_max(&mut sock, 8192);
+    match verdict {
+        Ok(Some(r)) if r.kind == b'K' => Ok(Some(QueueResult {
+            code: crate::status::QUEUE_OK,
+            message: format!("queue: queued as {}", r.str(0).unwrap_or("?")),
+        })),
+        Ok(Some(r)) if r.kind == b'F' => Ok(Some(QueueResult {
+            code: r
+                .str(0)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(crate::status::QUEUE_BUG),
+            message: r.str(1).unwrap_or("").to_string(),
+        })),
+        Ok(_) => Err(sent.err().unwrap_or_else(|| {
+            io::Error::other("the inject service closed the connection without a verdict")
+        })),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("no verdict from the inject service: {e}"),
+        )),
+    }
+}
+
+fn send_message(sock: &mut UnixStream, message: &mut dyn Read, env: &Envelope) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(CHUNK + 64, &*sock);
+    out.write_all(&Record::new(b'E').with(env.encode()).encode())?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match message.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The message is cut short: no `.`, so the server drops what it has.
+            Err(e) => return Err(e),
+        };
+        out.write_all(&Record::new(b'D').with(&buf[..n]).encode())?;
+    }
+    out.write_all(&Record::new(b'.').encode())?;
+    out.flush()
 }

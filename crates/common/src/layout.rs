@@ -50,6 +50,7 @@ fn e(
 pub const PROGRAMS: &[&str] = &[
     "queue",
     "qwriter",
+    "inject",
     "start",
     "send",
     "lspawn",
@@ -73,10 +74,13 @@ pub fn manifest() -> Vec<Entry> {
         e("log", Kind::Dir, ROOT, ROOT, 0o755),
         e("log/smtpd", Kind::Dir, LOG, LOG, 0o750),
         e("log/send", Kind::Dir, LOG, LOG, 0o750),
+        e("log/inject", Kind::Dir, LOG, LOG, 0o750),
         e("log/submission", Kind::Dir, LOG, LOG, 0o750),
         e("log/smtps", Kind::Dir, LOG, LOG, 0o750),
         e("mail", Kind::Dir, MAILBOX, MAILBOX, 0o755),
         e("queue", Kind::Dir, QUEUE, GROUP, 0o750),
+        // The inject service's socket (every local user may connect, as to the setuid queue).
+        e("inject", Kind::Dir, QUEUE, GROUP, 0o755),
         // Set-group-id: queue files get the group ferry, whoever runs the setuid queue.
         e("queue/tmp", Kind::Dir, QUEUE, GROUP, 0o2700),
         e("queue/todo", Kind::Dir, QUEUE, GROUP, 0o750),

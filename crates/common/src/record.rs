@@ -153,6 +153,12 @@ impl Reader {
 
 /// Reads one record from a blocking stream; Ok(None) at a clean end of file.
 pub fn read_blocking(src: &mut impl Read) -> io::Result<Option<Record>> {
+    read_blocking_max(src, MAX_RECORD)
+}
+
+/// [`read_blocking`] with a smaller bound on the record: for a peer that is not trusted to
+/// keep to the protocol's sizes (what is allocated is at most `max` bytes).
+pub fn read_blocking_max(src: &mut impl Read, max: usize) -> io::Result<Option<Record>> {
     let mut len = [0u8; 4];
     match src.read_exact(&mut len) {
         Ok(()) => {}
@@ -160,7 +166,7 @@ pub fn read_blocking(src: &mut impl Read) -> io::Result<Option<Record>> {
         Err(e) => return Err(e),
     }
     let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_RECORD {
+    if n > max.min(MAX_RECORD) {
         return Err(invalid(format!("record of {n} bytes exceeds the limit")));
     }
     let mut body = vec![0u8; n];

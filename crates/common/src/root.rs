@@ -65,6 +65,10 @@ impl Root {
     pub fn log(&self) -> PathBuf {
         self.dir.join("log")
     }
+    /// The local injection socket, served by the `inject` service (crates/queue/src/bin/inject.rs).
+    pub fn inject_socket(&self) -> PathBuf {
+        self.dir.join("inject").join("socket")
+    }
     /// The s6 scan directory: one service directory per supervised service.
     pub fn service(&self) -> PathBuf {
         self.dir.join("service")

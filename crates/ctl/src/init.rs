@@ -54,6 +54,26 @@ pub const SERVICES: &[(&str, &str, u32)] = &[
         0o755,
     ),
     (
+        "inject/run",
+        include_str!("../../../supervise/inject/run"),
+        0o755,
+    ),
+    (
+        "inject/notification-fd",
+        include_str!("../../../supervise/inject/notification-fd"),
+        0o644,
+    ),
+    (
+        "inject/timeout-kill",
+        include_str!("../../../supervise/inject/timeout-kill"),
+        0o644,
+    ),
+    (
+        "inject/log/run",
+        include_str!("../../../supervise/inject/log/run"),
+        0o755,
+    ),
+    (
         "submission/run",
         include_str!("../../../supervise/submission/run"),
         0o755,

@@ -1,6 +1,6 @@
 //! `ferryctl log [SERVICE]`: follow the logs as s6-log writes them (ISO 8601 timestamps
 //! first), by becoming `tail -F` on ROOT/log/SERVICE/current, or on the logs of every
-//! service ferryctl handles (send, smtpd, and submission and smtps when they are up or
+//! service ferryctl handles (send, inject, smtpd, and submission and smtps when they are up or
 //! enabled: crate::s6::handled).
 
 use crate::{problem, s6};

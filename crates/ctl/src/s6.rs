@@ -1,11 +1,11 @@
 //! The s6 side of ferryctl: is the supervision tree running, what state is each service in,
 //! and the s6 tools that change it (`s6-svc`, `s6-svscanctl`), each with a time limit.
 //!
-//! The scan directory is ROOT/service; each service directory there (smtpd, send, and the
+//! The scan directory is ROOT/service; each service directory there (smtpd, send, inject, and the
 //! submission services submission and smtps) has a `log/` service running s6-log into
 //! ROOT/log/NAME.
 //!
-//! send and smtpd are always handled. The submission services are installed down (a `down`
+//! send, inject and smtpd are always handled. The submission services are installed down (a `down`
 //! file, crate::init) until they are configured (a certificate and a credential:
 //! [`not_configured`]); ferryctl handles them when they are up or enabled (no `down` file):
 //! [`handled`]. `ferryctl start` enables and starts them once they are configured.
@@ -20,11 +20,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The supervised services, in the order they are started.
-pub const SERVICES: &[&str] = &["send", "smtpd"];
+pub const SERVICES: &[&str] = &["send", "inject", "smtpd"];
 /// The submission services (issue 9), started after those, down until configured.
 pub const SUBMISSION: &[&str] = &["submission", "smtps"];
 /// Every service ferryctl knows, in start order.
-pub const ALL: &[&str] = &["send", "smtpd", "submission", "smtps"];
+pub const ALL: &[&str] = &["send", "inject", "smtpd", "submission", "smtps"];
 
 /// The program a service runs (the name its log lines carry): smtpd for the submission ones.
 pub fn program(name: &str) -> &str {

@@ -7,7 +7,8 @@
 //! Reads the message on stdin (CRLF or LF line ends; without -i a line with a single `.` ends
 //! it). Adds `Date`, `Message-ID` and `From` when missing, removes `Bcc`, takes recipients
 //! from To/Cc/Bcc with -t, qualifies bare names with `defaultdomain`, and hands the message to
-//! `queue` (ROOT/bin/queue, setuid ferryq). Runs as the caller.
+//! the `inject` service over ROOT/inject/socket when it runs (crates/queue/src/bin/inject.rs),
+//! else to `queue` (ROOT/bin/queue, setuid ferryq). Runs as the caller.
 //!
 //! Exit codes (sysexits.h): 0 queued; 64 bad usage or no recipient; 65 the message or an
 //! address was refused; 75 temporary failure, try again; 78 a control file is broken.
@@ -185,7 +186,13 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
         pos: 0,
     };
     let mut message = header.as_slice().chain(&mut body);
-    match inject::run_queue(root, &mut message, &env) {
+    // The inject service if it runs (no process to start), else `queue`.
+    let queued = match inject::submit(root, &mut message, &env) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => inject::run_queue(root, &mut message, &env),
+        Err(e) => Err(e),
+    };
+    match queued {
         Ok(r) if r.code == 0 => 0,
         Ok(r) => {
             let meaning = status::queue_exit(r.code).meaning;
