@@ -142,12 +142,15 @@ fn ids(entry: &Entry, mode: Mode) -> io::Result<(u32, u32)> {
 }
 
 /// Creates what is missing and sets owners (when root) and modes. Programs must already be
-/// in bin/. Returns one line per change made.
+/// in bin/. Returns one line per change made: `created PATH` for a new entry (which gets its
+/// owner and mode with it), `owner of PATH set to ...` and `mode of PATH set to ...` for one
+/// that was there.
 pub fn apply(root: &Root, mode: Mode) -> io::Result<Vec<String>> {
     let mut changes = Vec::new();
     for entry in manifest() {
         let path = root.path().join(&entry.path);
         let meta = std::fs::symlink_metadata(&path);
+        let before = changes.len();
         match (entry.kind, &meta) {
             (Kind::Dir, Err(err)) if err.kind() == io::ErrorKind::NotFound => {
                 std::fs::create_dir(&path)?;
@@ -161,6 +164,7 @@ pub fn apply(root: &Root, mode: Mode) -> io::Result<Vec<String>> {
             (_, Err(err)) => return Err(io::Error::other(format!("{}: {err}", path.display()))),
             _ => {}
         }
+        let created = changes.len() > before;
         let (uid, gid) = ids(&entry, mode)?;
         let meta = std::fs::symlink_metadata(&path)?;
         if mode == Mode::Separated && (meta.uid() != uid || meta.gid() != gid) {
@@ -169,10 +173,12 @@ pub fn apply(root: &Root, mode: Mode) -> io::Result<Vec<String>> {
                 Some(nix::unistd::Uid::from_raw(uid)),
                 Some(nix::unistd::Gid::from_raw(gid)),
             )?;
-            changes.push(format!(
-                "owner of {} set to {}:{}",
-                entry.path, entry.owner, entry.group
-            ));
+            if !created {
+                changes.push(format!(
+                    "owner of {} set to {}:{}",
+                    entry.path, entry.owner, entry.group
+                ));
+            }
         }
         let want = if mode == Mode::SingleUser {
             entry.mode & 0o777
@@ -181,7 +187,9 @@ pub fn apply(root: &Root, mode: Mode) -> io::Result<Vec<String>> {
         };
         if meta.permissions().mode() & 0o7777 != want {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))?;
-            changes.push(format!("mode of {} set to {:o}", entry.path, want));
+            if !created {
+                changes.push(format!("mode of {} set to {:o}", entry.path, want));
+            }
         }
     }
     Ok(changes)
