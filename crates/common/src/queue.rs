@@ -544,6 +544,12 @@ impl QueueFile {
         Ok(n)
     }
 
+    /// Where the message's bytes are in the file, in order: (offset, length) of the head,
+    /// then of the streamed bytes. What [`QueueFile::message_reader`] reads.
+    pub fn message_ranges(&self) -> [(u64, u64); 2] {
+        [(self.stream_len, self.head_len), (0, self.stream_len)]
+    }
+
     /// A reader over the message bytes only: the head, then the streamed bytes.
     pub fn message_reader(&mut self) -> io::Result<impl Read + '_> {
         Ok(MessageReader { qf: self, pos: 0 })

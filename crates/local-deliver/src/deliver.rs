@@ -98,7 +98,7 @@ pub fn deliver(cx: &mut Context<'_>, job: &Job, pending: &mut Vec<maildir::Prepa
                         cx.host,
                         *cx.seq,
                         prefix.as_bytes(),
-                        &mut job.msg.reader(),
+                        &job.msg,
                         size,
                     ) {
                         Ok(p) => {

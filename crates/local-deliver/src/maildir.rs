@@ -5,9 +5,10 @@
 //!
 //! Unique names follow the Maildir convention: `SECONDS.MmicrosPpidQcount.HOST,S=SIZE`.
 
+use crate::message::Message;
 use ferry_common::durable;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -36,13 +37,14 @@ fn host_part(host: &str) -> String {
     host.replace('/', "\\057").replace(':', "\\072")
 }
 
-/// Writes `prefix` then the message into DIR/tmp/NAME (not yet synced).
+/// Writes `prefix` then the message into DIR/tmp/NAME (not yet synced); the kernel copies
+/// the message bytes from lspawn's copy (ferry_sys::copy_range).
 pub fn prepare(
     dir: &Path,
     host: &str,
     seq: u64,
     prefix: &[u8],
-    msg: &mut dyn Read,
+    msg: &Message,
     size: u64,
 ) -> io::Result<Prepared> {
     let now = std::time::SystemTime::now()
@@ -64,17 +66,9 @@ pub fn prepare(
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    let written = (|| -> io::Result<()> {
-        file.write_all(prefix)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = msg.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            file.write_all(&buf[..n])?;
-        }
-    })();
+    let written = file
+        .write_all(prefix)
+        .and_then(|()| ferry_sys::copy_range(&msg.file, 0, msg.len, &file));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -141,18 +135,16 @@ mod tests {
         let mut batch = Vec::new();
         for i in 0..4 {
             let body = format!("body {i}\n");
-            batch.push(
-                prepare(
-                    &md,
-                    "h/x:y",
-                    i,
-                    b"Delivered-To: a@b\n",
-                    &mut body.as_bytes(),
-                    0,
-                )
-                .unwrap(),
-            );
+            let path = d.path().join(format!("msg{i}"));
+            std::fs::write(&path, &body).unwrap();
+            let msg = Message {
+                file: File::open(&path).unwrap(),
+                len: body.len() as u64,
+            };
+            batch.push(prepare(&md, "h/x:y", i, b"Delivered-To: a@b\n", &msg, 0).unwrap());
         }
+        let first = std::fs::read(&batch[0].tmp).unwrap();
+        assert_eq!(first, b"Delivered-To: a@b\nbody 0\n");
         assert!(batch[0].new.to_string_lossy().contains("h\\057x\\072y"));
         assert!(commit(batch).iter().all(|r| r.is_ok()));
         assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 4);

@@ -118,10 +118,7 @@ impl DataDecoder {
 
     /// Copies ordinary text up to the next CR or LF; returns bytes taken.
     fn copy_text(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
-        let n = input
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .unwrap_or(input.len());
+        let n = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
         out.extend_from_slice(&input[..n]);
         self.bytes_out += n as u64;
         self.line_len += n;
@@ -155,6 +152,17 @@ impl DataDecoder {
             }
             if self.state == State::Text {
                 i += self.copy_text(&input[i..], out);
+                // The common line end, CR LF, without a trip through the state machine; a
+                // next line that starts with an ordinary byte is text at once.
+                if input.get(i) == Some(&b'\r') && input.get(i + 1) == Some(&b'\n') {
+                    self.put(out, b'\n');
+                    i += 2;
+                    self.state = match input.get(i) {
+                        Some(b'.' | b'\r' | b'\n') | None => State::LineStart,
+                        Some(_) => State::Text,
+                    };
+                    continue;
+                }
                 let Some(&b) = input.get(i) else { break };
                 i += 1;
                 self.state = self.text_byte(b, out);

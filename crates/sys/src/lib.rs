@@ -183,12 +183,58 @@ pub fn command_close_from(cmd: &mut Command, first: RawFd) {
     }
 }
 
-/// A sealed, in-memory copy of the next `len` bytes of `src` (memfd_create, then
-/// F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL): nobody can change it, and it
-/// holds nothing but those bytes. lspawn gives local deliveries such a copy of the message
-/// instead of the queue file, which also holds the envelope (every recipient).
-pub fn sealed_copy(src: &mut impl std::io::Read, len: u64) -> io::Result<std::fs::File> {
-    use std::io::Read;
+/// A sealed, in-memory copy of the given (offset, length) ranges of `file`, one after the
+/// other (memfd_create, then F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL):
+/// nobody can change it, and it holds nothing but those bytes. lspawn gives local deliveries
+/// such a copy of the message instead of the queue file, which also holds the envelope
+/// (every recipient). The kernel copies the bytes (sendfile: no trip through this process).
+pub fn sealed_copy(file: &std::fs::File, ranges: &[(u64, u64)]) -> io::Result<std::fs::File> {
+    let copy = new_memfd()?;
+    for &(start, len) in ranges {
+        copy_range(file, start, len, &copy)?;
+    }
+    seal(copy)
+}
+
+/// Appends `len` bytes of `from` at `start` to `to` at its current offset, copied by the
+/// kernel (sendfile); the offset of `from` is left alone. Err if `from` is shorter.
+pub fn copy_range(
+    from: &std::fs::File,
+    start: u64,
+    len: u64,
+    to: &std::fs::File,
+) -> io::Result<()> {
+    let mut offset = libc::off_t::try_from(start).map_err(|_| short_file())?;
+    let end = start.checked_add(len).ok_or_else(short_file)?;
+    while (offset as u64) < end {
+        let want = usize::try_from(end - offset as u64)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        // SAFETY: sendfile between two descriptors the caller holds open, with a pointer to
+        // a local offset that it advances; it returns the bytes copied, or -1.
+        let n = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut offset, want) };
+        match n {
+            n if n > 0 => {}
+            0 => return Err(short_file()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "message file shorter than recorded",
+    )
+}
+
+fn new_memfd() -> io::Result<std::fs::File> {
     let name = c"ferry-message";
     // SAFETY: memfd_create takes a NUL-terminated name (a C string literal) and flags; it
     // returns a new descriptor that we own, or -1.
@@ -198,14 +244,11 @@ pub fn sealed_copy(src: &mut impl std::io::Read, len: u64) -> io::Result<std::fs
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd was just returned by memfd_create and nothing else refers to it.
-    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let n = io::copy(&mut src.take(len), &mut copy)?;
-    if n != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "message file shorter than recorded",
-        ));
-    }
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Seals a copy against any change (write, grow, shrink, more seals).
+fn seal(copy: std::fs::File) -> io::Result<std::fs::File> {
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
     // SAFETY: fcntl(F_ADD_SEALS) on a descriptor we own, with an integer argument.
     if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
@@ -424,6 +467,22 @@ mod tests {
         random_bytes(&mut a).unwrap();
         random_bytes(&mut b).unwrap();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn sealed_copy_of_ranges() {
+        use std::io::{Read, Seek, Write};
+        let mut src = new_memfd().unwrap();
+        src.write_all(b"streamed bytes|HEAD|envelope").unwrap();
+        let mut c = sealed_copy(&src, &[(15, 5), (0, 14)]).unwrap();
+        let mut got = String::new();
+        c.rewind().unwrap();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "HEAD|streamed bytes");
+        assert!(c.write_all(b"x").is_err(), "sealed against writes");
+        assert!(is_sealed_copy(&c, nix::unistd::getuid().as_raw()));
+        // A range beyond the end of the file is an error, not a short copy.
+        assert!(sealed_copy(&src, &[(20, 100)]).is_err());
     }
 
     #[test]

@@ -396,12 +396,9 @@ impl Lspawn {
         path: &std::path::Path,
     ) -> Result<(File, u64), (i32, String)> {
         if !self.copies.contains_key(id) {
-            let mut qf = QueueFile::open_strict(path)
+            let qf = QueueFile::open_strict(path)
                 .map_err(|e| (111, format!("cannot open message {id}: {e}")))?;
-            let len = qf.message_len;
-            let mem = qf
-                .message_reader()
-                .and_then(|mut r| ferry_sys::sealed_copy(&mut r, len))
+            let mem = ferry_sys::sealed_copy(&qf.file, &qf.message_ranges())
                 .map_err(|e| (111, format!("cannot copy message {id}: {e}")))?;
             self.copies.insert(*id, (mem, qf.message_len, 0));
         }
