@@ -216,15 +216,17 @@ fn failed_bdat_leaves_no_transaction_behind() {
 }
 
 /// Item 4: parameters that are not advertised get 555 5.5.4; SMTPUTF8 is recorded in the
-/// envelope of the queue file (the `U` record).
+/// envelope of the queue file (the `U` record), and so are the DSN parameters (issue 11:
+/// `R`, `E` after the sender, `N`, `O` after their recipient).
 #[test]
 fn unadvertised_parameters_555_and_smtputf8_is_recorded() {
     let mut env = Env::new();
     // No send: the message stays in the queue to be looked at.
     let port = env.start_smtpd();
     let mut s = Smtp::connect(port);
-    assert_eq!(s.cmd("EHLO x.test").0, 250);
-    for p in ["RET=FULL", "ENVID=abc", "BODY=BINARYMIME", "AUTH=<>"] {
+    let (code, ehlo) = s.cmd("EHLO x.test");
+    assert!(code == 250 && ehlo.contains("DSN"), "{ehlo}");
+    for p in ["BODY=BINARYMIME", "AUTH=<>"] {
         let (code, text) = s.cmd(&format!("MAIL FROM:<a@test.example> {p}"));
         assert_eq!(code, 555, "{p}: {text}");
         assert!(text.contains("5.5.4"), "{text}");
@@ -233,13 +235,25 @@ fn unadvertised_parameters_555_and_smtputf8_is_recorded() {
         s.cmd("MAIL FROM:<u@test.example> SMTPUTF8 BODY=8BITMIME").0,
         250
     );
-    for p in ["NOTIFY=NEVER", "ORCPT=rfc822;x@test.example"] {
-        let (code, text) = s.cmd(&format!("RCPT TO:<utf@localhost> {p}"));
-        assert_eq!(code, 555, "{p}: {text}");
-    }
+    assert_eq!(s.cmd("RCPT TO:<utf@localhost> NOTIFY=SOMETIMES").0, 501);
     assert_eq!(s.cmd("RCPT TO:<utf@localhost>").0, 250);
     assert_eq!(s.cmd("DATA").0, 354);
     s.send("Subject: caf\u{e9}\r\n\r\nhi\r\n".as_bytes());
+    assert_eq!(s.cmd(".").0, 250);
+    // DSN parameters, through qwriter's N record into the envelope.
+    assert_eq!(
+        s.cmd("MAIL FROM:<dsn@test.example> RET=HDRS ENVID=QQ+2B1")
+            .0,
+        250
+    );
+    assert_eq!(s.cmd("RCPT TO:<utf@localhost>").0, 250);
+    assert_eq!(
+        s.cmd("RCPT TO:<utf2@localhost> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Utf2+40localhost")
+            .0,
+        250
+    );
+    assert_eq!(s.cmd("DATA").0, 354);
+    s.send(b"Subject: dsn\r\n\r\nhi\r\n");
     assert_eq!(s.cmd(".").0, 250);
     // And a transaction without SMTPUTF8 has no U record.
     assert_eq!(s.cmd("MAIL FROM:<plain@test.example>").0, 250);
@@ -249,6 +263,7 @@ fn unadvertised_parameters_555_and_smtputf8_is_recorded() {
     assert_eq!(s.cmd(".").0, 250);
     let mut utf8 = 0;
     let mut plain = 0;
+    let mut dsn = 0;
     for f in env.queue_files() {
         let bytes = std::fs::read(env.path("queue").join(&f)).unwrap();
         let has = |pat: &[u8]| bytes.windows(pat.len()).any(|w| w == pat);
@@ -258,8 +273,15 @@ fn unadvertised_parameters_555_and_smtputf8_is_recorded() {
         if has(b"Fplain@test.example\0Tutf@localhost\0") {
             plain += 1;
         }
+        if has(b"Fdsn@test.example\0RHDRS\0EQQ+1\0Tutf@localhost\0Tutf2@localhost\0NSUCCESS,DELAY\0Orfc822;Utf2@localhost\0\0") {
+            dsn += 1;
+        }
     }
-    assert!(utf8 >= 1 && plain >= 1, "{:?}", env.queue_files());
+    assert!(
+        utf8 >= 1 && plain >= 1 && dsn >= 1,
+        "{:?}",
+        env.queue_files()
+    );
 }
 
 fn with_received(n: usize) -> String {

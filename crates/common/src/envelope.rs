@@ -1,7 +1,15 @@
 //! The envelope in the qmail-queue format: `F<sender>\0`, then `T<recipient>\0` for each
-//! recipient, then a final `\0`. One extension: a `U\0` record right after the sender marks a
-//! transaction that was received with SMTPUTF8 (RFC 6531), which relaying must keep. `queue` reads it on fd 1; the queue file keeps it after the
-//! message (see [`crate::queue`]).
+//! recipient, then a final `\0`. Extensions, each a record of its own that older files simply
+//! lack:
+//! - `U\0` right after the sender: the transaction was received with SMTPUTF8 (RFC 6531),
+//!   which relaying must keep;
+//! - after the sender (and `U`), the DSN parameters of MAIL (RFC 3461): `RFULL\0` or
+//!   `RHDRS\0`, and `E<envid>\0` (xtext-decoded);
+//! - after a `T` record, the DSN parameters of that recipient's RCPT: `N<notify>\0` (NEVER, or
+//!   a comma-separated list of SUCCESS, FAILURE, DELAY) and `O<orcpt>\0` (e.g.
+//!   `rfc822;joe@example.org`, xtext-decoded).
+//!
+//! `queue` reads it on fd 1; the queue file keeps it after the message (see [`crate::queue`]).
 
 use std::fmt;
 
@@ -14,12 +22,118 @@ pub const MAX_ENVELOPE: usize = 16 << 20;
 /// The internal sender of a double bounce (qmail's convention): its failures are dropped.
 pub const DOUBLE_BOUNCE_SENDER: &str = "#@[]";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Envelope {
     pub sender: String,
     pub recipients: Vec<String>,
     /// The message was received with the SMTPUTF8 parameter (recorded as `U\0`).
     pub smtputf8: bool,
+    /// The DSN parameters (RFC 3461), if any were given.
+    pub dsn: Dsn,
+}
+
+/// `RET=`: what a failure report returns of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+/// The NOTIFY of one recipient: which reports its sender asked for (RFC 3461 §4.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+    /// NOTIFY=NEVER (all three false).
+    pub never: bool,
+}
+
+impl Notify {
+    /// No NOTIFY given: failures and delays are reported (RFC 3461 §4.1: the MTA's choice;
+    /// this is what Postfix and Exim do).
+    pub const DEFAULT: Notify = Notify {
+        success: false,
+        failure: true,
+        delay: true,
+        never: false,
+    };
+
+    /// `NEVER`, or a comma-separated list of SUCCESS, FAILURE, DELAY (any case).
+    pub fn parse(s: &str) -> Option<Notify> {
+        if s.eq_ignore_ascii_case("NEVER") {
+            return Some(Notify {
+                never: true,
+                ..Notify::default()
+            });
+        }
+        let mut n = Notify::default();
+        for w in s.split(',') {
+            match w.to_ascii_uppercase().as_str() {
+                "SUCCESS" => n.success = true,
+                "FAILURE" => n.failure = true,
+                "DELAY" => n.delay = true,
+                _ => return None,
+            }
+        }
+        Some(n)
+    }
+
+    pub fn encode(&self) -> String {
+        if self.never {
+            return "NEVER".into();
+        }
+        let mut w = Vec::new();
+        for (on, name) in [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ] {
+            if on {
+                w.push(name);
+            }
+        }
+        w.join(",")
+    }
+}
+
+/// The DSN parameters of one recipient.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RcptDsn {
+    pub notify: Option<Notify>,
+    /// ORCPT, xtext-decoded: `addr-type;address`.
+    pub orcpt: Option<String>,
+}
+
+impl RcptDsn {
+    /// The reports asked for: its NOTIFY, else [`Notify::DEFAULT`].
+    pub fn wants(&self) -> Notify {
+        self.notify.unwrap_or(Notify::DEFAULT)
+    }
+}
+
+/// The DSN parameters of a transaction (RFC 3461).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dsn {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// One per recipient, in the envelope's order; empty when no recipient had any.
+    pub rcpts: Vec<RcptDsn>,
+}
+
+impl Dsn {
+    /// The parameters of recipient `i` (none given: the default).
+    pub fn rcpt(&self, i: usize) -> RcptDsn {
+        self.rcpts.get(i).cloned().unwrap_or_default()
+    }
+}
+
+/// ENVID is at most 100 characters, ORCPT 500 (RFC 3461 §4.4, §4.2); both printable ASCII.
+fn check_dsn_text(v: &[u8], max: usize) -> Result<String, EnvelopeError> {
+    if v.is_empty() || v.len() > max || !v.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return Err(EnvelopeError::BadRecord);
+    }
+    Ok(String::from_utf8_lossy(v).into_owned())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,12 +208,39 @@ impl Envelope {
         if smtputf8 {
             pos += 2;
         }
+        let mut dsn = Dsn::default();
         let mut recipients = Vec::new();
         loop {
             match buf.get(pos) {
                 None => return Err(EnvelopeError::Truncated),
                 Some(0) if pos + 1 == buf.len() => break,
                 Some(0) => return Err(EnvelopeError::BadRecord),
+                Some(k @ (b'R' | b'E')) if recipients.is_empty() => {
+                    let (rec, next) = record(pos).ok_or(EnvelopeError::Truncated)?;
+                    if *k == b'R' {
+                        dsn.ret = Some(match &rec[1..] {
+                            b"FULL" => Ret::Full,
+                            b"HDRS" => Ret::Hdrs,
+                            _ => return Err(EnvelopeError::BadRecord),
+                        });
+                    } else {
+                        dsn.envid = Some(check_dsn_text(&rec[1..], 100)?);
+                    }
+                    pos = next;
+                }
+                Some(k @ (b'N' | b'O')) if !recipients.is_empty() => {
+                    let (rec, next) = record(pos).ok_or(EnvelopeError::Truncated)?;
+                    dsn.rcpts.resize(recipients.len(), RcptDsn::default());
+                    let last = dsn.rcpts.last_mut().ok_or(EnvelopeError::BadRecord)?;
+                    if *k == b'N' {
+                        let text =
+                            std::str::from_utf8(&rec[1..]).map_err(|_| EnvelopeError::BadRecord)?;
+                        last.notify = Some(Notify::parse(text).ok_or(EnvelopeError::BadRecord)?);
+                    } else {
+                        last.orcpt = Some(check_dsn_text(&rec[1..], 500)?);
+                    }
+                    pos = next;
+                }
                 Some(b'T') => {
                     let (rec, next) = record(pos).ok_or(EnvelopeError::Truncated)?;
                     if recipients.len() >= MAX_RECIPIENTS {
@@ -118,10 +259,14 @@ impl Envelope {
         if recipients.is_empty() {
             return Err(EnvelopeError::NoRecipients);
         }
+        if !dsn.rcpts.is_empty() {
+            dsn.rcpts.resize(recipients.len(), RcptDsn::default());
+        }
         Ok(Envelope {
             sender,
             recipients,
             smtputf8,
+            dsn,
         })
     }
 
@@ -135,10 +280,29 @@ impl Envelope {
         if self.smtputf8 {
             v.extend_from_slice(b"U\0");
         }
-        for r in &self.recipients {
-            v.push(b'T');
-            v.extend_from_slice(r.as_bytes());
+        let field = |v: &mut Vec<u8>, kind: u8, text: &str| {
+            v.push(kind);
+            v.extend_from_slice(text.as_bytes());
             v.push(0);
+        };
+        match self.dsn.ret {
+            Some(Ret::Full) => field(&mut v, b'R', "FULL"),
+            Some(Ret::Hdrs) => field(&mut v, b'R', "HDRS"),
+            None => {}
+        }
+        if let Some(e) = &self.dsn.envid {
+            field(&mut v, b'E', e);
+        }
+        for (i, r) in self.recipients.iter().enumerate() {
+            field(&mut v, b'T', r);
+            if let Some(d) = self.dsn.rcpts.get(i) {
+                if let Some(n) = d.notify {
+                    field(&mut v, b'N', &n.encode());
+                }
+                if let Some(o) = &d.orcpt {
+                    field(&mut v, b'O', o);
+                }
+            }
         }
         v.push(0);
         v
@@ -155,6 +319,7 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into(), "e@f".into()],
             smtputf8: false,
+            dsn: Default::default(),
         };
         assert_eq!(e.encode(), b"Fa@b.example\0Tc@d.example\0Te@f\0\0");
         assert_eq!(Envelope::parse(&e.encode()).unwrap(), e);
@@ -168,8 +333,52 @@ mod tests {
             sender: String::new(),
             recipients: vec!["x@y".into()],
             smtputf8: false,
+            dsn: Default::default(),
         };
         assert_eq!(Envelope::parse(&null.encode()).unwrap(), null);
+    }
+
+    #[test]
+    fn dsn_roundtrip() {
+        let e = Envelope {
+            sender: "a@b.example".into(),
+            recipients: vec!["c@d.example".into(), "e@f".into()],
+            smtputf8: false,
+            dsn: Dsn {
+                ret: Some(Ret::Hdrs),
+                envid: Some("QQ314159".into()),
+                rcpts: vec![
+                    RcptDsn::default(),
+                    RcptDsn {
+                        notify: Notify::parse("success,Delay"),
+                        orcpt: Some("rfc822;e@f".into()),
+                    },
+                ],
+            },
+        };
+        assert_eq!(
+            e.encode(),
+            b"Fa@b.example\0RHDRS\0EQQ314159\0Tc@d.example\0Te@f\0NSUCCESS,DELAY\0Orfc822;e@f\0\0"
+        );
+        assert_eq!(Envelope::parse(&e.encode()).unwrap(), e);
+        assert_eq!(e.dsn.rcpt(0).wants(), Notify::DEFAULT);
+        assert!(e.dsn.rcpt(1).wants().success && !e.dsn.rcpt(1).wants().failure);
+        assert!(Notify::parse("NEVER").unwrap().never);
+        assert!(Notify::parse("NEVER,SUCCESS").is_none());
+        // DSN records out of place, or with bad values, are refused.
+        for bad in [
+            &b"Fa\0Tb\0RFULL\0\0"[..],
+            b"Fa\0NSUCCESS\0Tb\0\0",
+            b"Fa\0RSOME\0Tb\0\0",
+            b"Fa\0Tb\0NSOMETIMES\0\0",
+            b"Fa\0E\0Tb\0\0",
+        ] {
+            assert_eq!(
+                Envelope::parse(bad),
+                Err(EnvelopeError::BadRecord),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

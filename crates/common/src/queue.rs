@@ -555,6 +555,11 @@ impl QueueFile {
         Ok(MessageReader { qf: self, pos: 0 })
     }
 
+    /// [`QueueFile::message_reader`] through a shared reference (it reads with pread).
+    pub fn message_reader_ref(&self) -> impl Read + '_ {
+        MessageReader { qf: self, pos: 0 }
+    }
+
     /// The message's header section (up to the first empty line), at most `max` bytes.
     pub fn read_head(&self, max: usize) -> io::Result<Vec<u8>> {
         let want = (self.message_len as usize).min(max);
@@ -642,6 +647,7 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
             smtputf8: false,
+            dsn: Default::default(),
         }
     }
 

@@ -13,6 +13,10 @@
 //!   authverify, with spfpolicy and dmarcpolicy), `sign` when it is to be DKIM-signed (a relay
 //!   client's or an authenticated user's). smtpd keeps every `B`
 //!   within [`MAX_RCPT_BYTES`] of recipients, so that it always fits in one record.
+//! - `N txn ret envid notify orcpt notify orcpt ...` right after `B` when the transaction had
+//!   DSN parameters (RFC 3461; [`dsn_record`]): RET (`FULL`, `HDRS` or empty), ENVID, and for
+//!   each recipient of `B` in order its NOTIFY (as crate::envelope writes it, or empty) and
+//!   ORCPT (or empty). qwriter keeps them in the envelope.
 //! - `C txn bytes` the next piece of the message (LF line ends, dot-unstuffed).
 //! - `E txn` the message is complete: commit it.
 //! - `A txn` forget it (the client went away, or it was refused).
@@ -36,11 +40,61 @@
 
 use crate::config::AuthMode;
 use crate::date;
+use crate::envelope::{Dsn, Notify, RcptDsn, Ret};
+use crate::record::Record;
 use std::time::Duration;
 
 /// Bytes of recipient fields (4 + length each) one `B` record may carry: the record limit less
 /// room for the other fields (each bounded: helo 512, sender 1000, tls 100, ...).
 pub const MAX_RCPT_BYTES: usize = crate::record::MAX_RECORD - 64 * 1024;
+
+/// The `N` record of transaction `txn`.
+pub fn dsn_record(txn: u64, dsn: &Dsn) -> Record {
+    let ret = match dsn.ret {
+        Some(Ret::Full) => "FULL",
+        Some(Ret::Hdrs) => "HDRS",
+        None => "",
+    };
+    let mut r = Record::new(b'N')
+        .with_u64(txn)
+        .with(ret)
+        .with(dsn.envid.as_deref().unwrap_or(""));
+    for d in &dsn.rcpts {
+        r.push(d.notify.map(|n| n.encode()).unwrap_or_default());
+        r.push(d.orcpt.as_deref().unwrap_or(""));
+    }
+    r
+}
+
+/// The DSN parameters of an `N` record (checked again when the envelope is parsed).
+pub fn parse_dsn_record(r: &Record) -> std::io::Result<Dsn> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad N record");
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let ret = match r.str(1)? {
+        "" => None,
+        "FULL" => Some(Ret::Full),
+        "HDRS" => Some(Ret::Hdrs),
+        _ => return Err(bad()),
+    };
+    let mut rcpts = Vec::new();
+    let mut i = 3;
+    while i + 1 < r.fields.len() {
+        let notify = match r.str(i)? {
+            "" => None,
+            n => Some(Notify::parse(n).ok_or_else(bad)?),
+        };
+        rcpts.push(RcptDsn {
+            notify,
+            orcpt: text(r.str(i + 1)?),
+        });
+        i += 2;
+    }
+    Ok(Dsn {
+        ret,
+        envid: text(r.str(2)?),
+        rcpts,
+    })
+}
 
 /// The longest message qwriter waits for its commit while input keeps coming.
 pub const MAX_COMMIT_WAIT: Duration = Duration::from_millis(50);

@@ -323,6 +323,7 @@ fn forward(root: &Root, job: &Job, targets: Vec<String>) -> Outcome {
         sender: job.sender.clone(),
         recipients: targets,
         smtputf8: false,
+        dsn: Default::default(),
     };
     match inject::run_queue_forward(root, &job.msg.file, &job.recipient, &env) {
         Ok(r) if r.code == 0 => Outcome::Done(String::new()),

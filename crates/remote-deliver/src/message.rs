@@ -170,6 +170,7 @@ mod tests {
                 sender: "a@b".into(),
                 recipients: vec!["c@d".into()],
                 smtputf8,
+                dsn: Default::default(),
             }
             .encode(),
         );
@@ -202,6 +203,7 @@ mod tests {
                 sender: "a@b".into(),
                 recipients: vec!["c@d".into()],
                 smtputf8: false,
+                dsn: Default::default(),
             }
             .encode(),
         );

@@ -1,16 +1,54 @@
-//! Bounces (RFC 3464 delivery status notifications): a multipart/report with a human part,
-//! a message/delivery-status part, and the original message's header.
+//! Delivery status notifications (RFC 3464): a multipart/report with a human part, a
+//! message/delivery-status part, and the original message (its header, or all of it when the
+//! sender asked RET=FULL of a failure report and it is at most [`MAX_RETURNED`]).
 //!
-//! No bounce goes to the null sender: a failed message from `<>` (itself a bounce) goes once
+//! One report per finished message covers what its sender asked for (RFC 3461 NOTIFY, the
+//! default being failures): failed recipients (`Action: failed`), and with NOTIFY=SUCCESS the
+//! delivered ones (`Action: delivered` into a mailbox here, `Action: relayed` to another
+//! server, which gets no DSN parameters from ferry). NOTIFY=NEVER asks for none.
+//!
+//! No report goes to the null sender: a failed message from `<>` (itself a bounce) goes once
 //! to `doublebounceto` with the internal sender `#@[]`, and a failure of that is dropped.
 
 use ferry_common::config::Config;
 use ferry_common::envelope::{DOUBLE_BOUNCE_SENDER, Envelope};
 use ferry_common::{addr, date};
 
-pub struct Failed {
+/// The largest message a RET=FULL failure report returns whole; a larger one returns its header.
+pub const MAX_RETURNED: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delivered,
+    Relayed,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient of a report.
+pub struct Entry {
     pub addr: String,
+    pub action: Action,
+    /// The failure, or what the delivery said.
     pub text: String,
+    /// ORCPT of its RCPT (`rfc822;addr`).
+    pub orcpt: Option<String>,
+}
+
+/// What the report returns of the original message.
+pub enum Original<'a> {
+    Header(&'a [u8]),
+    /// The whole message (RET=FULL of a failure report).
+    Full(&'a [u8]),
 }
 
 pub struct Bounce {
@@ -41,28 +79,55 @@ fn diagnostic(text: &str) -> String {
     let b = text.as_bytes();
     let smtp =
         b.len() >= 4 && b[..3].iter().all(|c| c.is_ascii_digit()) && (b[3] == b' ' || b[3] == b'-');
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(500)
-        .collect();
-    format!("{}; {}", if smtp { "smtp" } else { "x-unix" }, clean)
+    format!(
+        "{}; {}",
+        if smtp { "smtp" } else { "x-unix" },
+        clean(text, 500)
+    )
 }
 
-/// The bounce for a message whose `failed` recipients could not be delivered, or None when
-/// it must be dropped (a failed double bounce).
+/// The server named in remote-deliver's failure text, `REPLY (HOST[IP] after STEP)`.
+fn remote_mta(text: &str) -> Option<String> {
+    let (_, tail) = text.rsplit_once(" (")?;
+    let (host, _) = tail.split_once(" after ")?;
+    let host = host.split('[').next()?.trim();
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then(|| host.to_string())
+}
+
+fn clean(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect()
+}
+
+/// The report for a message whose `entries` have their final state, or None when nothing
+/// may be sent (a failed double bounce; successes to the null sender).
 pub fn build(
     cfg: &Config,
     id: &str,
     sender: &str,
     birth: u64,
-    failed: &[Failed],
-    original_header: &[u8],
+    envid: Option<&str>,
+    entries: &[Entry],
+    original: Original<'_>,
 ) -> Option<Bounce> {
     if sender == DOUBLE_BOUNCE_SENDER {
         return None;
     }
     let double = sender.is_empty();
+    // A bounce gets no success report: only its failures, to the postmaster.
+    let entries: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| !double || e.action == Action::Failed)
+        .collect();
+    if entries.is_empty() {
+        return None;
+    }
+    let failures = entries
+        .iter()
+        .filter(|e| e.action == Action::Failed)
+        .count();
     let (to, env_sender) = if double {
         (
             addr::qualify(&cfg.doublebounceto, &cfg.defaultdomain),
@@ -82,8 +147,12 @@ pub fn build(
     m.push_str(&format!("To: <{to}>\n"));
     m.push_str(if double {
         "Subject: Undelivered bounce message\n"
-    } else {
+    } else if failures == entries.len() {
         "Subject: Undelivered Mail Returned to Sender\n"
+    } else if failures == 0 {
+        "Subject: Successful Mail Delivery Report\n"
+    } else {
+        "Subject: Delivery Status Notification\n"
     });
     m.push_str(&format!("Message-ID: <{now}.bounce-{id}@{}>\n", cfg.me));
     m.push_str("Auto-Submitted: auto-replied\nMIME-Version: 1.0\n");
@@ -95,42 +164,66 @@ pub fn build(
     m.push_str(&format!("This is the mail system at host {}.\n\n", cfg.me));
     if double {
         m.push_str("A message with an empty sender (a bounce or a notification) could not be\ndelivered, so it comes to you, the postmaster.\n\n");
-    } else {
+    } else if failures > 0 {
         m.push_str("I'm sorry to have to inform you that your message could not\nbe delivered to one or more recipients. It's attached below.\n\n");
         m.push_str("For further assistance, please send mail to postmaster.\n\n");
     }
-    for f in failed {
-        m.push_str(&format!(
-            "<{}>: {}\n\n",
-            f.addr,
-            f.text
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect::<String>()
-        ));
+    if failures < entries.len() {
+        m.push_str("Your message was delivered, or passed on, as you asked to be told:\n\n");
+    }
+    for e in &entries {
+        let what = match e.action {
+            Action::Failed => clean(&e.text, 2000),
+            Action::Delivered => "delivered to mailbox".to_string(),
+            Action::Relayed => "relayed to a server that sends no delivery report".to_string(),
+        };
+        m.push_str(&format!("<{}>: {what}\n\n", e.addr));
     }
     m.push_str(&format!("--{boundary}\nContent-Description: Delivery report\nContent-Type: message/delivery-status\n\n"));
-    m.push_str(&format!(
-        "Reporting-MTA: dns; {}\nX-Ferry-Queue-ID: {id}\n",
-        cfg.me
-    ));
+    m.push_str(&format!("Reporting-MTA: dns; {}\n", cfg.me));
+    if let Some(e) = envid {
+        m.push_str(&format!("Original-Envelope-Id: {}\n", clean(e, 100)));
+    }
+    m.push_str(&format!("X-Ferry-Queue-ID: {id}\n"));
     if !double {
         m.push_str(&format!("X-Ferry-Sender: rfc822; {sender}\n"));
     }
     m.push_str(&format!("Arrival-Date: {}\n", date::rfc5322(birth)));
-    for f in failed {
+    for e in &entries {
+        m.push('\n');
+        if let Some(o) = &e.orcpt {
+            m.push_str(&format!("Original-Recipient: {}\n", clean(o, 500)));
+        }
+        let status = match e.action {
+            Action::Failed => status_of(&e.text),
+            _ => "2.0.0".to_string(),
+        };
         m.push_str(&format!(
-            "\nFinal-Recipient: rfc822; {}\nAction: failed\nStatus: {}\nDiagnostic-Code: {}\nLast-Attempt-Date: {}\n",
-            f.addr,
-            status_of(&f.text),
-            diagnostic(&f.text),
-            date::rfc5322(now)
+            "Final-Recipient: rfc822; {}\nAction: {}\nStatus: {status}\n",
+            e.addr,
+            e.action.name()
         ));
+        if let Some(host) = remote_mta(&e.text) {
+            m.push_str(&format!("Remote-MTA: dns; {host}\n"));
+        }
+        if e.action == Action::Failed {
+            m.push_str(&format!("Diagnostic-Code: {}\n", diagnostic(&e.text)));
+        }
+        m.push_str(&format!("Last-Attempt-Date: {}\n", date::rfc5322(now)));
     }
-    m.push_str(&format!("\n--{boundary}\nContent-Description: Undelivered Message Headers\nContent-Type: text/rfc822-headers\n\n"));
+    let (description, kind, body) = match original {
+        Original::Full(b) => ("Undelivered Message", "message/rfc822", b),
+        Original::Header(h) if failures > 0 => {
+            ("Undelivered Message Headers", "text/rfc822-headers", h)
+        }
+        Original::Header(h) => ("Message Headers", "text/rfc822-headers", h),
+    };
+    m.push_str(&format!(
+        "\n--{boundary}\nContent-Description: {description}\nContent-Type: {kind}\n\n"
+    ));
     let mut message = m.into_bytes();
-    message.extend_from_slice(original_header);
-    if !original_header.ends_with(b"\n") {
+    message.extend_from_slice(body);
+    if !body.ends_with(b"\n") {
         message.push(b'\n');
     }
     message.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
@@ -138,7 +231,7 @@ pub fn build(
         envelope: Envelope {
             sender: env_sender,
             recipients: vec![to],
-            smtputf8: false,
+            ..Default::default()
         },
         message,
     })
@@ -164,16 +257,24 @@ mod tests {
         assert_eq!(status_of("program exited 100"), "5.0.0");
         assert_eq!(diagnostic("550 5.1.1 nope"), "smtp; 550 5.1.1 nope");
         assert_eq!(diagnostic("no mailbox"), "x-unix; no mailbox");
+        assert_eq!(
+            remote_mta("550 5.1.1 no (mx.example.org[192.0.2.1] after RCPT)").as_deref(),
+            Some("mx.example.org")
+        );
+        assert_eq!(remote_mta("no mailbox"), None);
     }
 
     #[test]
     fn bounce_double_bounce_and_drop() {
         let (_d, c) = cfg();
-        let f = vec![Failed {
+        let f = vec![Entry {
             addr: "x@mx.example.org".into(),
+            action: Action::Failed,
             text: "5.1.1 no such user".into(),
+            orcpt: None,
         }];
-        let b = build(&c, "abc", "s@else.example", 1, &f, b"Subject: hi\n").unwrap();
+        let hi = Original::Header(b"Subject: hi\n");
+        let b = build(&c, "abc", "s@else.example", 1, None, &f, hi).unwrap();
         assert_eq!(b.envelope.sender, "");
         assert_eq!(b.envelope.recipients, vec!["s@else.example"]);
         let text = String::from_utf8(b.message).unwrap();
@@ -181,9 +282,50 @@ mod tests {
             "Final-Recipient: rfc822; x@mx.example.org\nAction: failed\nStatus: 5.1.1\n"
         ));
         assert!(text.contains("Content-Type: text/rfc822-headers\n\nSubject: hi\n"));
-        let d = build(&c, "abc", "", 1, &f, b"").unwrap();
+        let d = build(&c, "abc", "", 1, None, &f, Original::Header(b"")).unwrap();
         assert_eq!(d.envelope.sender, "#@[]");
         assert_eq!(d.envelope.recipients, vec!["postmaster@mx.example.org"]);
-        assert!(build(&c, "abc", "#@[]", 1, &f, b"").is_none());
+        assert!(build(&c, "abc", "#@[]", 1, None, &f, Original::Header(b"")).is_none());
+    }
+
+    #[test]
+    fn success_and_failure_in_one_report() {
+        let (_d, c) = cfg();
+        let e = vec![
+            Entry {
+                addr: "a@mx.example.org".into(),
+                action: Action::Delivered,
+                text: String::new(),
+                orcpt: Some("rfc822;A@mx.example.org".into()),
+            },
+            Entry {
+                addr: "b@far.example".into(),
+                action: Action::Relayed,
+                text: "250 ok (mx.far.example[192.0.2.9] after DATA)".into(),
+                orcpt: None,
+            },
+        ];
+        let b = build(
+            &c,
+            "id",
+            "s@else.example",
+            1,
+            Some("E1"),
+            &e,
+            Original::Header(b"S: x\n"),
+        )
+        .unwrap();
+        let t = String::from_utf8(b.message).unwrap();
+        assert!(
+            t.contains("Subject: Successful Mail Delivery Report\n"),
+            "{t}"
+        );
+        assert!(t.contains("Original-Envelope-Id: E1\n"), "{t}");
+        assert!(t.contains(
+            "Original-Recipient: rfc822;A@mx.example.org\nFinal-Recipient: rfc822; a@mx.example.org\nAction: delivered\nStatus: 2.0.0\n"
+        ));
+        assert!(t.contains("Action: relayed\nStatus: 2.0.0\nRemote-MTA: dns; mx.far.example\n"));
+        // Successes of a bounce are not reported.
+        assert!(build(&c, "id", "", 1, None, &e, Original::Header(b"")).is_none());
     }
 }

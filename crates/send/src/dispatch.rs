@@ -1,8 +1,9 @@
 //! Running deliveries and acting on their results.
 
-use crate::bounce::{self, Failed};
+use crate::bounce;
 use crate::sched::{Job, Scheduler};
 use crate::state::{self, Msg};
+use ferry_common::envelope::Ret;
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, Channel, State};
 use ferry_common::queue::QueueFile;
@@ -10,6 +11,7 @@ use ferry_common::record::Record;
 use ferry_common::route::{Dest, Resolved};
 use ferry_common::{addr, date, durable, inject, log, status};
 use std::fs::File;
+use std::io::Read;
 
 /// Most recipients in one remote job (one SMTP transaction).
 const MAX_RCPTS_PER_JOB: usize = 100;
@@ -369,6 +371,7 @@ impl Scheduler {
             }
             self.dirty.insert(id);
         }
+        let asks_success = m.asks_success;
         let rc = &mut m.rcpts[idx];
         rc.state = state;
         match state {
@@ -386,6 +389,7 @@ impl Scheduler {
                     m.persist = true;
                 }
             }
+            State::Delivered if asks_success => rc.last_result = Some(text.to_string()),
             State::Delivered => {}
         }
         self.touched.insert(id);
@@ -420,34 +424,22 @@ impl Scheduler {
         }
     }
 
-    /// A message whose recipients all have their final state: bounce what failed, then remove it.
+    /// A message whose recipients all have their final state: report what its sender asked
+    /// for (failures, and successes with NOTIFY=SUCCESS: crate::bounce), then remove it.
     pub fn finish(&mut self, id: MsgId) {
         let Some(m) = self.msgs.get(&id) else { return };
-        if !m.deleting {
-            let failed: Vec<Failed> = m
-                .rcpts
-                .iter()
-                .filter(|r| r.state == State::Failed)
-                .map(|r| Failed {
-                    addr: r.addr.clone(),
-                    text: r
-                        .failure
-                        .as_ref()
-                        .map(|f| f.1.clone())
-                        .unwrap_or_else(|| "failed".into()),
-                })
-                .collect();
-            if !failed.is_empty()
-                && let Err(e) = self.send_bounce(m, &failed)
-            {
-                log!("{id}: cannot queue the bounce ({e}); trying again in a minute");
-                let when = date::now_secs() + 60;
-                self.finish_later.insert((when, id));
-                if let Some(m) = self.msgs.get_mut(&id) {
-                    m.finish_retry = Some(when);
-                }
-                return;
+        let reportable = m.asks_success || m.rcpts.iter().any(|r| r.state == State::Failed);
+        if !m.deleting
+            && reportable
+            && let Err(e) = self.send_report(m)
+        {
+            log!("{id}: cannot queue the delivery report ({e}); trying again in a minute");
+            let when = date::now_secs() + 60;
+            self.finish_later.insert((when, id));
+            if let Some(m) = self.msgs.get_mut(&id) {
+                m.finish_retry = Some(when);
             }
+            return;
         }
         if self.msgs.get(&id).is_some_and(|m| m.info.is_some()) {
             let _ = std::fs::remove_file(self.queue.info(&id));
@@ -458,29 +450,94 @@ impl Scheduler {
         log!("{id}: done");
     }
 
-    fn send_bounce(&self, m: &Msg, failed: &[Failed]) -> std::io::Result<()> {
+    /// The report of a finished message, from its recipients' states and the DSN parameters
+    /// in its envelope (each recipient's own, or those of the envelope recipient an alias
+    /// expanded it from).
+    fn send_report(&self, m: &Msg) -> std::io::Result<()> {
         let path = if m.loc == state::Loc::Mess {
             self.queue.mess(&m.id)
         } else {
             self.queue.todo(&m.id)
         };
-        let header = QueueFile::open(&path)
-            .and_then(|q| q.read_head(64 * 1024))
+        let qf = QueueFile::open(&path);
+        let env = qf
+            .as_ref()
+            .ok()
+            .and_then(|q| q.envelope().ok())
             .unwrap_or_default();
+        let mut entries = Vec::new();
+        for r in &m.rcpts {
+            let key = r.orig.as_deref().unwrap_or(&r.addr);
+            let dsn = env
+                .recipients
+                .iter()
+                .position(|e| e == key)
+                .map(|i| env.dsn.rcpt(i))
+                .unwrap_or_default();
+            let wants = dsn.wants();
+            let action = match (r.state, r.channel) {
+                (State::Failed, _) if wants.failure => bounce::Action::Failed,
+                (State::Delivered, Channel::Local) if wants.success => bounce::Action::Delivered,
+                (State::Delivered, Channel::Remote) if wants.success => bounce::Action::Relayed,
+                _ => continue,
+            };
+            let text = match action {
+                bounce::Action::Failed => r
+                    .failure
+                    .as_ref()
+                    .map(|f| f.1.clone())
+                    .unwrap_or_else(|| "failed".into()),
+                _ => r.last_result.clone().unwrap_or_default(),
+            };
+            entries.push(bounce::Entry {
+                addr: r.addr.clone(),
+                action,
+                text,
+                orcpt: dsn.orcpt,
+            });
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let failed = entries.iter().any(|e| e.action == bounce::Action::Failed);
+        let full = match &qf {
+            Ok(q)
+                if failed
+                    && env.dsn.ret == Some(Ret::Full)
+                    && q.message_len as usize <= bounce::MAX_RETURNED =>
+            {
+                let mut v = Vec::new();
+                q.message_reader_ref().read_to_end(&mut v).map(|_| v).ok()
+            }
+            _ => None,
+        };
+        let header = qf
+            .as_ref()
+            .ok()
+            .and_then(|q| q.read_head(64 * 1024).ok())
+            .unwrap_or_default();
+        let original = match &full {
+            Some(v) => bounce::Original::Full(v),
+            None => bounce::Original::Header(&header),
+        };
         let Some(b) = bounce::build(
             &self.cfg,
             &m.id.to_string(),
             &m.sender,
             m.birth,
-            failed,
-            &header,
+            env.dsn.envid.as_deref(),
+            &entries,
+            original,
         ) else {
-            log!("{}: a double bounce failed; dropped", m.id);
+            if failed {
+                log!("{}: a double bounce failed; dropped", m.id);
+            }
             return Ok(());
         };
         let r = inject::run_queue(&self.root, &mut b.message.as_slice(), &b.envelope)?;
         if r.code == 0 {
-            log!("{}: bounce to <{}> queued", m.id, b.envelope.recipients[0]);
+            let what = if failed { "bounce" } else { "success report" };
+            log!("{}: {what} to <{}> queued", m.id, b.envelope.recipients[0]);
             Ok(())
         } else {
             Err(std::io::Error::other(r.reason()))

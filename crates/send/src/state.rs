@@ -25,6 +25,8 @@ pub struct Rcpt {
     pub last_error: Option<(u64, String)>,
     /// The permanent failure, for the bounce.
     pub failure: Option<(u64, String)>,
+    /// What the delivery said, kept only for a success report (NOTIFY=SUCCESS).
+    pub last_result: Option<String>,
     /// When it is due (unix seconds), while it sits in the schedule.
     pub due: Option<u64>,
     /// Due and waiting in a ready list for a free delivery slot.
@@ -44,6 +46,7 @@ impl Rcpt {
             attempts: 0,
             last_error: None,
             failure: None,
+            last_result: None,
             due: None,
             ready: false,
             busy: false,
@@ -103,6 +106,9 @@ pub struct Msg {
     pub deleting: bool,
     /// The bounce could not be queued: try to finish again at this time.
     pub finish_retry: Option<u64>,
+    /// A recipient may have asked for a success report (NOTIFY=SUCCESS): the envelope is
+    /// read again when the message is finished. Unknown (true) for a message read from info/.
+    pub asks_success: bool,
 }
 
 impl Msg {
@@ -126,6 +132,7 @@ impl Msg {
                 .collect(),
             deleting: false,
             finish_retry: None,
+            asks_success: false,
         }
     }
 
@@ -141,6 +148,7 @@ impl Msg {
                 attempts: r.attempts,
                 last_error: r.last_error.clone(),
                 failure: r.failure.clone().map(|f| (0, f)),
+                last_result: None,
                 due: None,
                 ready: false,
                 busy: false,
@@ -159,6 +167,7 @@ impl Msg {
             rcpts,
             deleting: false,
             finish_retry: None,
+            asks_success: true,
         }
     }
 

@@ -135,7 +135,10 @@ impl Scheduler {
         let env = qf.envelope()?;
         let birth = qf.birth();
         let (rcpts, aliases) = self.expand(&env.recipients);
-        Ok(Some((Msg::new(id, birth, env.sender, rcpts), aliases)))
+        let asks_success = env.dsn.rcpts.iter().any(|d| d.wants().success);
+        let mut m = Msg::new(id, birth, env.sender, rcpts);
+        m.asks_success = asks_success;
+        Ok(Some((m, aliases)))
     }
 
     /// Expands aliases and decides the channel of each recipient; duplicates go.

@@ -10,6 +10,12 @@ pub struct Args {
     pub fullname: Option<String>,
     pub mode: Mode,
     pub recipients: Vec<String>,
+    /// -N: the NOTIFY of every recipient (never, or success,failure,delay).
+    pub notify: Option<String>,
+    /// -R: RET (full or hdrs).
+    pub ret: Option<String>,
+    /// -V: ENVID.
+    pub envid: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -77,6 +83,9 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             match c {
                 'f' | 'r' => a.sender = Some(value),
                 'F' => a.fullname = Some(value),
+                'N' => a.notify = Some(value),
+                'R' => a.ret = Some(value),
+                'V' => a.envid = Some(value),
                 'o' if value.starts_with('i') => a.ignore_dots = true,
                 'b' => {
                     a.mode = match value.as_str() {

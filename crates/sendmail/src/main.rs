@@ -1,6 +1,8 @@
 //! sendmail — the command that mutt, cron, git send-email and PHP call.
 //!
-//! Usage: `sendmail [-t] [-i|-oi] [-f sender] [-F fullname] [--] [recipient...]`;
+//! Usage: `sendmail [-t] [-i|-oi] [-f sender] [-F fullname] [-N notify] [-R ret] [-V envid]
+//! [--] [recipient...]` (-N never or success,failure,delay; -R full or hdrs: the DSN
+//! parameters of RFC 3461);
 //! `-bp` lists the queue (mailq), `-q` retries it now, `-bi` is accepted (nothing to rebuild).
 //! Other historic options (-oem, -B8BITMIME, -v, ...) are accepted and ignored.
 //!
@@ -173,10 +175,12 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
     if let Some(first) = &head.first_body_line {
         header.extend_from_slice(first);
     }
+    let dsn = dsn_options(&a, recipients.len()).unwrap_or_else(|why| fail(EX_USAGE, why));
     let env = Envelope {
         sender,
         recipients,
         smtputf8: false,
+        dsn,
     };
     let mut body = Body {
         input,
@@ -209,6 +213,36 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
         }
         Err(e) => fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")),
     }
+}
+
+/// The DSN parameters of `-N`, `-R` and `-V` (RFC 3461, as Sendmail's and Postfix's
+/// sendmail take them), for every recipient.
+fn dsn_options(a: &args::Args, recipients: usize) -> Result<envelope::Dsn, String> {
+    let mut dsn = envelope::Dsn::default();
+    if let Some(n) = &a.notify {
+        let notify = envelope::Notify::parse(n)
+            .ok_or_else(|| format!("-N {n:?}: say never, or a list of success, failure, delay"))?;
+        dsn.rcpts = vec![
+            envelope::RcptDsn {
+                notify: Some(notify),
+                orcpt: None,
+            };
+            recipients
+        ];
+    }
+    dsn.ret = match a.ret.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("full") => Some(envelope::Ret::Full),
+        Some("hdrs") => Some(envelope::Ret::Hdrs),
+        Some(other) => return Err(format!("-R {other:?}: say full or hdrs")),
+    };
+    if let Some(v) = &a.envid {
+        if v.is_empty() || v.len() > 100 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("-V {v:?}: at most 100 printable characters"));
+        }
+        dsn.envid = Some(v.clone());
+    }
+    Ok(dsn)
 }
 
 /// The envelope sender of `-f`: `''` or `<>` is the null sender; anything else must be an

@@ -453,6 +453,7 @@ impl Server {
                         smtputf8,
                         rcpts,
                         auth,
+                        dsn,
                     } => {
                         let txn = self.next_txn;
                         self.next_txn += 1;
@@ -485,6 +486,10 @@ impl Server {
                             r.push(rc);
                         }
                         self.writer_out.push(&r);
+                        if dsn != Default::default() {
+                            self.writer_out
+                                .push(&ferry_common::writer::dsn_record(txn, &dsn));
+                        }
                     }
                     Event::Chunk(bytes) => {
                         if let Some(t) = c.txn {

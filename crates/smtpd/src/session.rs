@@ -68,6 +68,8 @@ pub enum Event {
         rcpts: Vec<String>,
         /// The authenticated name (submission).
         auth: Option<String>,
+        /// The DSN parameters of MAIL and of each RCPT (RFC 3461).
+        dsn: ferry_common::envelope::Dsn,
     },
     Chunk(Vec<u8>),
     /// AUTH gave these credentials: check them and call [`Session::auth_result`].
@@ -116,6 +118,8 @@ struct Txn {
     sender: String,
     smtputf8: bool,
     rcpts: Vec<String>,
+    /// DSN parameters: RET and ENVID of MAIL, NOTIFY and ORCPT of each accepted RCPT.
+    dsn: ferry_common::envelope::Dsn,
     /// Bytes the recipients take in the writer's `B` record (4 + length each).
     rcpt_bytes: usize,
     /// Begin was sent to the writer.
@@ -135,6 +139,7 @@ impl Txn {
             sender,
             smtputf8,
             rcpts: Vec::new(),
+            dsn: Default::default(),
             rcpt_bytes: 0,
             begun: false,
             bytes: 0,
@@ -402,7 +407,14 @@ impl Session {
                     "SIZE".into()
                 });
                 lines.extend(
-                    ["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"].map(String::from),
+                    [
+                        "8BITMIME",
+                        "ENHANCEDSTATUSCODES",
+                        "SMTPUTF8",
+                        "CHUNKING",
+                        "DSN",
+                    ]
+                    .map(String::from),
                 );
                 if self.tls_offered && self.tls.is_none() {
                     lines.push("STARTTLS".into());
@@ -435,10 +447,8 @@ impl Session {
                     self.error(530, "5.7.0", "Authentication required", events);
                     return false;
                 }
-                // Not advertised (no DSN, no BINARYMIME; AUTH= only where AUTH is): refused.
-                if params.ret.is_some()
-                    || params.envid.is_some()
-                    || (params.auth.is_some() && !self.service.submission())
+                // Not advertised (no BINARYMIME; AUTH= only where AUTH is): refused.
+                if (params.auth.is_some() && !self.service.submission())
                     || params.body == Some(Body::BinaryMime)
                 {
                     self.error(555, "5.5.4", "Error: MAIL parameter not supported", events);
@@ -470,6 +480,11 @@ impl Session {
                     return false;
                 }
                 let mut txn = Txn::new(sender, params.smtputf8);
+                txn.dsn.ret = params.ret.map(|r| match r {
+                    ferry_smtp::Ret::Full => ferry_common::envelope::Ret::Full,
+                    ferry_smtp::Ret::Hdrs => ferry_common::envelope::Ret::Hdrs,
+                });
+                txn.dsn.envid = params.envid.clone();
                 txn.fix = Some(if self.client.relay || self.auth.is_some() {
                     // Submitted mail (RFC 6409 §8): missing fields added; Bcc removed.
                     Fixer::new(&txn.sender, p.me(), self.auth.is_some())
@@ -484,19 +499,18 @@ impl Session {
                 let Some(txn) = &self.txn else {
                     return self.sequence("Error: need MAIL command", events);
                 };
-                if params.notify.is_some() || params.orcpt.is_some() {
-                    self.error(555, "5.5.4", "Error: RCPT parameter not supported", events);
-                    return false;
-                }
                 let addr = match &to {
                     // RFC 5321 §4.5.1: always accepted, whatever the domains.
                     ForwardPath::Postmaster => p.postmaster(),
                     ForwardPath::Mailbox(m) => m.to_string(),
                 };
-                // Every accepted envelope must fit in the writer's record and the queue file.
+                // Every accepted envelope must fit in the writer's records and the queue file
+                // (its DSN parameters go into the `N` record: counted with it).
+                let d = rcpt_dsn(&params);
+                let size = 4 + addr.len() + d.orcpt.as_ref().map_or(0, |o| 16 + o.len());
                 if txn.rcpts.len() as u64 >= p.maxrcpt()
                     || txn.rcpts.len() >= ferry_common::envelope::MAX_RECIPIENTS
-                    || txn.rcpt_bytes + 4 + addr.len() > ferry_common::writer::MAX_RCPT_BYTES
+                    || txn.rcpt_bytes + size > ferry_common::writer::MAX_RCPT_BYTES
                 {
                     let r = Reply::new(452, "4.5.3", "Error: too many recipients");
                     denied(events, &txn.sender, Some(&addr), &r);
@@ -511,8 +525,12 @@ impl Session {
                 match verdict {
                     Ok(()) => {
                         if let Some(t) = self.txn.as_mut() {
-                            t.rcpt_bytes += 4 + addr.len();
+                            t.rcpt_bytes += size;
                             t.rcpts.push(addr);
+                            if d != ferry_common::envelope::RcptDsn::default() {
+                                t.dsn.rcpts.resize(t.rcpts.len() - 1, Default::default());
+                                t.dsn.rcpts.push(d);
+                            }
                         }
                         self.send(250, "2.1.5", "Ok");
                     }
@@ -733,6 +751,7 @@ impl Session {
                 smtputf8: t.smtputf8,
                 rcpts: t.rcpts.clone(),
                 auth: self.auth.clone(),
+                dsn: t.dsn.clone(),
             });
         }
         self.chunk.clear();
@@ -1028,4 +1047,22 @@ fn helo_acceptable(h: &str) -> bool {
 /// A client's HELO name as we repeat it: bounded, printable.
 fn clip(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(100).collect()
+}
+
+/// The DSN parameters of a RCPT command, in the envelope's terms.
+fn rcpt_dsn(params: &ferry_smtp::RcptParams) -> ferry_common::envelope::RcptDsn {
+    use ferry_smtp::Notify as N;
+    let notify = params.notify.as_ref().map(|items| {
+        let has = |n: N| items.contains(&n);
+        ferry_common::envelope::Notify {
+            never: has(N::Never),
+            success: has(N::Success),
+            failure: has(N::Failure),
+            delay: has(N::Delay),
+        }
+    });
+    ferry_common::envelope::RcptDsn {
+        notify,
+        orcpt: params.orcpt.clone(),
+    }
 }

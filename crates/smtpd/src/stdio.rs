@@ -44,12 +44,14 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                         sender,
                         rcpts,
                         smtputf8,
+                        dsn,
                         ..
                     } => {
                         env = Some(Envelope {
                             sender,
                             recipients: rcpts,
                             smtputf8,
+                            dsn,
                         });
                         message.clear();
                     }

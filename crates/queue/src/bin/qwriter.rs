@@ -2,7 +2,7 @@
 //!
 //! Started by smtpd (as root, before it drops to ferryd) with fd 0 a Unix stream socket; lives
 //! as long as smtpd. Speaks the protocol of crates/common/src/writer.rs: many sessions'
-//! messages arrive interleaved as `B`/`C`/`E`/`A` records; each is streamed into its own
+//! messages arrive interleaved as `B`/`N`/`C`/`E`/`A` records; each is streamed into its own
 //! tmp/ID as it comes (memory stays bounded), and every message completed (`E`) by the time
 //! the input runs dry — or at the latest `writer::MAX_COMMIT_WAIT` after the first of them
 //! completed, so that a steady stream cannot defer commits — is committed in one batch — one
@@ -220,6 +220,7 @@ impl Writer {
                     sender,
                     recipients: rcpts,
                     smtputf8,
+                    dsn: Default::default(),
                 };
                 // The envelope is checked now, so that a bad one never gets as far as a file.
                 if let Err(e) = Envelope::parse(&env.encode()) {
@@ -288,6 +289,24 @@ impl Writer {
                     Err(e) => {
                         log!("cannot start a message: {e}");
                         self.failed.insert(txn, e);
+                    }
+                }
+            }
+            // The DSN parameters of the message begun by `B`; checked as part of the envelope.
+            b'N' => {
+                let dsn = writer::parse_dsn_record(&r)?;
+                if let Some(o) = self.open.get_mut(&txn) {
+                    let mut env = o.env.clone();
+                    env.dsn = dsn;
+                    match Envelope::parse(&env.encode()) {
+                        Ok(_) if env.dsn.rcpts.len() <= env.recipients.len() => o.env = env,
+                        _ => {
+                            self.open.remove(&txn);
+                            self.failed.insert(
+                                txn,
+                                QueueError::new(status::QUEUE_BAD_ENVELOPE, "bad DSN parameters"),
+                            );
+                        }
                     }
                 }
             }
