@@ -69,7 +69,7 @@ fn size_and_mail_refusals_bounce_with_the_right_status() {
     for r in ["a@nomail.test", "b@nomail.test"] {
         assert!(
             t.contains(&format!(
-                "Final-Recipient: rfc822; {r}\nAction: failed\nStatus: 5.7.1\nDiagnostic-Code: smtp; 550 5.7.1 we do not talk to you"
+                "Final-Recipient: rfc822; {r}\nAction: failed\nStatus: 5.7.1\nRemote-MTA: dns; rx.nomail.test\nDiagnostic-Code: smtp; 550 5.7.1 we do not talk to you"
             )),
             "{t}"
         );

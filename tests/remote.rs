@@ -201,7 +201,7 @@ fn replies_at_each_step_decide_each_recipient() {
     // that failed (and nothing about the ones delivered).
     let b = env.wait_maildir(&bounces.maildir(), 1);
     let t = String::from_utf8_lossy(&b[0]);
-    assert!(t.contains("Final-Recipient: rfc822; gone@s.test\nAction: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1"), "{t}");
+    assert!(t.contains("Final-Recipient: rfc822; gone@s.test\nAction: failed\nStatus: 5.1.1\nRemote-MTA: dns; rx.s.test\nDiagnostic-Code: smtp; 550 5.1.1"), "{t}");
     assert!(!t.contains("Final-Recipient: rfc822; later@s.test"));
     env.wait_queue_empty();
 
