@@ -468,6 +468,26 @@ fn note(
     *proofs.entry(key).or_default() += 1;
 }
 
+/// Starts `cmd` (sendmail, or strace running it) with `-f sender@test.example TO` and writes
+/// a message with `subject` to its stdin.
+fn start_sendmail(mut cmd: std::process::Command, to: &str, subject: &str) -> std::process::Child {
+    use std::io::Write;
+    let mut child = cmd
+        .args(["-f", "sender@test.example", to])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&ferry_e2e::message(subject, "hello\n"))
+        .unwrap();
+    child
+}
+
 const SMTP_MESSAGES: usize = 5;
 const SENDMAIL_MESSAGES: usize = 3;
 const INJECTED_MESSAGES: usize = 3;
@@ -532,25 +552,14 @@ fn acknowledged_messages_were_synced_first() {
         let to = rcpts[i % rcpts.len()].ext_addr(&format!("m{i}"));
         expected_rcpts.push(to.clone());
         let out = root.join(format!("strace-sendmail-{i}.txt"));
-        let mut child = strace_command()
-            .args(trace::strace_args())
+        let mut cmd = strace_command();
+        cmd.args(trace::strace_args())
             .arg("-o")
             .arg(&out)
-            .arg(root.join("bin/sendmail"))
-            .args(["-f", "sender@test.example", &to])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+            .arg(root.join("bin/sendmail"));
+        let res = start_sendmail(cmd, &to, &format!("durability-m{i}"))
+            .wait_with_output()
             .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&ferry_e2e::message(&format!("durability-m{i}"), "hello\n"))
-            .unwrap();
-        let res = child.wait_with_output().unwrap();
         assert!(
             res.status.success(),
             "strace sendmail: {}",
@@ -583,21 +592,8 @@ fn acknowledged_messages_were_synced_first() {
         per_rcpt[i % rcpts.len()] += 1;
         let to = rcpts[i % rcpts.len()].ext_addr(&format!("i{i}"));
         expected_rcpts.push(to.clone());
-        let mut child = std::process::Command::new(root.join("bin/sendmail"))
-            .args(["-f", "sender@test.example", &to])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&ferry_e2e::message(&format!("durability-i{i}"), "hello\n"))
-            .unwrap();
-        injections.push(child);
+        let cmd = std::process::Command::new(root.join("bin/sendmail"));
+        injections.push(start_sendmail(cmd, &to, &format!("durability-i{i}")));
     }
     for child in injections {
         let res = child.wait_with_output().unwrap();
