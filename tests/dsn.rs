@@ -1,7 +1,7 @@
 //! Delivery status notifications (issue 11, item 1): DSN offered in EHLO, RET/ENVID and
 //! NOTIFY/ORCPT kept in the queue file and honoured in the reports: success for NOTIFY=SUCCESS
-//! (`delivered` into a mailbox here, `relayed` to Postfix's smtp-sink, which gets no DSN
-//! parameters), nothing for NOTIFY=NEVER, the header only for RET=HDRS, the whole message for
+//! (`delivered` into a mailbox here, `relayed` to Postfix's smtp-sink without DSN; a second
+//! ferry, which offers DSN, gets the parameters and reports itself), nothing for NOTIFY=NEVER, the header only for RET=HDRS, the whole message for
 //! RET=FULL, and the ENVID back. Each report is parsed with Python's email package and checked
 //! field by field.
 
@@ -96,12 +96,15 @@ fn success_reports_delivered_and_relayed_with_envid_and_orcpt() {
     if ferry_e2e::is_root() {
         sink.args(["-u", "nobody"]);
     }
+    // -N: smtp-sink does not announce DSN, so ferry reports `relayed` itself.
     let mut sink = sink
+        .arg("-N")
         .arg(format!("127.0.0.1:{sink_port}"))
         .arg("10")
         .spawn()
         .expect("smtp-sink (package postfix)");
     ferry_e2e::wait_for_greeting(sink_port);
+    let _sink = KillOnDrop(&mut sink);
     let mut env = Env::new();
     env.control("smtproutes", &format!("far.test:[127.0.0.1]:{sink_port}"));
     env.control("relayclients", "127.0.0.1");
@@ -164,8 +167,17 @@ fn success_reports_delivered_and_relayed_with_envid_and_orcpt() {
     assert_eq!(field(far, "Status"), "2.0.0");
     assert!(field(&r, "returned").contains("Subject: tell me"));
     assert!(!field(&r, "returned").contains("hello"));
-    let _ = sink.kill();
-    let _ = sink.wait();
+}
+
+/// Kills and reaps the peer when the test ends, also when it fails: a peer left running
+/// would keep the test's output pipe open.
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -266,4 +278,49 @@ fn sendmail_takes_dsn_options() {
     let bad = env.sendmail(&["-N", "sometimes", &rcpt.addr()], b"Subject: x\n\nx\n");
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("-N"));
+}
+
+/// To a server that offers DSN (a second ferry), the parameters go on: that server reports
+/// the delivery (with the ENVID and ORCPT it was given), and the first sends no `relayed`.
+#[test]
+fn parameters_go_on_to_a_server_that_offers_dsn() {
+    let mut rx = Env::new();
+    rx.control("me", "rx.example");
+    rx.control(
+        "virtualdomains",
+        "localhost:mail/*\nvirt.example:mail/\nfar.example:mail/*\n",
+    );
+    rx.start_send();
+    let rx_port = rx.start_smtpd();
+    let bob = rx.mailbox_rcpt("bob");
+    let rx_snd = rx.mailbox_rcpt("snd");
+    let mut tx = Env::new();
+    tx.control("smtproutes", &format!("far.example:[127.0.0.1]:{rx_port}"));
+    tx.control("relayclients", "127.0.0.1");
+    tx.start_send();
+    let port = tx.start_smtpd();
+    let tx_snd = tx.mailbox_rcpt("snd");
+    transaction(
+        port,
+        "<snd@virt.example> RET=HDRS ENVID=relay+3D1",
+        &["<bob@far.example> NOTIFY=SUCCESS ORCPT=rfc822;Bob+2Bx@far.example"],
+        "Subject: passed on\r\n\r\nhello\r\n",
+    );
+    rx.wait_maildir(&bob.maildir(), 1);
+    let got = reports(&rx, &rx_snd.maildir(), 1);
+    let r = parse_report(&got[0]);
+    assert_eq!(field(&r["message"], "Reporting-MTA"), "dns; rx.example");
+    assert_eq!(field(&r["message"], "Original-Envelope-Id"), "relay=1");
+    let g = &list(&r, "recipients")[0];
+    assert_eq!(field(g, "Action"), "delivered");
+    assert_eq!(field(g, "Original-Recipient"), "rfc822;Bob+x@far.example");
+    assert_eq!(field(g, "Final-Recipient"), "rfc822; bob@far.example");
+    tx.wait_queue_empty();
+    let log = tx.log("send.log");
+    assert!(log.contains("DSN passed on"), "{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        tx.maildir_new(&tx_snd.maildir()).is_empty(),
+        "no relayed report from the first server"
+    );
 }

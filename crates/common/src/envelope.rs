@@ -128,6 +128,55 @@ impl Dsn {
     }
 }
 
+/// What remote-deliver adds to a success text when it passed the DSN parameters on to a
+/// server that offers DSN: that server reports from then on, so send does not (`relayed`).
+pub const DSN_PASSED_ON: &str = "; DSN passed on)";
+
+/// RFC 3461 §4 xtext: `+XX` for `+`, `=` and anything outside `!`..`~`.
+pub fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Dsn {
+    /// The DSN parameters of MAIL FROM (with a leading space each), for a server that offers DSN.
+    pub fn mail_params(&self) -> String {
+        let mut p = String::new();
+        match self.ret {
+            Some(Ret::Full) => p.push_str(" RET=FULL"),
+            Some(Ret::Hdrs) => p.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(e) = &self.envid {
+            p.push_str(&format!(" ENVID={}", xtext(e)));
+        }
+        p
+    }
+}
+
+impl RcptDsn {
+    /// The DSN parameters of RCPT TO (with a leading space each).
+    pub fn rcpt_params(&self) -> String {
+        let mut p = String::new();
+        if let Some(n) = self.notify {
+            p.push_str(&format!(" NOTIFY={}", n.encode()));
+        }
+        if let Some(o) = &self.orcpt {
+            // addr-type ";" xtext: the type stays as it is.
+            let (kind, addr) = o.split_once(';').unwrap_or(("rfc822", o));
+            p.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
+        }
+        p
+    }
+}
+
 /// ENVID is at most 100 characters, ORCPT 500 (RFC 3461 §4.4, §4.2); both printable ASCII.
 fn check_dsn_text(v: &[u8], max: usize) -> Result<String, EnvelopeError> {
     if v.is_empty() || v.len() > max || !v.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
@@ -364,6 +413,12 @@ mod tests {
         assert_eq!(e.dsn.rcpt(0).wants(), Notify::DEFAULT);
         assert!(e.dsn.rcpt(1).wants().success && !e.dsn.rcpt(1).wants().failure);
         assert!(Notify::parse("NEVER").unwrap().never);
+        assert_eq!(e.dsn.mail_params(), " RET=HDRS ENVID=QQ314159");
+        assert_eq!(
+            e.dsn.rcpt(1).rcpt_params(),
+            " NOTIFY=SUCCESS,DELAY ORCPT=rfc822;e@f"
+        );
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
         assert!(Notify::parse("NEVER,SUCCESS").is_none());
         // DSN records out of place, or with bad values, are refused.
         for bad in [

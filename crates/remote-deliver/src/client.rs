@@ -61,6 +61,8 @@ pub struct Extensions {
     pub eightbitmime: bool,
     pub smtputf8: bool,
     pub starttls: bool,
+    /// DSN (RFC 3461): the server takes RET, ENVID, NOTIFY and ORCPT.
+    pub dsn: bool,
     /// The SASL mechanisms of `AUTH` (uppercase).
     pub auth: Vec<String>,
 }
@@ -76,6 +78,7 @@ impl Extensions {
                 "8BITMIME" => e.eightbitmime = true,
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
+                "DSN" => e.dsn = true,
                 "AUTH" => e.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}

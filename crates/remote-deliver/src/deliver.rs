@@ -419,8 +419,20 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
     if utf8 {
         mail.push_str(" SMTPUTF8");
     }
+    // DSN (RFC 3461 §5.2): to a server that offers it, the parameters go on with the message
+    // (each recipient's own, found by its address in the envelope), and it reports from then on.
+    let dsn = c.ext.dsn && msg.env.dsn != ferry_common::envelope::Dsn::default();
+    if dsn {
+        mail.push_str(&msg.env.dsn.mail_params());
+    }
     let mut cmds = vec![mail];
-    cmds.extend(job.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+    cmds.extend(job.rcpts.iter().map(|r| {
+        let params = match msg.env.recipients.iter().position(|e| e == r) {
+            Some(i) if dsn => msg.env.dsn.rcpt(i).rcpt_params(),
+            _ => String::new(),
+        };
+        format!("RCPT TO:<{r}>{params}")
+    }));
     cmds.push("DATA".into());
     // With PIPELINING everything goes at once; otherwise one command at a time.
     let mut replies = Vec::with_capacity(cmds.len());
@@ -559,7 +571,16 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
     };
     match end {
         Ok(r) if r.code / 100 == 2 => {
-            fill(&mut results, Res::Delivered(said(&r, "the message")));
+            let text = if dsn {
+                format!(
+                    "{} ({host} after the message{}",
+                    reply_text(&r),
+                    ferry_common::envelope::DSN_PASSED_ON
+                )
+            } else {
+                said(&r, "the message")
+            };
+            fill(&mut results, Res::Delivered(text));
             Tx::Done(results.into_iter().flatten().collect())
         }
         Ok(r) => {

@@ -7,13 +7,16 @@
 //!   queue/mess/XX/ID; all recipients at one domain; sender `#@[]` goes out as `<>`).
 //! - fd 1, results: `R job status text [status text]...`, one pair per recipient in order,
 //!   status 0 delivered, 100 permanent failure, 111 temporary failure, text the server's reply
-//!   or why it could not be reached.
+//!   or why it could not be reached; a delivery that passed DSN parameters on to a server
+//!   offering DSN ends its text with `; DSN passed on)` (envelope::DSN_PASSED_ON: send then
+//!   sends no `relayed` report).
 //!
 //! Routing (route.rs): smtproutes, else MX with hickory-resolver (resolvconf or
 //! /etc/resolv.conf), implicit MX, null MX, remoteport. SMTP (client.rs, deliver.rs): EHLO or
 //! HELO, STARTTLS (opportunistic; verified for tlsdestinations), PIPELINING, SIZE, 8BITMIME,
 //! SMTPUTF8 (kept from the envelope's `U` record; a message that needs it is not sent to a
-//! server without it, 5.6.7), AUTH PLAIN/LOGIN to a smarthost with credentials in
+//! server without it, 5.6.7), DSN (the envelope's RET, ENVID, NOTIFY, ORCPT to a server that
+//! offers it), AUTH PLAIN/LOGIN to a smarthost with credentials in
 //! control/smtpauth (read once at start; only after STARTTLS with a verified certificate:
 //! smtpauth.rs), all recipients of the job in one transaction, the next MX on a
 //! server failure, connections kept for the next job to the same server. A server that is this

@@ -4,9 +4,9 @@
 //! lax receiver can be smuggled into with "\r.\r"), every line that starts with "." dot-stuffed,
 //! ended with CR LF "." CR LF.
 
+use ferry_common::envelope::Envelope;
 use ferry_common::queue::QueueFile;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub struct Message {
@@ -18,6 +18,8 @@ pub struct Message {
     pub utf8_head: bool,
     /// It was received with SMTPUTF8 (the envelope's `U` record).
     pub smtputf8: bool,
+    /// Its envelope: the DSN parameters, and the recipients they belong to.
+    pub env: Envelope,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -25,13 +27,14 @@ const CHUNK: usize = 64 * 1024;
 impl Message {
     pub fn open(path: &Path) -> io::Result<Message> {
         let qf = QueueFile::open(path)?;
-        let smtputf8 = smtputf8_flag(&qf)?;
+        let env = qf.envelope()?;
         let mut m = Message {
             len: qf.message_len,
             qf,
             eightbit: false,
             utf8_head: false,
-            smtputf8,
+            smtputf8: env.smtputf8,
+            env,
         };
         let mut buf = vec![0u8; CHUNK];
         let mut pos = 0u64;
@@ -78,17 +81,6 @@ impl Message {
             buf: vec![0u8; CHUNK],
         }
     }
-}
-
-/// Whether the envelope after the message starts `F<sender>\0U\0` (received with SMTPUTF8).
-fn smtputf8_flag(qf: &QueueFile) -> io::Result<bool> {
-    let room = qf.envelope_len();
-    let mut buf = vec![0u8; (room as usize).min(ferry_common::envelope::MAX_ADDRESS + 4)];
-    qf.file.read_exact_at(&mut buf, qf.envelope_offset())?;
-    Ok(buf
-        .iter()
-        .position(|b| *b == 0)
-        .is_some_and(|n| buf.get(n + 1..n + 3) == Some(b"U\0")))
 }
 
 pub struct Wire<'a> {

@@ -478,7 +478,15 @@ impl Scheduler {
             let action = match (r.state, r.channel) {
                 (State::Failed, _) if wants.failure => bounce::Action::Failed,
                 (State::Delivered, Channel::Local) if wants.success => bounce::Action::Delivered,
-                (State::Delivered, Channel::Remote) if wants.success => bounce::Action::Relayed,
+                // A server that took the DSN parameters reports itself.
+                (State::Delivered, Channel::Remote)
+                    if wants.success
+                        && !r.last_result.as_deref().is_some_and(|t| {
+                            t.ends_with(ferry_common::envelope::DSN_PASSED_ON)
+                        }) =>
+                {
+                    bounce::Action::Relayed
+                }
                 _ => continue,
             };
             let text = match action {
