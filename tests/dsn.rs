@@ -97,14 +97,14 @@ fn success_reports_delivered_and_relayed_with_envid_and_orcpt() {
         sink.args(["-u", "nobody"]);
     }
     // -N: smtp-sink does not announce DSN, so ferry reports `relayed` itself.
-    let mut sink = sink
+    let sink = sink
         .arg("-N")
         .arg(format!("127.0.0.1:{sink_port}"))
         .arg("10")
         .spawn()
         .expect("smtp-sink (package postfix)");
     ferry_e2e::wait_for_greeting(sink_port);
-    let _sink = KillOnDrop(&mut sink);
+    let _sink = ferry_e2e::KillOnDrop(sink);
     let mut env = Env::new();
     env.control("smtproutes", &format!("far.test:[127.0.0.1]:{sink_port}"));
     env.control("relayclients", "127.0.0.1");
@@ -167,17 +167,6 @@ fn success_reports_delivered_and_relayed_with_envid_and_orcpt() {
     assert_eq!(field(far, "Status"), "2.0.0");
     assert!(field(&r, "returned").contains("Subject: tell me"));
     assert!(!field(&r, "returned").contains("hello"));
-}
-
-/// Kills and reaps the peer when the test ends, also when it fails: a peer left running
-/// would keep the test's output pipe open.
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -361,12 +361,13 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
         // smtp-sink refuses to keep root's privileges.
         sink.args(["-u", "nobody"]);
     }
-    let mut sink = sink
+    let sink = sink
         .arg(format!("127.0.0.1:{port}"))
         .arg("100")
         .spawn()
         .expect("smtp-sink (package postfix)");
     ferry_e2e::wait_for_greeting(port);
+    let _sink = ferry_e2e::KillOnDrop(sink);
     let env = sender(&dns, port);
     for i in 0..200 {
         send(
@@ -395,8 +396,6 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
         reused > first_uses,
         "{first_uses} first uses, {reused} reused:\n{log}"
     );
-    let _ = sink.kill();
-    let _ = sink.wait();
 }
 
 #[test]

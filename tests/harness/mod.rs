@@ -498,3 +498,14 @@ pub fn strip_trace(delivered: &[u8]) -> Vec<u8> {
         }
     }
 }
+
+/// Kills and reaps a peer process when the test ends, also when it fails: a peer left running
+/// would keep the test's output pipe open (a piped `cargo test` would then never end).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
