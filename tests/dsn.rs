@@ -92,19 +92,8 @@ fn reports(env: &Env, mailbox: &std::path::Path, n: usize) -> Vec<std::path::Pat
 #[test]
 fn success_reports_delivered_and_relayed_with_envid_and_orcpt() {
     let sink_port = free_port();
-    let mut sink = Command::new("smtp-sink");
-    if ferry_e2e::is_root() {
-        sink.args(["-u", "nobody"]);
-    }
     // -N: smtp-sink does not announce DSN, so ferry reports `relayed` itself.
-    let sink = sink
-        .arg("-N")
-        .arg(format!("127.0.0.1:{sink_port}"))
-        .arg("10")
-        .spawn()
-        .expect("smtp-sink (package postfix)");
-    ferry_e2e::wait_for_greeting(sink_port);
-    let _sink = ferry_e2e::KillOnDrop(sink);
+    let _sink = ferry_e2e::smtp_sink(sink_port, &["-N"], "10");
     let mut env = Env::new();
     env.control("smtproutes", &format!("far.test:[127.0.0.1]:{sink_port}"));
     env.control("relayclients", "127.0.0.1");

@@ -356,18 +356,7 @@ fn smtp_sink_takes_a_volume_of_mail_with_connection_reuse() {
         "--mx-host=sink.test,sink.sink.test,10".into(),
         "--host-record=sink.sink.test,127.0.0.1".into(),
     ]);
-    let mut sink = std::process::Command::new("smtp-sink");
-    if ferry_e2e::is_root() {
-        // smtp-sink refuses to keep root's privileges.
-        sink.args(["-u", "nobody"]);
-    }
-    let sink = sink
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("100")
-        .spawn()
-        .expect("smtp-sink (package postfix)");
-    ferry_e2e::wait_for_greeting(port);
-    let _sink = ferry_e2e::KillOnDrop(sink);
+    let _sink = ferry_e2e::smtp_sink(port, &[], "100");
     let env = sender(&dns, port);
     for i in 0..200 {
         send(

@@ -509,3 +509,21 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Postfix's smtp-sink on 127.0.0.1:`port` with `args` before the address (as nobody when
+/// root: it refuses to keep root's privileges), ready for connections, killed on drop.
+pub fn smtp_sink(port: u16, args: &[&str], backlog: &str) -> KillOnDrop {
+    let mut sink = Command::new("smtp-sink");
+    if is_root() {
+        sink.args(["-u", "nobody"]);
+    }
+    let child = sink
+        .args(args)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(backlog)
+        .spawn()
+        .expect("smtp-sink (package postfix)");
+    let guard = KillOnDrop(child);
+    wait_for_greeting(port);
+    guard
+}

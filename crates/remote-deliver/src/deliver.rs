@@ -426,11 +426,22 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
         mail.push_str(&msg.env.dsn.mail_params());
     }
     let mut cmds = vec![mail];
+    // Each recipient's index in the envelope, looked up once (an envelope may hold 100,000).
+    let index: std::collections::HashMap<&str, usize> = if dsn {
+        msg.env
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_str(), i))
+            .collect()
+    } else {
+        Default::default()
+    };
     cmds.extend(job.rcpts.iter().map(|r| {
-        let params = match msg.env.recipients.iter().position(|e| e == r) {
-            Some(i) if dsn => msg.env.dsn.rcpt(i).rcpt_params(),
-            _ => String::new(),
-        };
+        let params = index
+            .get(r.as_str())
+            .map(|&i| msg.env.dsn.rcpt(i).rcpt_params())
+            .unwrap_or_default();
         format!("RCPT TO:<{r}>{params}")
     }));
     cmds.push("DATA".into());

@@ -465,15 +465,17 @@ impl Scheduler {
             .ok()
             .and_then(|q| q.envelope().ok())
             .unwrap_or_default();
+        // Each envelope recipient's index, looked up once (an envelope may hold 100,000).
+        let index: std::collections::HashMap<&str, usize> = env
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_str(), i))
+            .collect();
         let mut entries = Vec::new();
         for r in &m.rcpts {
             let key = r.orig.as_deref().unwrap_or(&r.addr);
-            let dsn = env
-                .recipients
-                .iter()
-                .position(|e| e == key)
-                .map(|i| env.dsn.rcpt(i))
-                .unwrap_or_default();
+            let dsn = index.get(key).map(|&i| env.dsn.rcpt(i)).unwrap_or_default();
             let wants = dsn.wants();
             let action = match (r.state, r.channel) {
                 (State::Failed, _) if wants.failure => bounce::Action::Failed,
