@@ -316,8 +316,10 @@ impl Env {
         out
     }
 
+    /// Waits up to 90 s: a message committed just as its writer was killed (its trigger
+    /// line lost) is taken by send's scan of todo/, which runs every minute.
     pub fn wait_queue_empty(&self) {
-        self.wait_for("the queue to be empty", Duration::from_secs(60), || {
+        self.wait_for("the queue to be empty", Duration::from_secs(90), || {
             self.queue_files().is_empty()
         });
     }
