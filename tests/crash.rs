@@ -165,10 +165,10 @@ fn kill_programs_while_injecting_loses_nothing() {
     assert!(total >= 10, "only {total} kills: {by_prog:?}");
     assert!(killed("send") >= 1, "send was never killed: {by_prog:?}");
     // Only a killed send or local-deliver repeats deliveries: those in hand at the kill (at
-    // most concurrencyuser = 8 jobs, one recipient each, for each of the BOXES mailboxes).
+    // most concurrencyuser = 16 jobs, one recipient each, for each of the BOXES mailboxes).
     let repeaters = killed("send") + killed("local-deliver");
     assert!(
-        dups <= repeaters * BOXES * 8,
+        dups <= repeaters * BOXES * 16,
         "{dups} duplicates for {repeaters} kills of send and local-deliver: {by_prog:?}"
     );
     // A Maildir tmp/ file is left by a delivery killed mid-write: a killed local-deliver, or

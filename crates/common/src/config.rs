@@ -598,7 +598,7 @@ impl Config {
             concurrencylocal: l.number("concurrencylocal", 10).clamp(1, 1000),
             concurrencyremote: l.number("concurrencyremote", 40).clamp(1, 10000),
             concurrencydomain: l.number("concurrencydomain", 20).max(1),
-            concurrencyuser: l.number("concurrencyuser", 8).max(1),
+            concurrencyuser: l.number("concurrencyuser", 16).max(1),
             queuelifetime: l.number("queuelifetime", 604_800),
             bouncefrom: l
                 .text("bouncefrom")

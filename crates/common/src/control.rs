@@ -288,7 +288,7 @@ pub const FILES: &[ControlFile] = &[
     cf(
         "concurrencyuser",
         Kind::Number,
-        "8",
+        "16",
         "most deliveries to one user or mailbox handed to its worker at once (delivered as one batch with one commit; a user whose program hangs holds one concurrencylocal slot)",
         "send",
     ),
