@@ -1,5 +1,5 @@
 # ferry — build, test, run, install, bench.
-#   make            release build of every program
+#   make            release build of every program (sendmail linked statically: it starts per message)
 #   make test       every test (unit, end to end, a bounded fuzz run); installs test tools as root
 #   make run        a complete root in run/, supervised by s6 in the foreground (PORT, ROOT,
 #                   FERRY_BIN_DIR to use programs built elsewhere)
