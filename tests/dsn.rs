@@ -1,9 +1,10 @@
 //! Delivery status notifications (issue 11, item 1): DSN offered in EHLO, RET/ENVID and
 //! NOTIFY/ORCPT kept in the queue file and honoured in the reports: success for NOTIFY=SUCCESS
 //! (`delivered` into a mailbox here, `relayed` to Postfix's smtp-sink without DSN; a second
-//! ferry, which offers DSN, gets the parameters and reports itself), nothing for NOTIFY=NEVER, the header only for RET=HDRS, the whole message for
-//! RET=FULL, and the ENVID back. Each report is parsed with Python's email package and checked
-//! field by field.
+//! ferry, which offers DSN, gets the parameters and reports itself), nothing for NOTIFY=NEVER,
+//! the header only for RET=HDRS, the whole message for RET=FULL, the ENVID back, and one delay
+//! warning after `delaywarningtime`. Each report is parsed with Python's email package and
+//! checked field by field.
 
 #![allow(clippy::unwrap_used)]
 
@@ -301,4 +302,90 @@ fn parameters_go_on_to_a_server_that_offers_dsn() {
         tx.maildir_new(&tx_snd.maildir()).is_empty(),
         "no relayed report from the first server"
     );
+}
+
+/// How many times send has logged `<addr> deferred`.
+fn deferrals(env: &Env, addr: &str) -> usize {
+    env.log("send.log")
+        .matches(&format!("<{addr}> deferred"))
+        .count()
+}
+
+/// A message still being retried after `delaywarningtime` gets one delay warning (item 1):
+/// `Action: delayed` with a 4.x.x status, the last error and `Will-Retry-Until`, only for
+/// the recipients whose NOTIFY allows it, once, also across a restart of send (the `W` note
+/// in its info file).
+#[test]
+fn delay_warning_once_for_those_who_want_it() {
+    let mut env = Env::new();
+    env.control("delaywarningtime", "1");
+    env.start_send();
+    let port = env.start_smtpd();
+    let sender = env.mailbox_rcpt("snd");
+    for name in ["slow", "quiet"] {
+        env.mailbox_rcpt(name).write(".ferry", "|exit 111\n");
+    }
+    transaction(
+        port,
+        "<snd@virt.example> ENVID=late-1",
+        &[
+            "<slow@virt.example>",
+            "<quiet@virt.example> NOTIFY=FAILURE",
+        ],
+        "Subject: slow one\r\n\r\nsecret body\r\n",
+    );
+    env.wait_for("the first attempts", Duration::from_secs(30), || {
+        deferrals(&env, "slow@virt.example") >= 1 && deferrals(&env, "quiet@virt.example") >= 1
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    env.flush();
+    let got = reports(&env, &sender.maildir(), 1);
+    let r = parse_report(&got[0]);
+    assert_eq!(field(&r, "subject"), "Delayed Mail (still being retried)");
+    assert_eq!(field(&r["message"], "Original-Envelope-Id"), "late-1");
+    let rs = list(&r, "recipients");
+    assert_eq!(rs.len(), 1, "NOTIFY=FAILURE gets no warning: {rs:?}");
+    let g = &rs[0];
+    assert_eq!(field(g, "Final-Recipient"), "rfc822; slow@virt.example");
+    assert_eq!(field(g, "Action"), "delayed");
+    assert!(field(g, "Status").starts_with("4."), "{g:?}");
+    assert!(field(g, "Diagnostic-Code").starts_with("x-unix; "), "{g:?}");
+    assert!(!field(g, "Will-Retry-Until").is_empty(), "{g:?}");
+    assert!(field(&r, "returned").contains("Subject: slow one"));
+    assert!(!field(&r, "returned").contains("secret body"));
+    // More attempts, and a restart of send, bring no second warning.
+    let before = deferrals(&env, "slow@virt.example");
+    env.flush();
+    env.wait_for("another attempt", Duration::from_secs(30), || {
+        deferrals(&env, "slow@virt.example") > before
+    });
+    let out = Command::new("s6-svc")
+        .arg("-t")
+        .arg(env.path("service/send"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    env.wait_for("send to restart", Duration::from_secs(30), || {
+        env.log("send.log").matches("send: started").count() >= 2
+    });
+    let before = deferrals(&env, "slow@virt.example");
+    env.flush();
+    env.wait_for("an attempt after the restart", Duration::from_secs(30), || {
+        deferrals(&env, "slow@virt.example") > before
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let log = env.log("send.log");
+    assert_eq!(
+        env.maildir_new(&sender.maildir()).len(),
+        1,
+        "one warning per message: {log}"
+    );
+    let id = log
+        .lines()
+        .find_map(|l| l.split_once(": delay warning to <snd@virt.example> queued"))
+        .and_then(|(head, _)| head.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no warning in the log: {log}"));
+    let show = env.ferryctl(&["queue", "show", id]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("delay warning sent: "), "{show}");
 }

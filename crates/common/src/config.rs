@@ -144,6 +144,10 @@ pub struct Config {
     pub concurrencydomain: u64,
     pub concurrencyuser: u64,
     pub queuelifetime: u64,
+    /// Seconds in the queue after which a deferred message's sender is warned (0: never).
+    pub delaywarningtime: u64,
+    /// The HTTPS port of `mta-sts.DOMAIN` (443; another only for tests).
+    pub mtastsport: u16,
     pub bouncefrom: String,
     pub doublebounceto: String,
     pub defaultdelivery: String,
@@ -247,6 +251,18 @@ impl Loader<'_> {
     fn number(&mut self, name: &str, default: u64) -> u64 {
         control::read_number(self.dir, name, default).unwrap_or_else(|e| {
             self.errors.push(e);
+            default
+        })
+    }
+    /// A TCP port (1-65535); anything else is named as an error and the default used.
+    fn port(&mut self, name: &str, default: u16) -> u16 {
+        let p = self.number(name, u64::from(default));
+        u16::try_from(p).ok().filter(|p| *p > 0).unwrap_or_else(|| {
+            self.errors.push(ControlError::new(
+                name,
+                Some(1),
+                format!("not a port: {p}"),
+            ));
             default
         })
     }
@@ -600,6 +616,7 @@ impl Config {
             concurrencydomain: l.number("concurrencydomain", 20).max(1),
             concurrencyuser: l.number("concurrencyuser", 16).max(1),
             queuelifetime: l.number("queuelifetime", 604_800),
+            delaywarningtime: l.number("delaywarningtime", 14_400),
             bouncefrom: l
                 .text("bouncefrom")
                 .unwrap_or_else(|| "MAILER-DAEMON".into()),
@@ -610,17 +627,8 @@ impl Config {
                 .text("defaultdelivery")
                 .unwrap_or_else(|| "./Maildir/".into()),
             smtproutes: l.list("smtproutes", parse_route).unwrap_or_default(),
-            remoteport: {
-                let p = l.number("remoteport", 25);
-                u16::try_from(p).ok().filter(|p| *p > 0).unwrap_or_else(|| {
-                    l.errors.push(ControlError::new(
-                        "remoteport",
-                        Some(1),
-                        format!("not a port: {p}"),
-                    ));
-                    25
-                })
-            },
+            remoteport: l.port("remoteport", 25),
+            mtastsport: l.port("mtastsport", 443),
             resolvconf: l.list("resolvconf", parse_nameserver).unwrap_or_default(),
             helohost: l.text("helohost").unwrap_or_else(|| me.clone()),
             timeoutconnect: l.number("timeoutconnect", 30).max(1),

@@ -300,6 +300,13 @@ pub const FILES: &[ControlFile] = &[
         "send",
     ),
     cf(
+        "delaywarningtime",
+        Kind::Number,
+        "14400",
+        "seconds in the queue after which the sender of a message still being retried gets one delay warning (RFC 3464 Action: delayed, unless NOTIFY excludes DELAY); 0: never",
+        "send",
+    ),
+    cf(
         "bouncefrom",
         Kind::Text,
         "MAILER-DAEMON",
@@ -339,6 +346,13 @@ pub const FILES: &[ControlFile] = &[
         Kind::Number,
         "25",
         "port of remote SMTP servers found by MX",
+        "remote-deliver",
+    ),
+    cf(
+        "mtastsport",
+        Kind::Number,
+        "443",
+        "HTTPS port of mta-sts.DOMAIN where MTA-STS policies are fetched (RFC 8461 fixes 443; another is for tests)",
         "remote-deliver",
     ),
     cf(

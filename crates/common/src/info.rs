@@ -9,6 +9,7 @@
 //! RDRann@example.net      state ' ' pending, 'D' delivered, 'F' failed (bounce note below)
 //! E1 1795808300 text      appended: a temporary failure of recipient 1 (0-based), with time
 //! P0 1795808400 text      appended: the permanent failure of recipient 0, for the bounce
+//! W1795822617             appended: a delay warning was sent then (delaywarningtime)
 //! ```
 //!
 //! A recipient is marked by rewriting its one state byte in place and syncing the file
@@ -70,6 +71,8 @@ pub struct Info {
     pub sender: String,
     pub hold: bool,
     pub rcpts: Vec<Rcpt>,
+    /// When the delay warning was sent, if it was.
+    pub warned: Option<u64>,
 }
 
 /// A recipient as send writes it into a new info file.
@@ -95,11 +98,17 @@ pub fn encode(birth: u64, sender: &str, rcpts: &[(String, Channel)]) -> Vec<u8> 
             failure: None,
         })
         .collect();
-    encode_state(birth, sender, false, &init)
+    encode_state(birth, sender, false, None, &init)
 }
 
 /// The contents of an info file for a message whose deliveries have already begun.
-pub fn encode_state(birth: u64, sender: &str, hold: bool, rcpts: &[RcptInit<'_>]) -> Vec<u8> {
+pub fn encode_state(
+    birth: u64,
+    sender: &str,
+    hold: bool,
+    warned: Option<u64>,
+    rcpts: &[RcptInit<'_>],
+) -> Vec<u8> {
     let mut s = String::with_capacity(64 + rcpts.iter().map(|r| r.addr.len() + 4).sum::<usize>());
     s.push_str(MAGIC);
     s.push_str(if hold { "H1\n" } else { "H0\n" });
@@ -122,6 +131,9 @@ pub fn encode_state(birth: u64, sender: &str, hold: bool, rcpts: &[RcptInit<'_>]
         if let Some((t, text)) = r.failure {
             s.push_str(&note_line(true, i, t, text));
         }
+    }
+    if let Some(t) = warned {
+        s.push_str(&format!("W{t}\n"));
     }
     s.into_bytes()
 }
@@ -155,6 +167,7 @@ pub fn parse(buf: &[u8]) -> io::Result<Info> {
         sender: String::new(),
         hold: false,
         rcpts: Vec::new(),
+        warned: None,
     };
     let mut off = 0u64;
     let mut seen_sender = false;
@@ -172,6 +185,7 @@ pub fn parse(buf: &[u8]) -> io::Result<Info> {
         match tag {
             "H" => info.hold = rest == "1",
             "B" => info.birth = rest.parse().map_err(|_| bad(n + 1, "bad birth"))?,
+            "W" => info.warned = Some(rest.parse().map_err(|_| bad(n + 1, "bad warning time"))?),
             "F" => {
                 info.sender = rest.to_string();
                 seen_sender = true;
@@ -278,6 +292,12 @@ pub fn append_note(f: &File, permanent: bool, idx: usize, when: u64, text: &str)
     f.write_all_at(line.as_bytes(), end)
 }
 
+/// Appends the note that the delay warning was sent (not synced: the caller syncs).
+pub fn append_warned(f: &File, when: u64) -> io::Result<()> {
+    let end = f.metadata()?.len();
+    f.write_all_at(format!("W{when}\n").as_bytes(), end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +329,9 @@ mod tests {
         assert_eq!(again.rcpts[1].attempts, 2);
         assert_eq!(again.rcpts[1].last_error, Some((1002, "451 again".into())));
         assert_eq!(again.rcpts[1].failure.as_deref(), Some("550 no such user"));
+        assert_eq!(again.warned, None);
+        append_warned(&f, 1003).unwrap();
+        assert_eq!(read(&p).unwrap().1.warned, Some(1003));
     }
 
     #[test]
@@ -337,8 +360,9 @@ mod tests {
                 failure: Some((8, "550 no")),
             },
         ];
-        let i = parse(&encode_state(5, "s@x", true, &rc)).unwrap();
+        let i = parse(&encode_state(5, "s@x", true, Some(7), &rc)).unwrap();
         assert!(i.hold);
+        assert_eq!(i.warned, Some(7));
         assert_eq!(i.rcpts[0].state, State::Delivered);
         assert_eq!(
             (i.rcpts[1].attempts, i.rcpts[1].last_error.clone()),

@@ -192,6 +192,9 @@ pub fn show(q: &Queue, id: &str) -> Result<String> {
             date::iso(i.birth),
             if i.hold { " (held)" } else { "" }
         );
+        if let Some(t) = i.warned {
+            let _ = writeln!(s, "delay warning sent: {}", date::iso(t));
+        }
         for r in &i.rcpts {
             let _ = writeln!(s, "recipient: {}", rcpt_line(r));
             if let Some((t, e)) = &r.last_error {

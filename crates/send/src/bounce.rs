@@ -5,7 +5,9 @@
 //! One report per finished message covers what its sender asked for (RFC 3461 NOTIFY, the
 //! default being failures): failed recipients (`Action: failed`), and with NOTIFY=SUCCESS the
 //! delivered ones (`Action: delivered` into a mailbox here, `Action: relayed` to another
-//! server, which gets no DSN parameters from ferry). NOTIFY=NEVER asks for none.
+//! server, which gets no DSN parameters from ferry). NOTIFY=NEVER asks for none. A message
+//! still being retried after `delaywarningtime` gets one warning (`Action: delayed`, with
+//! `Will-Retry-Until`) for its pending recipients whose NOTIFY includes DELAY or is absent.
 //!
 //! No report goes to the null sender: a failed message from `<>` (itself a bounce) goes once
 //! to `doublebounceto` with the internal sender `#@[]`, and a failure of that is dropped.
@@ -22,6 +24,8 @@ pub enum Action {
     Failed,
     Delivered,
     Relayed,
+    /// Still being retried (a delay warning).
+    Delayed,
 }
 
 impl Action {
@@ -30,6 +34,7 @@ impl Action {
             Action::Failed => "failed",
             Action::Delivered => "delivered",
             Action::Relayed => "relayed",
+            Action::Delayed => "delayed",
         }
     }
 }
@@ -128,6 +133,10 @@ pub fn build(
         .iter()
         .filter(|e| e.action == Action::Failed)
         .count();
+    let delays = entries
+        .iter()
+        .filter(|e| e.action == Action::Delayed)
+        .count();
     let (to, env_sender) = if double {
         (
             addr::qualify(&cfg.doublebounceto, &cfg.defaultdomain),
@@ -149,6 +158,8 @@ pub fn build(
         "Subject: Undelivered bounce message\n"
     } else if failures == entries.len() {
         "Subject: Undelivered Mail Returned to Sender\n"
+    } else if delays > 0 {
+        "Subject: Delayed Mail (still being retried)\n"
     } else if failures == 0 {
         "Subject: Successful Mail Delivery Report\n"
     } else {
@@ -168,12 +179,22 @@ pub fn build(
         m.push_str("I'm sorry to have to inform you that your message could not\nbe delivered to one or more recipients. It's attached below.\n\n");
         m.push_str("For further assistance, please send mail to postmaster.\n\n");
     }
-    if failures < entries.len() {
+    let retry_until = birth.saturating_add(cfg.queuelifetime);
+    if delays > 0 {
+        m.push_str("THIS IS A WARNING ONLY. YOU DO NOT NEED TO RESEND YOUR MESSAGE.\n\n");
+        m.push_str(&format!(
+            "Your message could not be delivered for {} hour(s) to the recipients below.\nIt will be retried until {}.\n\n",
+            now.saturating_sub(birth) / 3600,
+            date::rfc5322(retry_until)
+        ));
+    }
+    if failures + delays < entries.len() {
         m.push_str("Your message was delivered, or passed on, as you asked to be told:\n\n");
     }
     for e in &entries {
         let what = match e.action {
             Action::Failed => clean(&e.text, 2000),
+            Action::Delayed => format!("still being retried: {}", clean(&e.text, 2000)),
             Action::Delivered => "delivered to mailbox".to_string(),
             Action::Relayed => "relayed to a server that sends no delivery report".to_string(),
         };
@@ -196,6 +217,9 @@ pub fn build(
         }
         let status = match e.action {
             Action::Failed => status_of(&e.text),
+            Action::Delayed => Some(status_of(&e.text))
+                .filter(|s| s.starts_with("4."))
+                .unwrap_or_else(|| "4.0.0".to_string()),
             _ => "2.0.0".to_string(),
         };
         m.push_str(&format!(
@@ -206,10 +230,16 @@ pub fn build(
         if let Some(host) = remote_mta(&e.text) {
             m.push_str(&format!("Remote-MTA: dns; {host}\n"));
         }
-        if e.action == Action::Failed {
+        if matches!(e.action, Action::Failed | Action::Delayed) {
             m.push_str(&format!("Diagnostic-Code: {}\n", diagnostic(&e.text)));
         }
         m.push_str(&format!("Last-Attempt-Date: {}\n", date::rfc5322(now)));
+        if e.action == Action::Delayed {
+            m.push_str(&format!(
+                "Will-Retry-Until: {}\n",
+                date::rfc5322(retry_until)
+            ));
+        }
     }
     let (description, kind, body) = match original {
         Original::Full(b) => ("Undelivered Message", "message/rfc822", b),
@@ -327,5 +357,27 @@ mod tests {
         assert!(t.contains("Action: relayed\nStatus: 2.0.0\nRemote-MTA: dns; mx.far.example\n"));
         // Successes of a bounce are not reported.
         assert!(build(&c, "id", "", 1, None, &e, Original::Header(b"")).is_none());
+    }
+
+    #[test]
+    fn delay_warning() {
+        let (_d, c) = cfg();
+        let e = vec![Entry {
+            addr: "b@far.example".into(),
+            action: Action::Delayed,
+            text: "451 4.3.0 try later (mx.far.example[192.0.2.9] after RCPT)".into(),
+            orcpt: None,
+        }];
+        let birth = date::now_secs() - 5 * 3600;
+        let b = build(&c, "id", "s@else.example", birth, None, &e, Original::Header(b"S: x\n"))
+            .unwrap();
+        let t = String::from_utf8(b.message).unwrap();
+        assert!(t.contains("Subject: Delayed Mail (still being retried)\n"), "{t}");
+        assert!(t.contains("delivered for 5 hour(s)"), "{t}");
+        assert!(t.contains("Action: delayed\nStatus: 4.3.0\nRemote-MTA: dns; mx.far.example\n"), "{t}");
+        assert!(t.contains("Diagnostic-Code: smtp; 451 4.3.0 try later"), "{t}");
+        assert!(t.contains(&format!("Will-Retry-Until: {}\n", date::rfc5322(birth + 604_800))), "{t}");
+        // No warning to the null sender: a bounce being retried is not reported.
+        assert!(build(&c, "id", "", birth, None, &e, Original::Header(b"")).is_none());
     }
 }

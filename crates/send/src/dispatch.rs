@@ -1,17 +1,13 @@
 //! Running deliveries and acting on their results.
 
-use crate::bounce;
 use crate::sched::{Job, Scheduler};
-use crate::state::{self, Msg};
-use ferry_common::envelope::Ret;
+use crate::state;
 use ferry_common::id::MsgId;
 use ferry_common::info::{self, Channel, State};
-use ferry_common::queue::QueueFile;
 use ferry_common::record::Record;
 use ferry_common::route::{Dest, Resolved};
-use ferry_common::{addr, date, durable, inject, log, status};
+use ferry_common::{addr, date, durable, log, status};
 use std::fs::File;
-use std::io::Read;
 
 /// Most recipients in one remote job (one SMTP transaction).
 const MAX_RCPTS_PER_JOB: usize = 100;
@@ -372,6 +368,14 @@ impl Scheduler {
             self.dirty.insert(id);
         }
         let asks_success = m.asks_success;
+        let warn_at = self.cfg.delaywarningtime;
+        if state == State::Pending
+            && warn_at > 0
+            && m.warned.is_none()
+            && now.saturating_sub(m.birth) >= warn_at
+        {
+            self.warn.insert(id);
+        }
         let rc = &mut m.rcpts[idx];
         rc.state = state;
         match state {
@@ -398,6 +402,9 @@ impl Scheduler {
     /// End of a turn: sync the info files changed in it (once for all), then finish the
     /// messages that are complete and persist the ones that must be.
     pub fn settle(&mut self) {
+        if !self.warn.is_empty() {
+            self.send_delay_warnings();
+        }
         if !self.dirty.is_empty() {
             let ids: Vec<MsgId> = self.dirty.drain().collect();
             let files: Vec<&File> = ids
@@ -448,110 +455,6 @@ impl Scheduler {
         self.finishing.insert(id);
         self.msgs.remove(&id);
         log!("{id}: done");
-    }
-
-    /// The report of a finished message, from its recipients' states and the DSN parameters
-    /// in its envelope (each recipient's own, or those of the envelope recipient an alias
-    /// expanded it from).
-    fn send_report(&self, m: &Msg) -> std::io::Result<()> {
-        let path = if m.loc == state::Loc::Mess {
-            self.queue.mess(&m.id)
-        } else {
-            self.queue.todo(&m.id)
-        };
-        let qf = QueueFile::open(&path);
-        let env = qf
-            .as_ref()
-            .ok()
-            .and_then(|q| q.envelope().ok())
-            .unwrap_or_default();
-        // Each envelope recipient's index, looked up once (an envelope may hold 100,000).
-        let index: std::collections::HashMap<&str, usize> = env
-            .recipients
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.as_str(), i))
-            .collect();
-        let mut entries = Vec::new();
-        for r in &m.rcpts {
-            let key = r.orig.as_deref().unwrap_or(&r.addr);
-            let dsn = index.get(key).map(|&i| env.dsn.rcpt(i)).unwrap_or_default();
-            let wants = dsn.wants();
-            let action = match (r.state, r.channel) {
-                (State::Failed, _) if wants.failure => bounce::Action::Failed,
-                (State::Delivered, Channel::Local) if wants.success => bounce::Action::Delivered,
-                // A server that took the DSN parameters reports itself.
-                (State::Delivered, Channel::Remote)
-                    if wants.success
-                        && !r.last_result.as_deref().is_some_and(|t| {
-                            t.ends_with(ferry_common::envelope::DSN_PASSED_ON)
-                        }) =>
-                {
-                    bounce::Action::Relayed
-                }
-                _ => continue,
-            };
-            let text = match action {
-                bounce::Action::Failed => r
-                    .failure
-                    .as_ref()
-                    .map(|f| f.1.clone())
-                    .unwrap_or_else(|| "failed".into()),
-                _ => r.last_result.clone().unwrap_or_default(),
-            };
-            entries.push(bounce::Entry {
-                addr: r.addr.clone(),
-                action,
-                text,
-                orcpt: dsn.orcpt,
-            });
-        }
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let failed = entries.iter().any(|e| e.action == bounce::Action::Failed);
-        let full = match &qf {
-            Ok(q)
-                if failed
-                    && env.dsn.ret == Some(Ret::Full)
-                    && q.message_len as usize <= bounce::MAX_RETURNED =>
-            {
-                let mut v = Vec::new();
-                q.message_reader_ref().read_to_end(&mut v).map(|_| v).ok()
-            }
-            _ => None,
-        };
-        let header = qf
-            .as_ref()
-            .ok()
-            .and_then(|q| q.read_head(64 * 1024).ok())
-            .unwrap_or_default();
-        let original = match &full {
-            Some(v) => bounce::Original::Full(v),
-            None => bounce::Original::Header(&header),
-        };
-        let Some(b) = bounce::build(
-            &self.cfg,
-            &m.id.to_string(),
-            &m.sender,
-            m.birth,
-            env.dsn.envid.as_deref(),
-            &entries,
-            original,
-        ) else {
-            if failed {
-                log!("{}: a double bounce failed; dropped", m.id);
-            }
-            return Ok(());
-        };
-        let r = inject::run_queue(&self.root, &mut b.message.as_slice(), &b.envelope)?;
-        if r.code == 0 {
-            let what = if failed { "bounce" } else { "success report" };
-            log!("{}: {what} to <{}> queued", m.id, b.envelope.recipients[0]);
-            Ok(())
-        } else {
-            Err(std::io::Error::other(r.reason()))
-        }
     }
 
     pub fn retry_finishes(&mut self) {

@@ -19,18 +19,22 @@
 //! HUP = reload the control files, TERM/INT = stop after the running deliveries report (at
 //! most 10 s). Logs `ID: <alias> → a, b` for each envelope recipient that is an alias.
 //!
-//! The loop: take new messages from todo/ in bounded batches (write info/XX/ID, sync, have
-//! clean move the message into mess/); run due deliveries up to `concurrencylocal` and
-//! `concurrencyremote`; record each result in info/XX/ID and sync before acting on it; retry
-//! temporary failures on a growing schedule; after `queuelifetime` or on a permanent failure
-//! send an RFC 3464 bounce through `queue`; then remove the message. docs/INTERNALS.md has the
-//! states and the recovery rule for each. If a helper dies, send stops (exit 111) and s6
+//! The loop: take new messages from todo/ in bounded batches (into memory only: a message
+//! whose deliveries all succeed is never written by send); run due deliveries up to
+//! `concurrencylocal` and `concurrencyremote`; when a recipient is deferred, persist the
+//! message (write info/XX/ID, sync, have clean move it into mess/) and from then on record
+//! each result there and sync before acting on it; retry temporary failures on a growing
+//! schedule; warn the sender once after `delaywarningtime`; after `queuelifetime` or on a
+//! permanent failure send an RFC 3464 report through `queue` (and success reports asked for
+//! with NOTIFY=SUCCESS); then have clean remove the message. docs/INTERNALS.md has the states
+//! and the recovery rule for each. If a helper dies, send stops (exit 111) and s6
 //! restarts the service; nothing is lost.
 
 mod bounce;
 mod ctl;
 mod dispatch;
 mod recover;
+mod report;
 mod sched;
 mod state;
 mod todo;

@@ -115,6 +115,9 @@ pub struct Scheduler {
     pub dirty: HashSet<MsgId>,
     /// Messages whose state changed this turn: checked for completion or persistence.
     pub touched: HashSet<MsgId>,
+    /// Messages deferred past `delaywarningtime` with no warning sent: warned at the end of
+    /// this turn (crate::report).
+    pub warn: HashSet<MsgId>,
     /// Recipients that are due, waiting for a free delivery slot.
     pub ready_local: VecDeque<(MsgId, usize)>,
     pub ready_remote: VecDeque<(MsgId, usize)>,
@@ -164,6 +167,7 @@ impl Scheduler {
             blocked_local: HashMap::new(),
             dirty: HashSet::new(),
             touched: HashSet::new(),
+            warn: HashSet::new(),
             ready_local: VecDeque::new(),
             ready_remote: VecDeque::new(),
             finish_later: BTreeSet::new(),

@@ -109,6 +109,8 @@ pub struct Msg {
     /// A recipient may have asked for a success report (NOTIFY=SUCCESS): the envelope is
     /// read again when the message is finished. Unknown (true) for a message read from info/.
     pub asks_success: bool,
+    /// When its delay warning was sent (delaywarningtime), if it was: one per message.
+    pub warned: Option<u64>,
 }
 
 impl Msg {
@@ -133,6 +135,7 @@ impl Msg {
             deleting: false,
             finish_retry: None,
             asks_success: false,
+            warned: None,
         }
     }
 
@@ -168,6 +171,7 @@ impl Msg {
             deleting: false,
             finish_retry: None,
             asks_success: true,
+            warned: i.warned,
         }
     }
 
@@ -204,7 +208,7 @@ impl Msg {
                 failure: r.failure.as_ref().map(|(t, s)| (*t, s.as_str())),
             })
             .collect();
-        info::encode_state(self.birth, &self.sender, self.hold, &init)
+        info::encode_state(self.birth, &self.sender, self.hold, self.warned, &init)
     }
 }
 
