@@ -156,6 +156,7 @@ fn every_crash_state_is_recovered_as_documented() {
         ferry_common::date::now_secs(),
         "seed@test.example",
         false,
+        None,
         &[RcptInit {
             addr: &to,
             channel: Channel::Local,

@@ -328,10 +328,7 @@ fn delay_warning_once_for_those_who_want_it() {
     transaction(
         port,
         "<snd@virt.example> ENVID=late-1",
-        &[
-            "<slow@virt.example>",
-            "<quiet@virt.example> NOTIFY=FAILURE",
-        ],
+        &["<slow@virt.example>", "<quiet@virt.example> NOTIFY=FAILURE"],
         "Subject: slow one\r\n\r\nsecret body\r\n",
     );
     env.wait_for("the first attempts", Duration::from_secs(30), || {
@@ -370,9 +367,11 @@ fn delay_warning_once_for_those_who_want_it() {
     });
     let before = deferrals(&env, "slow@virt.example");
     env.flush();
-    env.wait_for("an attempt after the restart", Duration::from_secs(30), || {
-        deferrals(&env, "slow@virt.example") > before
-    });
+    env.wait_for(
+        "an attempt after the restart",
+        Duration::from_secs(30),
+        || deferrals(&env, "slow@virt.example") > before,
+    );
     std::thread::sleep(Duration::from_millis(500));
     let log = env.log("send.log");
     assert_eq!(

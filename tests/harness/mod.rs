@@ -408,6 +408,11 @@ pub fn write_test_certificate(root: &Path, name: &str) {
 
 /// A CA, and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem).
 pub fn ca_and_leaf(name: &str) -> (String, String, String) {
+    ca_and_leaf_for(&[name])
+}
+
+/// A CA, and one certificate signed by it for all of `names`: (ca_pem, cert_pem, key_pem).
+pub fn ca_and_leaf_for(names: &[&str]) -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -420,10 +425,11 @@ pub fn ca_and_leaf(name: &str) -> (String, String, String) {
     ];
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
     (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
 }
 

@@ -258,11 +258,8 @@ impl Loader<'_> {
     fn port(&mut self, name: &str, default: u16) -> u16 {
         let p = self.number(name, u64::from(default));
         u16::try_from(p).ok().filter(|p| *p > 0).unwrap_or_else(|| {
-            self.errors.push(ControlError::new(
-                name,
-                Some(1),
-                format!("not a port: {p}"),
-            ));
+            self.errors
+                .push(ControlError::new(name, Some(1), format!("not a port: {p}")));
             default
         })
     }

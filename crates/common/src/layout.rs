@@ -65,7 +65,7 @@ pub const PROGRAMS: &[&str] = &[
 ];
 
 pub fn manifest() -> Vec<Entry> {
-    use users::{GROUP, LOG, MAILBOX, QUEUE, SEND};
+    use users::{GROUP, LOG, MAILBOX, QUEUE, REMOTE, SEND};
     let mut m = vec![
         e("", Kind::Dir, ROOT, ROOT, 0o755),
         e("bin", Kind::Dir, ROOT, ROOT, 0o755),
@@ -91,6 +91,8 @@ pub fn manifest() -> Vec<Entry> {
         e("queue/pool", Kind::Dir, QUEUE, GROUP, 0o700),
         e("queue/lock/trigger", Kind::Fifo, SEND, GROUP, 0o622),
         e("queue/ctl", Kind::Dir, SEND, GROUP, 0o700),
+        // remote-deliver's cache of MTA-STS policies, a file per domain.
+        e("queue/sts", Kind::Dir, REMOTE, GROUP, 0o700),
     ];
     for s in id::splits() {
         m.push(e(format!("queue/mess/{s}"), Kind::Dir, QUEUE, GROUP, 0o750));

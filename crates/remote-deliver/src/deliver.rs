@@ -76,6 +76,8 @@ pub struct Ctx {
     pub dns: TokioResolver,
     pub tls: TlsConfigs,
     pub myself: Myself,
+    /// queue/sts: the cached MTA-STS policies (crate::sts).
+    pub sts_dir: std::path::PathBuf,
     pub pool: RefCell<HashMap<PoolKey, Vec<(Client, Instant)>>>,
     /// Addresses that timed out: skip until then (if there is another address).
     pub tcpto: RefCell<HashMap<IpAddr, (u32, Instant)>>,
@@ -144,7 +146,11 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         Err(RouteError::Permanent(t)) => return log_all(job, "-", all(Res::Permanent(t))),
         Err(RouteError::Temporary(t)) => return log_all(job, "-", all(Res::Temporary(t))),
     };
-    let required = ctx.cfg.tlsdestinations.contains(&job.domain);
+    let (hosts, sts) = match apply_sts(ctx, job, hosts).await {
+        Ok(h) => h,
+        Err(t) => return log_all(job, "-", all(Res::Temporary(t))),
+    };
+    let required = sts || ctx.cfg.tlsdestinations.contains(&job.domain);
     let candidates: Vec<(&Host, IpAddr)> = hosts
         .iter()
         .flat_map(|h| h.addrs.iter().map(move |a| (h, *a)))
@@ -185,6 +191,57 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         }
     }
     log_all(job, "-", all(Res::Temporary(last)))
+}
+
+/// The MX hosts an MTA-STS policy of the job's domain lets take its mail (crate::sts), and
+/// whether TLS with a verified certificate is required of them (mode enforce). No policy is
+/// looked up for smtproutes or an address literal.
+async fn apply_sts(ctx: &Ctx, job: &Job, hosts: Vec<Host>) -> Result<(Vec<Host>, bool), String> {
+    if job.domain.starts_with('[') || hosts.iter().any(|h| h.routed) {
+        return Ok((hosts, false));
+    }
+    let Some(policy) = crate::sts::lookup(ctx, &job.msgid, &job.domain).await else {
+        return Ok((hosts, false));
+    };
+    let refused: Vec<&str> = hosts
+        .iter()
+        .filter(|h| !policy.allows(&h.name))
+        .map(|h| h.name.as_str())
+        .collect();
+    let refused = refused.join(", ");
+    match policy.mode {
+        crate::sts::Mode::Enforce => {
+            if !refused.is_empty() {
+                log!(
+                    "{} {}: MTA-STS policy (enforce) skips MX {refused}",
+                    job.msgid,
+                    job.domain
+                );
+            }
+            let allowed: Vec<Host> = hosts
+                .into_iter()
+                .filter(|h| policy.allows(&h.name))
+                .collect();
+            if allowed.is_empty() {
+                return Err(format!(
+                    "4.7.5 no MX host of {} matches its MTA-STS policy (mx: {})",
+                    job.domain,
+                    policy.mx.join(", ")
+                ));
+            }
+            Ok((allowed, true))
+        }
+        _ => {
+            if !refused.is_empty() {
+                log!(
+                    "{} {}: MTA-STS policy (testing) would skip MX {refused}; delivering as usual",
+                    job.msgid,
+                    job.domain
+                );
+            }
+            Ok((hosts, false))
+        }
+    }
 }
 
 fn log_all(job: &Job, relay: &str, results: Vec<Res>) -> Vec<Res> {
@@ -257,7 +314,7 @@ async fn connect(
             TlsPolicy::Required if !c.ext.starttls => {
                 c.quit().await;
                 return Err(format!(
-                    "4.7.4 {} does not offer STARTTLS, and TLS is required for it (tlsdestinations or smtpauth)",
+                    "4.7.4 {} does not offer STARTTLS, and TLS is required for it (MTA-STS, tlsdestinations or smtpauth)",
                     host.name
                 ));
             }

@@ -13,7 +13,9 @@
 //!
 //! Routing (route.rs): smtproutes, else MX with hickory-resolver (resolvconf or
 //! /etc/resolv.conf), implicit MX, null MX, remoteport. SMTP (client.rs, deliver.rs): EHLO or
-//! HELO, STARTTLS (opportunistic; verified for tlsdestinations), PIPELINING, SIZE, 8BITMIME,
+//! HELO, STARTTLS (opportunistic; verified for tlsdestinations and for the MX hosts of a
+//! domain whose MTA-STS policy enforces: sts.rs, policies cached in queue/sts), PIPELINING,
+//! SIZE, 8BITMIME,
 //! SMTPUTF8 (kept from the envelope's `U` record; a message that needs it is not sent to a
 //! server without it, 5.6.7), DSN (the envelope's RET, ENVID, NOTIFY, ORCPT to a server that
 //! offers it), AUTH PLAIN/LOGIN to a smarthost with credentials in
@@ -31,6 +33,7 @@ mod message;
 mod myself;
 mod route;
 mod smtpauth;
+mod sts;
 mod tls;
 
 use deliver::{Ctx, Job};
@@ -83,6 +86,7 @@ async fn run() -> Result<(), String> {
         dns,
         tls,
         myself,
+        sts_dir: queue.dir().join("sts"),
         pool: RefCell::new(HashMap::new()),
         tcpto: RefCell::new(HashMap::new()),
     });

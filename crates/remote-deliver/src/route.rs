@@ -196,7 +196,7 @@ async fn route_inner(
 }
 
 /// The IPv6 and IPv4 addresses of a host (both families, IPv6 first).
-async fn addresses(dns: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, RouteError> {
+pub async fn addresses(dns: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, RouteError> {
     let fqdn = format!("{}.", host.trim_end_matches('.'));
     let (v6, v4) = tokio::join!(
         dns.ipv6_lookup(fqdn.as_str()),

@@ -369,14 +369,37 @@ mod tests {
             orcpt: None,
         }];
         let birth = date::now_secs() - 5 * 3600;
-        let b = build(&c, "id", "s@else.example", birth, None, &e, Original::Header(b"S: x\n"))
-            .unwrap();
+        let b = build(
+            &c,
+            "id",
+            "s@else.example",
+            birth,
+            None,
+            &e,
+            Original::Header(b"S: x\n"),
+        )
+        .unwrap();
         let t = String::from_utf8(b.message).unwrap();
-        assert!(t.contains("Subject: Delayed Mail (still being retried)\n"), "{t}");
+        assert!(
+            t.contains("Subject: Delayed Mail (still being retried)\n"),
+            "{t}"
+        );
         assert!(t.contains("delivered for 5 hour(s)"), "{t}");
-        assert!(t.contains("Action: delayed\nStatus: 4.3.0\nRemote-MTA: dns; mx.far.example\n"), "{t}");
-        assert!(t.contains("Diagnostic-Code: smtp; 451 4.3.0 try later"), "{t}");
-        assert!(t.contains(&format!("Will-Retry-Until: {}\n", date::rfc5322(birth + 604_800))), "{t}");
+        assert!(
+            t.contains("Action: delayed\nStatus: 4.3.0\nRemote-MTA: dns; mx.far.example\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("Diagnostic-Code: smtp; 451 4.3.0 try later"),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "Will-Retry-Until: {}\n",
+                date::rfc5322(birth + 604_800)
+            )),
+            "{t}"
+        );
         // No warning to the null sender: a bounce being retried is not reported.
         assert!(build(&c, "id", "", birth, None, &e, Original::Header(b"")).is_none());
     }

@@ -1,0 +1,218 @@
+//! MTA-STS (issue 11, item 3) end to end: dnsmasq publishes `_mta-sts.DOMAIN` TXT records and
+//! the MX and `mta-sts.` hosts, Python's http.server over TLS serves the policies (its
+//! certificate from a test CA in `tlsca`), a second ferry with a certificate of that CA takes
+//! the mail. In `enforce`, a matching MX with a valid certificate gets the mail over verified
+//! TLS; a certificate without the MX name, and an MX the policy does not list, defer with
+//! 4.7.5 and nothing goes in the clear; `testing` delivers and logs what enforce would skip.
+//! The policy is cached in queue/sts and enforced from there when its server is gone.
+
+#![allow(clippy::unwrap_used)]
+
+use ferry_e2e::remote::Dns;
+use ferry_e2e::{Env, KillOnDrop, free_port, message};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Serves BASE/HOST/PATH for the request's Host over HTTPS (text/plain), logging each request.
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys, os
+base, certf, keyf, port, logf = sys.argv[1:]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        host = (self.headers.get('Host') or '').split(':')[0]
+        with open(logf, 'a') as f:
+            f.write(f"{host} {self.path}\n")
+        try:
+            body = open(os.path.join(base, host, self.path.lstrip('/')), 'rb').read()
+        except OSError:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', int(port)), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(certf, keyf)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+fn https_server(dir: &Path, port: u16) -> KillOnDrop {
+    let child = Command::new("python3")
+        .arg("-c")
+        .arg(HTTPS_SERVER)
+        .arg(dir.join("www"))
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(port.to_string())
+        .arg(dir.join("requests.log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let guard = KillOnDrop(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the HTTPS server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+fn policy(dir: &Path, domain: &str, text: &str) {
+    let d = dir
+        .join("www")
+        .join(format!("mta-sts.{domain}/.well-known"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("mta-sts.txt"), text).unwrap();
+}
+
+/// `good` of `good.test`.
+fn label(domain: &str) -> &str {
+    domain.split('.').next().unwrap_or(domain)
+}
+
+/// The remote-deliver log line of `rcpt` that says `word` (delivered, deferred).
+fn result_line(env: &Env, rcpt: &str, word: &str) -> Option<String> {
+    env.log("send.log")
+        .lines()
+        .find(|l| l.contains(&format!("to=<{rcpt}>")) && l.contains(&format!("result={word}")))
+        .map(str::to_string)
+}
+
+#[test]
+fn enforce_verifies_matches_and_caches_testing_only_reports() {
+    let domains = ["good.test", "badname.test", "nomatch.test", "testing.test"];
+    let mut names: Vec<String> = domains.iter().map(|d| format!("mta-sts.{d}")).collect();
+    // The receiver's certificate names mx.good.test only of the MX hosts.
+    names.push("mx.good.test".into());
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (ca, cert, key) = ferry_e2e::ca_and_leaf_for(&name_refs);
+
+    let mut receiver = Env::new();
+    let vd: String = domains.iter().map(|d| format!("{d}:mail/*\n")).collect();
+    receiver.control("virtualdomains", &format!("localhost:mail/*\n{vd}"));
+    std::fs::write(receiver.root.join("control/tlscert"), &cert).unwrap();
+    std::fs::write(receiver.root.join("control/tlskey"), &key).unwrap();
+    receiver.start_send();
+    let port = receiver.start_smtpd();
+
+    let mut args = Vec::new();
+    for d in domains {
+        args.push(format!("--mx-host={d},mx.{d},10"));
+        args.push(format!("--host-record=mx.{d},127.0.0.1"));
+        args.push(format!("--host-record=mta-sts.{d},127.0.0.1"));
+        args.push(format!("--txt-record=_mta-sts.{d},v=STSv1; id=20261202"));
+    }
+    let dns = Dns::start(&args);
+
+    let mut env = Env::new();
+    let dir = env.root.join("..").join("sts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    let enforce =
+        |mx: &str| format!("version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n");
+    policy(&dir, "good.test", &enforce("mx.good.test"));
+    policy(&dir, "badname.test", &enforce("*.badname.test"));
+    policy(&dir, "nomatch.test", &enforce("mx.elsewhere.test"));
+    policy(
+        &dir,
+        "testing.test",
+        "version: STSv1\nmode: testing\nmx: mx.elsewhere.test\nmax_age: 86400\n",
+    );
+    let https_port = free_port();
+    let https = https_server(&dir, https_port);
+
+    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
+    env.control("remoteport", &port.to_string());
+    env.control("mtastsport", &https_port.to_string());
+    env.control("timeoutconnect", "5");
+    env.control("timeoutremote", "10");
+    std::fs::write(env.root.join("control/tlsca"), &ca).unwrap();
+    env.start_send();
+    // Each domain's mail to its own mailbox (the receiver's domains are all catch-alls of mail/).
+    for d in domains {
+        let to = format!("{}@{d}", label(d));
+        let out = env.sendmail(&["-f", "s@test.example", &to], &message(&to, "secret\n"));
+        assert!(out.status.success());
+    }
+    env.wait_for("four outcomes", Duration::from_secs(60), || {
+        result_line(&env, "good@good.test", "delivered").is_some()
+            && result_line(&env, "badname@badname.test", "deferred").is_some()
+            && result_line(&env, "nomatch@nomatch.test", "deferred").is_some()
+            && result_line(&env, "testing@testing.test", "delivered").is_some()
+    });
+    let log = env.log("send.log");
+    let good = result_line(&env, "good@good.test", "delivered").unwrap();
+    assert!(good.contains("verified=yes"), "{log}");
+    let bad = result_line(&env, "badname@badname.test", "deferred").unwrap();
+    assert!(bad.contains("4.7.5"), "{log}");
+    let nomatch = result_line(&env, "nomatch@nomatch.test", "deferred").unwrap();
+    assert!(
+        nomatch.contains("4.7.5 no MX host of nomatch.test matches its MTA-STS policy"),
+        "{log}"
+    );
+    // testing: delivered as without a policy (the certificate is not checked), and reported.
+    let testing = result_line(&env, "testing@testing.test", "delivered").unwrap();
+    assert!(testing.contains("verified=no"), "{log}");
+    assert!(
+        log.contains("MTA-STS policy (testing) would skip MX mx.testing.test"),
+        "{log}"
+    );
+    assert!(!log.contains("trying again without TLS"), "{log}");
+    for (d, n) in [
+        ("good.test", 1),
+        ("badname.test", 0),
+        ("nomatch.test", 0),
+        ("testing.test", 1),
+    ] {
+        assert_eq!(
+            receiver.maildir_new(&receiver.mailbox(label(d))).len(),
+            n,
+            "{d}: {log}"
+        );
+    }
+    // Each policy was fetched once and is cached in queue/sts.
+    let cached = std::fs::read_to_string(env.path("queue/sts/nomatch.test")).unwrap();
+    assert!(cached.contains("mx: mx.elsewhere.test"), "{cached}");
+
+    // With its server gone, the cached policy is still enforced.
+    drop(https);
+    let before = env
+        .log("send.log")
+        .matches("to=<nomatch@nomatch.test>")
+        .count();
+    env.flush();
+    env.wait_for("another attempt", Duration::from_secs(30), || {
+        env.log("send.log")
+            .matches("to=<nomatch@nomatch.test>")
+            .count()
+            > before
+    });
+    let log = env.log("send.log");
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("to=<nomatch@nomatch.test>"))
+        .unwrap();
+    assert!(
+        last.contains("result=deferred") && last.contains("4.7.5"),
+        "{log}"
+    );
+    assert!(!log.contains("cannot fetch the MTA-STS policy"), "{log}");
+    let requests = std::fs::read_to_string(dir.join("requests.log")).unwrap();
+    assert_eq!(
+        requests
+            .matches("mta-sts.nomatch.test /.well-known/mta-sts.txt")
+            .count(),
+        1,
+        "{requests}"
+    );
+}
