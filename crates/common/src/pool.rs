@@ -13,7 +13,7 @@
 //!   of the message that took the file; the link count tells, and only the name goes.) A name another writer took fails the lock
 //!   or the rename and is skipped; with no name left the caller creates a file as before.
 //! - Giving back ([`give_back`], by clean, once a message is finished): only a regular file
-//!   with no other link, emptied first, under a new random name; at most [`MAX_POOL`] files
+//!   with no other link, renamed to a new random name and then emptied; at most [`MAX_POOL`] files
 //!   (beyond that, or on any error, it is removed as before).
 //! - A file in the pool is garbage: nothing reads it, a crash leaves nothing to recover, and
 //!   it keeps its owner, group and mode (ferryq:ferry 0640, as tmp/ made it).
@@ -134,11 +134,14 @@ impl Giver {
         if !meta.is_file() || meta.nlink() != 1 {
             return Err(io::Error::other("not a lone regular file"));
         }
-        file.set_len(0)?;
         let mut r = [0u8; 8];
         ferry_sys::random_bytes(&mut r)?;
         let name = format!("{:016x}", u64::from_ne_bytes(r));
-        std::fs::rename(path, queue_dir.join("pool").join(name))
+        // Renamed first, emptied after: a clean killed between the two leaves a full file in
+        // the pool (a taker empties it), never an empty file under the message's name, which
+        // send would find in todo/ as a broken message (crashstates found it).
+        std::fs::rename(path, queue_dir.join("pool").join(name))?;
+        file.set_len(0)
     }
 }
 
