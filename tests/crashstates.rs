@@ -21,6 +21,7 @@ fn queue_file_bytes(subject: &str, to: &str) -> Vec<u8> {
             sender: "seed@test.example".into(),
             recipients: vec![to.into()],
             smtputf8: false,
+            requiretls: false,
             dsn: Default::default(),
         }
         .encode(),

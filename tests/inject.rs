@@ -30,6 +30,7 @@ fn envelope(rcpt: &str) -> Vec<u8> {
         sender: "sender@test.example".into(),
         recipients: vec![rcpt.into()],
         smtputf8: false,
+        requiretls: false,
         dsn: Default::default(),
     }
     .encode()

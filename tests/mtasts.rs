@@ -4,7 +4,9 @@
 //! the mail. In `enforce`, a matching MX with a valid certificate gets the mail over verified
 //! TLS; a certificate without the MX name, and an MX the policy does not list, defer with
 //! 4.7.5 and nothing goes in the clear; `testing` delivers and logs what enforce would skip.
-//! The policy is cached in queue/sts and enforced from there when its server is gone.
+//! The policy is cached in queue/sts and enforced from there when its server is gone; a
+//! message with `TLS-Required: No` sets it aside.
+//! REQUIRETLS (item 5) rides on it: such a message goes only to an MX a policy vouches for.
 
 #![allow(clippy::unwrap_used)]
 
@@ -168,15 +170,12 @@ fn enforce_verifies_matches_and_caches_testing_only_reports() {
         "{log}"
     );
     assert!(!log.contains("trying again without TLS"), "{log}");
-    for (d, n) in [
-        ("good.test", 1),
-        ("badname.test", 0),
-        ("nomatch.test", 0),
-        ("testing.test", 1),
-    ] {
-        assert_eq!(
-            receiver.maildir_new(&receiver.mailbox(label(d))).len(),
-            n,
+    for d in ["good.test", "testing.test"] {
+        receiver.wait_maildir(&receiver.mailbox(label(d)), 1);
+    }
+    for d in ["badname.test", "nomatch.test"] {
+        assert!(
+            receiver.maildir_new(&receiver.mailbox(label(d))).is_empty(),
             "{d}: {log}"
         );
     }
@@ -207,6 +206,20 @@ fn enforce_verifies_matches_and_caches_testing_only_reports() {
         "{log}"
     );
     assert!(!log.contains("cannot fetch the MTA-STS policy"), "{log}");
+    // TLS-Required: No (RFC 8689 §4.3): the policy is set aside, the mail goes.
+    let out = env.sendmail(
+        &["-f", "s@test.example", "no@nomatch.test"],
+        b"To: no@nomatch.test\nTLS-Required: No\nSubject: anyway\n\nnot secret\n",
+    );
+    assert!(out.status.success());
+    receiver.wait_maildir(&receiver.mailbox("no"), 1);
+    assert!(
+        env.log("send.log").contains(
+            "nomatch.test: TLS-Required: No; its MTA-STS policy (enforce) is not applied"
+        ),
+        "{}",
+        env.log("send.log")
+    );
     let requests = std::fs::read_to_string(dir.join("requests.log")).unwrap();
     assert_eq!(
         requests
@@ -215,4 +228,137 @@ fn enforce_verifies_matches_and_caches_testing_only_reports() {
         1,
         "{requests}"
     );
+}
+
+/// Talks to smtpd on `port` with Python's smtplib: MAIL with REQUIRETLS before STARTTLS
+/// (must be refused), then over STARTTLS one REQUIRETLS message to each of `rcpts`. Prints
+/// one JSON object: EHLO keywords before and after TLS, the refusal, each send's outcome.
+const REQUIRETLS_CLIENT: &str = r#"
+import json, smtplib, ssl, sys
+port, sender, rcpts = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+s = smtplib.SMTP('127.0.0.1', port, timeout=30)
+s.ehlo('client.test')
+before = sorted(s.esmtp_features)
+refused = s.docmd('MAIL FROM:<%s> REQUIRETLS' % sender)
+s.rset()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.ehlo('client.test')
+after = sorted(s.esmtp_features)
+sent = {}
+for r in rcpts:
+    msg = 'From: <%s>\r\nTo: <%s>\r\nSubject: sealed\r\n\r\nsecret body\r\n' % (sender, r)
+    try:
+        s.sendmail(sender, [r], msg, mail_options=['REQUIRETLS'])
+        sent[r] = 'ok'
+    except smtplib.SMTPException as e:
+        sent[r] = str(e)
+s.quit()
+print(json.dumps({'before': before, 'after': after,
+                  'refused': [refused[0], refused[1].decode()], 'sent': sent}))
+"#;
+
+/// REQUIRETLS (RFC 8689, issue 11 item 5): smtpd offers and takes it only over TLS (530
+/// 5.7.10 before); the message goes on only over verified TLS to an MX host its domain's
+/// MTA-STS policy lists, with REQUIRETLS on MAIL (the receiving ferry logs it); to a domain
+/// whose MX hosts no policy vouches for it bounces (5.7.30) with the header only.
+#[test]
+fn requiretls_only_over_verified_tls_and_vouched_mx() {
+    let (ca, cert, key) = ferry_e2e::ca_and_leaf_for(&["mta-sts.good.test", "mx.good.test"]);
+    let mut receiver = Env::new();
+    receiver.control(
+        "virtualdomains",
+        "localhost:mail/*\ngood.test:mail/*\nplain.test:mail/*\n",
+    );
+    std::fs::write(receiver.root.join("control/tlscert"), &cert).unwrap();
+    std::fs::write(receiver.root.join("control/tlskey"), &key).unwrap();
+    receiver.start_send();
+    let port = receiver.start_smtpd();
+    let dns = Dns::start(&[
+        "--mx-host=good.test,mx.good.test,10".into(),
+        "--host-record=mx.good.test,127.0.0.1".into(),
+        "--host-record=mta-sts.good.test,127.0.0.1".into(),
+        "--txt-record=_mta-sts.good.test,v=STSv1; id=1".into(),
+        // No MTA-STS: nothing vouches for this MX.
+        "--mx-host=plain.test,mx.plain.test,10".into(),
+        "--host-record=mx.plain.test,127.0.0.1".into(),
+    ]);
+
+    let mut env = Env::new();
+    let dir = env.root.join("..").join("sts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    policy(
+        &dir,
+        "good.test",
+        "version: STSv1\nmode: testing\nmx: mx.good.test\nmax_age: 86400\n",
+    );
+    let https_port = free_port();
+    let _https = https_server(&dir, https_port);
+    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
+    env.control("remoteport", &port.to_string());
+    env.control("mtastsport", &https_port.to_string());
+    env.control("relayclients", "127.0.0.1");
+    std::fs::write(env.root.join("control/tlsca"), &ca).unwrap();
+    ferry_e2e::write_test_certificate(&env.root, "localhost");
+    env.start_send();
+    let smtp_port = env.start_smtpd();
+    let snd = env.mailbox_rcpt("snd");
+
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(REQUIRETLS_CLIENT)
+        .arg(smtp_port.to_string())
+        .arg("snd@virt.example")
+        .args(["good@good.test", "plain@plain.test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let has = |k: &str, w: &str| {
+        r[k].as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_str() == Some(w))
+    };
+    assert!(
+        !has("before", "requiretls") && has("after", "requiretls"),
+        "{r}"
+    );
+    assert_eq!(r["refused"][0], 530, "{r}");
+    assert!(
+        r["refused"][1].as_str().unwrap().starts_with("5.7.10"),
+        "{r}"
+    );
+    assert_eq!(r["sent"]["good@good.test"], "ok", "{r}");
+    assert_eq!(r["sent"]["plain@plain.test"], "ok", "{r}");
+
+    // good.test: over verified TLS (its testing policy vouches for the MX), REQUIRETLS on.
+    receiver.wait_maildir(&receiver.mailbox("good"), 1);
+    env.wait_for("the delivery", Duration::from_secs(30), || {
+        result_line(&env, "good@good.test", "delivered").is_some()
+    });
+    let good = result_line(&env, "good@good.test", "delivered").unwrap();
+    assert!(good.contains("verified=yes"), "{good}");
+    assert!(
+        receiver
+            .log("send.log")
+            .contains("REQUIRETLS: it goes on only")
+    );
+    // plain.test: bounced for good, the header only.
+    let bounce = env.wait_maildir(&snd.maildir(), 1);
+    let text = String::from_utf8_lossy(&bounce[0]);
+    assert!(text.contains("Status: 5.7.30"), "{text}");
+    assert!(
+        text.contains("Subject: sealed") && !text.contains("secret body"),
+        "{text}"
+    );
+    assert!(receiver.maildir_new(&receiver.mailbox("plain")).is_empty());
 }

@@ -3,6 +3,8 @@
 //! lack:
 //! - `U\0` right after the sender: the transaction was received with SMTPUTF8 (RFC 6531),
 //!   which relaying must keep;
+//! - `S\0` after the sender (and `U`): REQUIRETLS (RFC 8689): the message goes on only over
+//!   TLS with a verified certificate to servers that offer REQUIRETLS themselves;
 //! - after the sender (and `U`), the DSN parameters of MAIL (RFC 3461): `RFULL\0` or
 //!   `RHDRS\0`, and `E<envid>\0` (xtext-decoded);
 //! - after a `T` record, the DSN parameters of that recipient's RCPT: `N<notify>\0` (NEVER, or
@@ -28,6 +30,8 @@ pub struct Envelope {
     pub recipients: Vec<String>,
     /// The message was received with the SMTPUTF8 parameter (recorded as `U\0`).
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689; recorded as `S\0`).
+    pub requiretls: bool,
     /// The DSN parameters (RFC 3461), if any were given.
     pub dsn: Dsn,
 }
@@ -257,6 +261,10 @@ impl Envelope {
         if smtputf8 {
             pos += 2;
         }
+        let requiretls = buf.get(pos..pos + 2) == Some(b"S\0");
+        if requiretls {
+            pos += 2;
+        }
         let mut dsn = Dsn::default();
         let mut recipients = Vec::new();
         loop {
@@ -315,6 +323,7 @@ impl Envelope {
             sender,
             recipients,
             smtputf8,
+            requiretls,
             dsn,
         })
     }
@@ -328,6 +337,9 @@ impl Envelope {
         v.push(0);
         if self.smtputf8 {
             v.extend_from_slice(b"U\0");
+        }
+        if self.requiretls {
+            v.extend_from_slice(b"S\0");
         }
         let field = |v: &mut Vec<u8>, kind: u8, text: &str| {
             v.push(kind);
@@ -368,20 +380,23 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into(), "e@f".into()],
             smtputf8: false,
+            requiretls: false,
             dsn: Default::default(),
         };
         assert_eq!(e.encode(), b"Fa@b.example\0Tc@d.example\0Te@f\0\0");
         assert_eq!(Envelope::parse(&e.encode()).unwrap(), e);
         let u = Envelope {
             smtputf8: true,
+            requiretls: true,
             ..e.clone()
         };
-        assert_eq!(u.encode(), b"Fa@b.example\0U\0Tc@d.example\0Te@f\0\0");
+        assert_eq!(u.encode(), b"Fa@b.example\0U\0S\0Tc@d.example\0Te@f\0\0");
         assert_eq!(Envelope::parse(&u.encode()).unwrap(), u);
         let null = Envelope {
             sender: String::new(),
             recipients: vec!["x@y".into()],
             smtputf8: false,
+            requiretls: false,
             dsn: Default::default(),
         };
         assert_eq!(Envelope::parse(&null.encode()).unwrap(), null);
@@ -393,6 +408,7 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into(), "e@f".into()],
             smtputf8: false,
+            requiretls: false,
             dsn: Dsn {
                 ret: Some(Ret::Hdrs),
                 envid: Some("QQ314159".into()),

@@ -647,6 +647,7 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
             smtputf8: false,
+            requiretls: false,
             dsn: Default::default(),
         }
     }

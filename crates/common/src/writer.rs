@@ -104,6 +104,8 @@ pub const MAX_RECEIVED: usize = 2048;
 
 /// flags field of `B` for an SMTPUTF8 transaction.
 pub const FLAG_SMTPUTF8: &str = "U";
+/// flags field of `B` for a transaction with REQUIRETLS (RFC 8689).
+pub const FLAG_REQUIRETLS: &str = "requiretls";
 /// The prefix of the authenticated name in the flags field of `B`.
 pub const FLAG_AUTH: &str = "auth=";
 /// The prefix of the verification policies (`verify=SPF:DMARC`, each off/mark/enforce).
@@ -118,6 +120,7 @@ pub const FLAG_ARC: &str = "arc=";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Flags {
     pub smtputf8: bool,
+    pub requiretls: bool,
     /// The authenticated name (submission).
     pub auth: Option<String>,
     /// Verify it (port 25, a stranger): spfpolicy and dmarcpolicy.
@@ -134,6 +137,9 @@ impl Flags {
         let mut f = Vec::new();
         if self.smtputf8 {
             f.push(FLAG_SMTPUTF8.to_string());
+        }
+        if self.requiretls {
+            f.push(FLAG_REQUIRETLS.to_string());
         }
         if let Some(a) = &self.auth {
             f.push(format!("{FLAG_AUTH}{}", clean(a, 300).replace(' ', "?")));
@@ -156,6 +162,8 @@ impl Flags {
         for f in flags.split(' ') {
             if f == FLAG_SMTPUTF8 {
                 out.smtputf8 = true;
+            } else if f == FLAG_REQUIRETLS {
+                out.requiretls = true;
             } else if f == FLAG_SIGN {
                 out.sign = true;
             } else if let Some(a) = f.strip_prefix(FLAG_AUTH) {

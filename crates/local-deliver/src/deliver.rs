@@ -323,6 +323,7 @@ fn forward(root: &Root, job: &Job, targets: Vec<String>) -> Outcome {
         sender: job.sender.clone(),
         recipients: targets,
         smtputf8: false,
+        requiretls: false,
         dsn: Default::default(),
     };
     match inject::run_queue_forward(root, &job.msg.file, &job.recipient, &env) {

@@ -63,6 +63,8 @@ pub struct Extensions {
     pub starttls: bool,
     /// DSN (RFC 3461): the server takes RET, ENVID, NOTIFY and ORCPT.
     pub dsn: bool,
+    /// REQUIRETLS (RFC 8689): the server takes such messages and keeps the promise.
+    pub requiretls: bool,
     /// The SASL mechanisms of `AUTH` (uppercase).
     pub auth: Vec<String>,
 }
@@ -79,6 +81,7 @@ impl Extensions {
                 "SMTPUTF8" => e.smtputf8 = true,
                 "STARTTLS" => e.starttls = true,
                 "DSN" => e.dsn = true,
+                "REQUIRETLS" => e.requiretls = true,
                 "AUTH" => e.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}

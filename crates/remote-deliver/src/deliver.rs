@@ -146,9 +146,9 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         Err(RouteError::Permanent(t)) => return log_all(job, "-", all(Res::Permanent(t))),
         Err(RouteError::Temporary(t)) => return log_all(job, "-", all(Res::Temporary(t))),
     };
-    let (hosts, sts) = match apply_sts(ctx, job, hosts).await {
+    let (hosts, sts) = match apply_sts(ctx, job, &msg, hosts).await {
         Ok(h) => h,
-        Err(t) => return log_all(job, "-", all(Res::Temporary(t))),
+        Err(r) => return log_all(job, "-", all(r)),
     };
     let required = sts || ctx.cfg.tlsdestinations.contains(&job.domain);
     let candidates: Vec<(&Host, IpAddr)> = hosts
@@ -190,19 +190,67 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
             }
         }
     }
-    log_all(job, "-", all(Res::Temporary(last)))
+    // No server of a REQUIRETLS message offers REQUIRETLS: that will not change by waiting.
+    let result = if last.starts_with(REQUIRETLS_UNMET) {
+        Res::Permanent(last)
+    } else {
+        Res::Temporary(last)
+    };
+    log_all(job, "-", all(result))
 }
 
+/// The status of a REQUIRETLS message that cannot be sent as it asks (RFC 8689 §5).
+const REQUIRETLS_UNMET: &str = "5.7.30";
+
 /// The MX hosts an MTA-STS policy of the job's domain lets take its mail (crate::sts), and
-/// whether TLS with a verified certificate is required of them (mode enforce). No policy is
-/// looked up for smtproutes or an address literal.
-async fn apply_sts(ctx: &Ctx, job: &Job, hosts: Vec<Host>) -> Result<(Vec<Host>, bool), String> {
+/// whether TLS with a verified certificate is required of them (mode enforce, or a
+/// REQUIRETLS message). No policy is looked up for smtproutes or an address literal: the
+/// administrator's route counts as secure for REQUIRETLS. A REQUIRETLS message to MX hosts
+/// that no policy vouches for (in enforce or testing mode) fails for good, 5.7.30 (RFC 8689
+/// §4.2.1; DNSSEC, the other way to vouch for them, is not built); a message with
+/// `TLS-Required: No` ignores the policy.
+async fn apply_sts(
+    ctx: &Ctx,
+    job: &Job,
+    msg: &Message,
+    hosts: Vec<Host>,
+) -> Result<(Vec<Host>, bool), Res> {
+    let requiretls = msg.env.requiretls;
     if job.domain.starts_with('[') || hosts.iter().any(|h| h.routed) {
-        return Ok((hosts, false));
+        return Ok((hosts, requiretls));
     }
     let Some(policy) = crate::sts::lookup(ctx, &job.msgid, &job.domain).await else {
+        if requiretls {
+            return Err(Res::Permanent(format!(
+                "{REQUIRETLS_UNMET} REQUIRETLS, and no MTA-STS policy of {} vouches for its MX hosts",
+                job.domain
+            )));
+        }
         return Ok((hosts, false));
     };
+    if requiretls {
+        let allowed: Vec<Host> = hosts
+            .into_iter()
+            .filter(|h| policy.allows(&h.name))
+            .collect();
+        if allowed.is_empty() {
+            return Err(Res::Permanent(format!(
+                "{REQUIRETLS_UNMET} REQUIRETLS, and no MX host of {} matches its MTA-STS policy (mx: {})",
+                job.domain,
+                policy.mx.join(", ")
+            )));
+        }
+        return Ok((allowed, true));
+    }
+    if msg.tls_optional() {
+        log!(
+            "{} {}: TLS-Required: No; its MTA-STS policy ({}) is not applied",
+            job.msgid,
+            job.domain,
+            policy.mode.name()
+        );
+        return Ok((hosts, false));
+    }
     let refused: Vec<&str> = hosts
         .iter()
         .filter(|h| !policy.allows(&h.name))
@@ -223,11 +271,11 @@ async fn apply_sts(ctx: &Ctx, job: &Job, hosts: Vec<Host>) -> Result<(Vec<Host>,
                 .filter(|h| policy.allows(&h.name))
                 .collect();
             if allowed.is_empty() {
-                return Err(format!(
+                return Err(Res::Temporary(format!(
                     "4.7.5 no MX host of {} matches its MTA-STS policy (mx: {})",
                     job.domain,
                     policy.mx.join(", ")
-                ));
+                )));
             }
             Ok((allowed, true))
         }
@@ -460,6 +508,13 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
             n
         ]);
     }
+    // RFC 8689 §4.2.1: a REQUIRETLS message goes only to a server that offers REQUIRETLS.
+    if msg.env.requiretls && !c.ext.requiretls {
+        return Tx::Next(format!(
+            "{REQUIRETLS_UNMET} REQUIRETLS, and {} does not offer REQUIRETLS",
+            c.host
+        ));
+    }
     let utf8 = needs_utf8 || (msg.smtputf8 && c.ext.smtputf8);
     let sender = if job.sender == DOUBLE_BOUNCE_SENDER {
         ""
@@ -472,6 +527,9 @@ async fn transaction(c: &mut Client, job: &Job, msg: &Message) -> Tx {
     }
     if msg.eightbit {
         mail.push_str(" BODY=8BITMIME");
+    }
+    if msg.env.requiretls {
+        mail.push_str(" REQUIRETLS");
     }
     if utf8 {
         mail.push_str(" SMTPUTF8");

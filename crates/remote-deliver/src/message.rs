@@ -67,6 +67,19 @@ impl Message {
         self.smtputf8 && self.utf8_head
     }
 
+    /// `TLS-Required: No` in the header (RFC 8689 §4.3): the sender asks that recipient-side
+    /// TLS policies (MTA-STS) be ignored for it; TLS is still used when offered.
+    pub fn tls_optional(&self) -> bool {
+        let head = self.qf.read_head(64 * 1024).unwrap_or_default();
+        String::from_utf8_lossy(&head)
+            .split('\n')
+            .take_while(|l| !l.trim_end_matches('\r').is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("TLS-Required") && v.trim().eq_ignore_ascii_case("No")
+            })
+    }
+
     fn read(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.qf.read_at(buf, pos)
     }
@@ -162,6 +175,7 @@ mod tests {
                 sender: "a@b".into(),
                 recipients: vec!["c@d".into()],
                 smtputf8,
+                requiretls: false,
                 dsn: Default::default(),
             }
             .encode(),
@@ -195,6 +209,7 @@ mod tests {
                 sender: "a@b".into(),
                 recipients: vec!["c@d".into()],
                 smtputf8: false,
+                requiretls: false,
                 dsn: Default::default(),
             }
             .encode(),

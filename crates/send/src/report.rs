@@ -86,7 +86,9 @@ impl Scheduler {
         let failed = entries.iter().any(|e| e.action == Action::Failed);
         let full = match &qf {
             Ok(q)
+                // A REQUIRETLS message's report returns its header only (RFC 8689 §5).
                 if failed
+                    && !env.requiretls
                     && env.dsn.ret == Some(Ret::Full)
                     && q.message_len as usize <= bounce::MAX_RETURNED =>
             {
@@ -104,7 +106,7 @@ impl Scheduler {
             Some(v) => bounce::Original::Full(v),
             None => bounce::Original::Header(&header),
         };
-        let Some(b) = bounce::build(
+        let Some(mut b) = bounce::build(
             &self.cfg,
             &m.id.to_string(),
             &m.sender,
@@ -118,6 +120,8 @@ impl Scheduler {
             }
             return Ok(());
         };
+        // The report of a REQUIRETLS message asks the same of its own way back (RFC 8689 §5).
+        b.envelope.requiretls = env.requiretls;
         let r = inject::run_queue(&self.root, &mut b.message.as_slice(), &b.envelope)?;
         if r.code == 0 {
             let what = match kind {

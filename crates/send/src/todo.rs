@@ -136,6 +136,11 @@ impl Scheduler {
         let birth = qf.birth();
         let (rcpts, aliases) = self.expand(&env.recipients);
         let asks_success = env.dsn.rcpts.iter().any(|d| d.wants().success);
+        if env.requiretls {
+            log!(
+                "{id}: REQUIRETLS: it goes on only over verified TLS, to servers that offer REQUIRETLS"
+            );
+        }
         let mut m = Msg::new(id, birth, env.sender, rcpts);
         m.asks_success = asks_success;
         Ok(Some((m, aliases)))

@@ -180,6 +180,7 @@ fn send(root: &Root, cfg: &Config, a: args::Args) -> i32 {
         sender,
         recipients,
         smtputf8: false,
+        requiretls: false,
         dsn,
     };
     let mut body = Body {

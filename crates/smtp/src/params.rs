@@ -1,6 +1,7 @@
 //! ESMTP parameters of `MAIL FROM` and `RCPT TO` (RFC 5321 §4.1.2
 //! `esmtp-param`): SIZE (RFC 1870), BODY (RFC 6152, RFC 3030), SMTPUTF8
-//! (RFC 6531), RET / ENVID / NOTIFY / ORCPT (RFC 3461), AUTH (RFC 4954).
+//! (RFC 6531), RET / ENVID / NOTIFY / ORCPT (RFC 3461), AUTH (RFC 4954), REQUIRETLS
+//! (RFC 8689).
 //!
 //! A parameter is `keyword[=value]`, keyword case-insensitive.  Unknown
 //! keywords get `555 5.5.4`; a bad or duplicated value gets `501 5.5.4`.
@@ -51,6 +52,8 @@ pub struct MailParams {
     pub body: Option<Body>,
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
+    /// `REQUIRETLS` was given (RFC 8689): relay only over verified TLS.
+    pub requiretls: bool,
     /// `RET=`.
     pub ret: Option<Ret>,
     /// `ENVID=`, xtext-decoded.
@@ -171,6 +174,11 @@ pub(crate) fn parse_mail_params<'a>(
                 return Err(CommandError::SYNTAX);
             }
             params.smtputf8 = true;
+        } else if is(&p, "REQUIRETLS") {
+            if p.value.is_some() || params.requiretls {
+                return Err(CommandError::SYNTAX);
+            }
+            params.requiretls = true;
         } else if is(&p, "RET") {
             let v = value_of(&p)?;
             let ret = if v.eq_ignore_ascii_case(b"FULL") {
@@ -280,6 +288,9 @@ mod tests {
         assert_eq!(mail("ret=full").map(|p| p.ret), Ok(Some(Ret::Full)));
         assert_eq!(mail("SmtpUtf8").map(|p| p.smtputf8), Ok(true));
         assert_eq!(mail("SMTPUTF8 SMTPUTF8"), Err(CommandError::SYNTAX));
+        assert_eq!(mail("requiretls").map(|p| p.requiretls), Ok(true));
+        assert_eq!(mail("REQUIRETLS=yes"), Err(CommandError::SYNTAX));
+        assert_eq!(mail("REQUIRETLS REQUIRETLS"), Err(CommandError::SYNTAX));
         assert_eq!(mail("BODY=8BITMIME BODY=7BIT"), Err(CommandError::SYNTAX));
         assert_eq!(mail("ENVID=a ENVID=b"), Err(CommandError::SYNTAX));
         assert_eq!(

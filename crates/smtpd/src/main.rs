@@ -28,7 +28,8 @@
 //! gets 250 only after qwriter has committed it durably.
 //!
 //! The SMTP dialogue is crates/smtpd/src/session.rs (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, STARTTLS; AUTH in the submission modes, SASL
+//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, DSN, STARTTLS, REQUIRETLS (over TLS only); AUTH in
+//! the submission modes, SASL
 //! parsing in crates/smtp/src/sasl.rs); who may send what is policy.rs.
 //! Control files: me, smtpgreeting, smtplisten, submissionlisten, smtpslisten, databytes,
 //! maxrcpt, maxhops, timeoutsmtpd, concurrencyincoming, concurrencyperip, rcpthosts,

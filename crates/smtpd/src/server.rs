@@ -451,6 +451,7 @@ impl Server {
                         protocol,
                         sender,
                         smtputf8,
+                        requiretls,
                         rcpts,
                         auth,
                         dsn,
@@ -477,7 +478,7 @@ impl Server {
                                 &self.policy.cfg,
                                 self.service,
                                 c.peer.ip(),
-                                smtputf8,
+                                (smtputf8, requiretls),
                                 auth.as_deref(),
                                 &rcpts,
                             ))
@@ -873,7 +874,7 @@ fn message_flags(
     cfg: &ferry_common::config::Config,
     service: Service,
     ip: std::net::IpAddr,
-    smtputf8: bool,
+    (smtputf8, requiretls): (bool, bool),
     auth: Option<&str>,
     rcpts: &[String],
 ) -> String {
@@ -893,6 +894,7 @@ fn message_flags(
         .map(|r| ferry_common::addr::split(r).1.to_lowercase());
     ferry_common::writer::Flags {
         smtputf8,
+        requiretls,
         auth: auth.map(str::to_string),
         verify: verify.then_some(checks),
         sign: ours,

@@ -65,6 +65,8 @@ pub enum Event {
         protocol: String,
         sender: String,
         smtputf8: bool,
+        /// REQUIRETLS (RFC 8689) on MAIL.
+        requiretls: bool,
         rcpts: Vec<String>,
         /// The authenticated name (submission).
         auth: Option<String>,
@@ -117,6 +119,7 @@ enum Phase {
 struct Txn {
     sender: String,
     smtputf8: bool,
+    requiretls: bool,
     rcpts: Vec<String>,
     /// DSN parameters: RET and ENVID of MAIL, NOTIFY and ORCPT of each accepted RCPT.
     dsn: ferry_common::envelope::Dsn,
@@ -138,6 +141,7 @@ impl Txn {
             fix: None,
             sender,
             smtputf8,
+            requiretls: false,
             rcpts: Vec::new(),
             dsn: Default::default(),
             rcpt_bytes: 0,
@@ -419,6 +423,9 @@ impl Session {
                 if self.tls_offered && self.tls.is_none() {
                     lines.push("STARTTLS".into());
                 }
+                if self.tls.is_some() {
+                    lines.push("REQUIRETLS".into());
+                }
                 // RFC 4954 §4 and RFC 8314: only over TLS.
                 if self.service.submission() && self.tls.is_some() && self.auth.is_none() {
                     lines.push(format!("AUTH {}", sasl::MECHANISMS));
@@ -472,6 +479,17 @@ impl Session {
                     self.refuse(r, events);
                     return false;
                 }
+                // RFC 8689: REQUIRETLS is offered, and taken, only over TLS.
+                if params.requiretls && self.tls.is_none() {
+                    let r = Reply::new(
+                        530,
+                        "5.7.10",
+                        "REQUIRETLS needs a TLS session: STARTTLS first",
+                    );
+                    denied(events, &sender, None, &r);
+                    self.out.extend(r.to_bytes());
+                    return false;
+                }
                 if let Some(name) = &self.auth
                     && let Err(r) = p.check_auth_sender(&sender, name)
                 {
@@ -480,6 +498,7 @@ impl Session {
                     return false;
                 }
                 let mut txn = Txn::new(sender, params.smtputf8);
+                txn.requiretls = params.requiretls;
                 txn.dsn.ret = params.ret.map(|r| match r {
                     ferry_smtp::Ret::Full => ferry_common::envelope::Ret::Full,
                     ferry_smtp::Ret::Hdrs => ferry_common::envelope::Ret::Hdrs,
@@ -749,6 +768,7 @@ impl Session {
                 protocol,
                 sender: t.sender.clone(),
                 smtputf8: t.smtputf8,
+                requiretls: t.requiretls,
                 rcpts: t.rcpts.clone(),
                 auth: self.auth.clone(),
                 dsn: t.dsn.clone(),

@@ -44,6 +44,7 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                         sender,
                         rcpts,
                         smtputf8,
+                        requiretls,
                         dsn,
                         ..
                     } => {
@@ -51,6 +52,7 @@ pub fn run(root: &Root, policy: &ConfigPolicy) -> std::io::Result<i32> {
                             sender,
                             recipients: rcpts,
                             smtputf8,
+                            requiretls,
                             dsn,
                         });
                         message.clear();

@@ -220,6 +220,7 @@ impl Writer {
                     sender,
                     recipients: rcpts,
                     smtputf8,
+                    requiretls: flags.requiretls,
                     dsn: Default::default(),
                 };
                 // The envelope is checked now, so that a bad one never gets as far as a file.
