@@ -40,7 +40,7 @@ deps-test:
 	@scripts/deps.sh test
 
 test: deps-test build
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 	fuzz/run-all.sh $(FUZZ_SECONDS)
 
 # FERRY_BIN_DIR=DIR: use programs built elsewhere (no cargo needed).

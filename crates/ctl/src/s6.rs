@@ -166,12 +166,22 @@ pub fn status(dir: &Path) -> Result<Option<Status>> {
     if !supervised(dir)? {
         return Ok(None);
     }
-    let out = tool(
-        "s6-svstat",
-        &["-o", "up,ready,pid,updownfor,readyfor"],
-        dir,
-        Duration::from_secs(10),
-    )?;
+    // s6-supervise opens supervise/control a moment before it writes supervise/status: a
+    // service taken up just now may have no status yet (ctlcheck met that window).
+    let mut tries = 0;
+    let out = loop {
+        let out = tool(
+            "s6-svstat",
+            &["-o", "up,ready,pid,updownfor,readyfor"],
+            dir,
+            Duration::from_secs(10),
+        )?;
+        tries += 1;
+        if out.ok() || !out.stderr.contains("unable to read status") || tries >= 100 {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     if !out.ok() {
         if out.stderr.contains("not running") {
             return Ok(None);
