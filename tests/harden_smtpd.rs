@@ -96,7 +96,27 @@ fn non_reading_clients_keep_smtpd_memory_bounded() {
         after < 64 * 1024,
         "smtpd grew to {after} KiB with 500 non-reading clients"
     );
-    // The server still serves everyone else.
+    // The server still serves everyone else, and it is the same smtpd (seen once under a
+    // full `make test`: the new client got no greeting; this says whether smtpd had died).
+    assert_eq!(
+        pid_of(&env, "smtpd"),
+        pid,
+        "smtpd was restarted: {}",
+        env.log("smtpd.log")
+    );
+    let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut greeting = [0u8; 512];
+    let n = probe.read(&mut greeting).unwrap_or(0);
+    assert!(
+        greeting[..n].starts_with(b"220 "),
+        "a new client got {:?}; smtpd.log: {}",
+        String::from_utf8_lossy(&greeting[..n]),
+        env.log("smtpd.log")
+    );
+    drop(probe);
     let mut s = Smtp::connect(port);
     let (code, text) = s.mail(
         "a@test.example",
