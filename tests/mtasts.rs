@@ -12,7 +12,7 @@
 
 use ferry_e2e::remote::Dns;
 use ferry_e2e::{Env, KillOnDrop, free_port, message};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,53 @@ fn policy(dir: &Path, domain: &str, text: &str) {
     std::fs::write(d.join("mta-sts.txt"), text).unwrap();
 }
 
+/// A receiving ferry with `cert` and `key` that takes mail for `domains` (catch-alls of
+/// mail/, so `x@d` lands in mailbox `x`), and its SMTP port.
+fn receiver(cert: &str, key: &str, domains: &[&str]) -> (Env, u16) {
+    let mut receiver = Env::new();
+    let vd: String = domains.iter().map(|d| format!("{d}:mail/*\n")).collect();
+    receiver.control("virtualdomains", &format!("localhost:mail/*\n{vd}"));
+    std::fs::write(receiver.root.join("control/tlscert"), cert).unwrap();
+    std::fs::write(receiver.root.join("control/tlskey"), key).unwrap();
+    receiver.start_send();
+    let port = receiver.start_smtpd();
+    (receiver, port)
+}
+
+/// The HTTPS server's directory (its certificate and key, www/), beside `env`'s root.
+fn sts_dir(env: &Env, cert: &str, key: &str) -> PathBuf {
+    let dir = env.root.join("..").join("sts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    dir
+}
+
+/// Points the sending ferry at `dns`, the receiver's `port` and the policies' `https_port`,
+/// trusting `ca`.
+fn sender_controls(env: &Env, dns: &Dns, port: u16, https_port: u16, ca: &str) {
+    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
+    env.control("remoteport", &port.to_string());
+    env.control("mtastsport", &https_port.to_string());
+    std::fs::write(env.root.join("control/tlsca"), ca).unwrap();
+}
+
+/// Runs a Python script with `args`; what it prints, as JSON.
+fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `good` of `good.test`.
 fn label(domain: &str) -> &str {
     domain.split('.').next().unwrap_or(domain)
@@ -98,13 +145,7 @@ fn enforce_verifies_matches_and_caches_testing_only_reports() {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let (ca, cert, key) = ferry_e2e::ca_and_leaf_for(&name_refs);
 
-    let mut receiver = Env::new();
-    let vd: String = domains.iter().map(|d| format!("{d}:mail/*\n")).collect();
-    receiver.control("virtualdomains", &format!("localhost:mail/*\n{vd}"));
-    std::fs::write(receiver.root.join("control/tlscert"), &cert).unwrap();
-    std::fs::write(receiver.root.join("control/tlskey"), &key).unwrap();
-    receiver.start_send();
-    let port = receiver.start_smtpd();
+    let (receiver, port) = receiver(&cert, &key, &domains);
 
     let mut args = Vec::new();
     for d in domains {
@@ -116,10 +157,7 @@ fn enforce_verifies_matches_and_caches_testing_only_reports() {
     let dns = Dns::start(&args);
 
     let mut env = Env::new();
-    let dir = env.root.join("..").join("sts");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
-    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    let dir = sts_dir(&env, &cert, &key);
     let enforce =
         |mx: &str| format!("version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n");
     policy(&dir, "good.test", &enforce("mx.good.test"));
@@ -133,12 +171,9 @@ fn enforce_verifies_matches_and_caches_testing_only_reports() {
     let https_port = free_port();
     let https = https_server(&dir, https_port);
 
-    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
-    env.control("remoteport", &port.to_string());
-    env.control("mtastsport", &https_port.to_string());
+    sender_controls(&env, &dns, port, https_port, &ca);
     env.control("timeoutconnect", "5");
     env.control("timeoutremote", "10");
-    std::fs::write(env.root.join("control/tlsca"), &ca).unwrap();
     env.start_send();
     // Each domain's mail to its own mailbox (the receiver's domains are all catch-alls of mail/).
     for d in domains {
@@ -267,15 +302,7 @@ print(json.dumps({'before': before, 'after': after,
 #[test]
 fn requiretls_only_over_verified_tls_and_vouched_mx() {
     let (ca, cert, key) = ferry_e2e::ca_and_leaf_for(&["mta-sts.good.test", "mx.good.test"]);
-    let mut receiver = Env::new();
-    receiver.control(
-        "virtualdomains",
-        "localhost:mail/*\ngood.test:mail/*\nplain.test:mail/*\n",
-    );
-    std::fs::write(receiver.root.join("control/tlscert"), &cert).unwrap();
-    std::fs::write(receiver.root.join("control/tlskey"), &key).unwrap();
-    receiver.start_send();
-    let port = receiver.start_smtpd();
+    let (receiver, port) = receiver(&cert, &key, &["good.test", "plain.test"]);
     let dns = Dns::start(&[
         "--mx-host=good.test,mx.good.test,10".into(),
         "--host-record=mx.good.test,127.0.0.1".into(),
@@ -287,10 +314,7 @@ fn requiretls_only_over_verified_tls_and_vouched_mx() {
     ]);
 
     let mut env = Env::new();
-    let dir = env.root.join("..").join("sts");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
-    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    let dir = sts_dir(&env, &cert, &key);
     policy(
         &dir,
         "good.test",
@@ -298,30 +322,22 @@ fn requiretls_only_over_verified_tls_and_vouched_mx() {
     );
     let https_port = free_port();
     let _https = https_server(&dir, https_port);
-    env.control("resolvconf", &format!("127.0.0.1:{}", dns.port));
-    env.control("remoteport", &port.to_string());
-    env.control("mtastsport", &https_port.to_string());
+    sender_controls(&env, &dns, port, https_port, &ca);
     env.control("relayclients", "127.0.0.1");
-    std::fs::write(env.root.join("control/tlsca"), &ca).unwrap();
     ferry_e2e::write_test_certificate(&env.root, "localhost");
     env.start_send();
     let smtp_port = env.start_smtpd();
     let snd = env.mailbox_rcpt("snd");
 
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(REQUIRETLS_CLIENT)
-        .arg(smtp_port.to_string())
-        .arg("snd@virt.example")
-        .args(["good@good.test", "plain@plain.test"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = python_json(
+        REQUIRETLS_CLIENT,
+        &[
+            &smtp_port.to_string(),
+            "snd@virt.example",
+            "good@good.test",
+            "plain@plain.test",
+        ],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let has = |k: &str, w: &str| {
         r[k].as_array()
             .unwrap()
@@ -361,4 +377,134 @@ fn requiretls_only_over_verified_tls_and_vouched_mx() {
         "{text}"
     );
     assert!(receiver.maildir_new(&receiver.mailbox("plain")).is_empty());
+}
+
+/// Reads a TLS report mail: its Subject and TLS-Report-Domain, the attachment's type and
+/// file name, and the gunzipped JSON.
+const READ_TLSRPT: &str = r#"
+import email, gzip, json, sys
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'))
+att = [p for p in m.walk() if p.get_content_type() == 'application/tlsrpt+gzip'][0]
+print(json.dumps({
+  'subject': m['Subject'], 'domain': m['TLS-Report-Domain'],
+  'report_type': m.get_param('report-type'), 'filename': att.get_filename(),
+  'report': json.loads(gzip.decompress(att.get_payload(decode=True))),
+}))
+"#;
+
+/// TLS-RPT (RFC 8460, issue 11 item 4): sessions to domains with an MTA-STS policy are
+/// counted (a verified session to good.test, a certificate-host-mismatch at badname.test);
+/// `ferryctl tls report` prints the period's JSON, and when the period (tlsrptperiod, 10 s
+/// here) ends remote-deliver mails each domain's report, gzipped, to its `_smtp._tls` rua.
+#[test]
+fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
+    let (ca, cert, key) =
+        ferry_e2e::ca_and_leaf_for(&["mta-sts.good.test", "mta-sts.badname.test", "mx.good.test"]);
+    let (_receiver, port) = receiver(&cert, &key, &["good.test", "badname.test"]);
+    let mut args = Vec::new();
+    for d in ["good.test", "badname.test"] {
+        args.push(format!("--mx-host={d},mx.{d},10"));
+        args.push(format!("--host-record=mx.{d},127.0.0.1"));
+        args.push(format!("--host-record=mta-sts.{d},127.0.0.1"));
+        args.push(format!("--txt-record=_mta-sts.{d},v=STSv1; id=7"));
+        args.push(format!(
+            "--txt-record=_smtp._tls.{d},v=TLSRPTv1; rua=mailto:rpt@virt.example"
+        ));
+    }
+    let dns = Dns::start(&args);
+    let mut env = Env::new();
+    let dir = sts_dir(&env, &cert, &key);
+    for d in ["good.test", "badname.test"] {
+        policy(
+            &dir,
+            d,
+            &format!("version: STSv1\nmode: enforce\nmx: mx.{d}\nmax_age: 86400\n"),
+        );
+    }
+    let https_port = free_port();
+    let _https = https_server(&dir, https_port);
+    let period = 10u64;
+    sender_controls(&env, &dns, port, https_port, &ca);
+    env.control("tlsrptperiod", &period.to_string());
+    env.start_send();
+    let rpt = env.mailbox_rcpt("rpt");
+    // Start early in a period, so that the deliveries and the first look share it.
+    let now = ferry_common::date::now_secs();
+    if now % period > period - 5 {
+        std::thread::sleep(Duration::from_secs(period - now % period));
+    }
+    for to in ["good@good.test", "badname@badname.test"] {
+        let out = env.sendmail(&["-f", "s@test.example", to], &message(to, "hello\n"));
+        assert!(out.status.success());
+    }
+    env.wait_for("both outcomes", Duration::from_secs(30), || {
+        result_line(&env, "good@good.test", "delivered").is_some()
+            && result_line(&env, "badname@badname.test", "deferred").is_some()
+    });
+    let out = env.ferryctl(&["tls", "report", "good.test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &now["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts", "{now}");
+    assert_eq!(p["policy"]["mx-host"][0], "mx.good.test", "{now}");
+    assert_eq!(p["summary"]["total-successful-session-count"], 1, "{now}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 0, "{now}");
+
+    // When the period ends, one report per domain comes to the rua.
+    let got = env.wait_maildir(&rpt.maildir(), 2);
+    assert_eq!(got.len(), 2);
+    let mut seen = Vec::new();
+    for path in env.maildir_new(&rpt.maildir()) {
+        let r = python_json(READ_TLSRPT, &[&path.to_string_lossy()]);
+        assert_eq!(r["report_type"], "tlsrpt", "{r}");
+        let domain = r["domain"].as_str().unwrap().to_string();
+        assert!(
+            r["subject"].as_str().unwrap().starts_with(&format!(
+                "Report Domain: {domain} Submitter: test.example Report-ID: "
+            )),
+            "{r}"
+        );
+        assert!(r["filename"].as_str().unwrap().ends_with(".json.gz"), "{r}");
+        let rep = &r["report"];
+        assert_eq!(rep["organization-name"], "test.example", "{r}");
+        let p = &rep["policies"][0];
+        assert_eq!(p["policy"]["policy-domain"], domain.as_str(), "{r}");
+        match domain.as_str() {
+            "good.test" => {
+                assert_eq!(p["summary"]["total-successful-session-count"], 1, "{r}");
+                assert_eq!(p["summary"]["total-failure-session-count"], 0, "{r}");
+            }
+            "badname.test" => {
+                assert_eq!(p["summary"]["total-successful-session-count"], 0, "{r}");
+                let f = &p["failure-details"][0];
+                assert_eq!(f["result-type"], "certificate-host-mismatch", "{r}");
+                assert_eq!(f["receiving-mx-hostname"], "mx.badname.test", "{r}");
+                assert_eq!(f["receiving-ip"], "127.0.0.1", "{r}");
+            }
+            other => panic!("a report for {other}"),
+        }
+        seen.push(domain);
+    }
+    seen.sort();
+    assert_eq!(seen, ["badname.test", "good.test"]);
+    env.wait_for(
+        "the sent periods to be removed",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_dir(env.path("queue/tlsrpt"))
+                .map(|d| {
+                    d.flatten().all(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        ferry_common::tlsrpt::parse_name(&n).is_some_and(|(_, start)| {
+                            start + period > ferry_common::date::now_secs()
+                        })
+                    })
+                })
+                .unwrap_or(false)
+        },
+    );
 }

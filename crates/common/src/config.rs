@@ -148,6 +148,8 @@ pub struct Config {
     pub delaywarningtime: u64,
     /// The HTTPS port of `mta-sts.DOMAIN` (443; another only for tests).
     pub mtastsport: u16,
+    /// Seconds one TLS report (RFC 8460) covers: a day; less only for tests.
+    pub tlsrptperiod: u64,
     pub bouncefrom: String,
     pub doublebounceto: String,
     pub defaultdelivery: String,
@@ -626,6 +628,7 @@ impl Config {
             smtproutes: l.list("smtproutes", parse_route).unwrap_or_default(),
             remoteport: l.port("remoteport", 25),
             mtastsport: l.port("mtastsport", 443),
+            tlsrptperiod: l.number("tlsrptperiod", 86_400).max(1),
             resolvconf: l.list("resolvconf", parse_nameserver).unwrap_or_default(),
             helohost: l.text("helohost").unwrap_or_else(|| me.clone()),
             timeoutconnect: l.number("timeoutconnect", 30).max(1),

@@ -356,6 +356,13 @@ pub const FILES: &[ControlFile] = &[
         "remote-deliver",
     ),
     cf(
+        "tlsrptperiod",
+        Kind::Number,
+        "86400",
+        "seconds one TLS report (RFC 8460) covers, mailed to the rua of _smtp._tls.DOMAIN when it ends (RFC 8460 asks for a day; less is for tests)",
+        "remote-deliver",
+    ),
+    cf(
         "resolvconf",
         Kind::NameServers,
         "/etc/resolv.conf",

@@ -93,6 +93,8 @@ pub fn manifest() -> Vec<Entry> {
         e("queue/ctl", Kind::Dir, SEND, GROUP, 0o700),
         // remote-deliver's cache of MTA-STS policies, a file per domain.
         e("queue/sts", Kind::Dir, REMOTE, GROUP, 0o700),
+        // remote-deliver's TLS outcomes per domain and period, for the TLS reports.
+        e("queue/tlsrpt", Kind::Dir, REMOTE, GROUP, 0o700),
     ];
     for s in id::splits() {
         m.push(e(format!("queue/mess/{s}"), Kind::Dir, QUEUE, GROUP, 0o750));

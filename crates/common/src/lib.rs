@@ -28,5 +28,6 @@ pub mod root;
 pub mod route;
 pub mod srs;
 pub mod status;
+pub mod tlsrpt;
 pub mod users;
 pub mod writer;

@@ -27,6 +27,7 @@ mod srscheck;
 mod stat;
 mod svccmd;
 mod tls;
+mod tlsreport;
 mod users;
 
 use anyhow::Result;
@@ -150,6 +151,12 @@ const COMMANDS: &[Command] = &[
         "spf IP HELO SENDER",
         "evaluate SPF for a client address, HELO name and sender, as smtpd does",
         "Evaluates SPF (RFC 7208) for a client at IP that said HELO and MAIL FROM:<SENDER> (\"\" or <> for the null sender: then the HELO name is evaluated), through the name servers of control/resolvconf (else /etc/resolv.conf), and prints the result (pass, fail, softfail, neutral, none, temperror, permerror) on the first line, then the domain evaluated and why (for a fail the domain's exp= text). include:, redirect=, exists:, macros and the limits (10 DNS-querying terms, 2 void lookups) apply. Exit 0 whatever the result, 2 for bad arguments.",
+    ),
+    cmd(
+        "tls",
+        "tls report DOMAIN",
+        "print this period's TLS report (RFC 8460) for mail to DOMAIN",
+        "Prints, as the JSON of RFC 8460, what remote-deliver recorded of its TLS sessions to DOMAIN's MX hosts in the current period (control/tlsrptperiod, a day): the MTA-STS policy it applied, the sessions with a verified certificate, and the failures by result type, MX host and address. Only domains with an MTA-STS policy are recorded. At the period's end remote-deliver mails this report, gzipped, to the rua of _smtp._tls.DOMAIN (docs/SMTP.md).",
     ),
     Command {
         name: "tls-selfsigned",
@@ -452,6 +459,15 @@ fn run(root: &Root, c: &Command, args: &[String]) -> Result<i32> {
             match a.pos.as_slice() {
                 [ip, helo, sender] => print_lines(spfcmd::run(root, ip, helo, sender)?, 0),
                 _ => Err(usage("expected: spf IP HELO SENDER")),
+            }
+        }
+        "tls" => {
+            let a = Args::parse(args, &[], &[])?;
+            match a.pos.as_slice() {
+                [what, domain] if what == "report" => {
+                    print_lines(tlsreport::report(root, domain)?, 0)
+                }
+                _ => Err(usage("expected: tls report DOMAIN")),
             }
         }
         "tls-selfsigned" => {

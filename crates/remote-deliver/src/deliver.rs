@@ -21,6 +21,7 @@ use crate::tls::TlsConfigs;
 use ferry_common::config::Config;
 use ferry_common::envelope::DOUBLE_BOUNCE_SENDER;
 use ferry_common::log;
+use ferry_common::tlsrpt::Outcome;
 use hickory_resolver::TokioResolver;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -78,6 +79,9 @@ pub struct Ctx {
     pub myself: Myself,
     /// queue/sts: the cached MTA-STS policies (crate::sts).
     pub sts_dir: std::path::PathBuf,
+    /// queue/tlsrpt: the TLS outcomes for the reports (crate::tlsrpt).
+    pub tlsrpt_dir: std::path::PathBuf,
+    pub root: ferry_common::root::Root,
     pub pool: RefCell<HashMap<PoolKey, Vec<(Client, Instant)>>>,
     /// Addresses that timed out: skip until then (if there is another address).
     pub tcpto: RefCell<HashMap<IpAddr, (u32, Instant)>>,
@@ -146,7 +150,7 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         Err(RouteError::Permanent(t)) => return log_all(job, "-", all(Res::Permanent(t))),
         Err(RouteError::Temporary(t)) => return log_all(job, "-", all(Res::Temporary(t))),
     };
-    let (hosts, sts) = match apply_sts(ctx, job, &msg, hosts).await {
+    let (hosts, sts, reported) = match apply_sts(ctx, job, &msg, hosts).await {
         Ok(h) => h,
         Err(r) => return log_all(job, "-", all(r)),
     };
@@ -176,8 +180,23 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
         let required =
             required || (host.routed && ctx.auth.contains_key(&host.name.to_lowercase()));
         match attempt(ctx, job, &msg, host, ip, required).await {
-            Attempt::Done(results) => return results,
+            Attempt::Done(results) => {
+                // A session with a verified certificate, whatever the server said then.
+                if reported && required {
+                    crate::tlsrpt::record(ctx, &job.domain, &Outcome::Success { mx: &host.name });
+                }
+                return results;
+            }
             Attempt::Next(why) => {
+                if reported && let Some(kind) = crate::tlsrpt::failure_kind(&why) {
+                    let ip = ip.to_string();
+                    let o = Outcome::Failure {
+                        kind,
+                        mx: &host.name,
+                        ip: &ip,
+                    };
+                    crate::tlsrpt::record(ctx, &job.domain, &o);
+                }
                 log!(
                     "{} {}: {}[{}]:{}: {why}",
                     job.msgid,
@@ -202,9 +221,10 @@ pub async fn deliver(ctx: &Ctx, job: &Job) -> Vec<Res> {
 /// The status of a REQUIRETLS message that cannot be sent as it asks (RFC 8689 §5).
 const REQUIRETLS_UNMET: &str = "5.7.30";
 
-/// The MX hosts an MTA-STS policy of the job's domain lets take its mail (crate::sts), and
+/// The MX hosts an MTA-STS policy of the job's domain lets take its mail (crate::sts),
 /// whether TLS with a verified certificate is required of them (mode enforce, or a
-/// REQUIRETLS message). No policy is looked up for smtproutes or an address literal: the
+/// REQUIRETLS message), and whether the outcomes go into the domain's TLS report (a policy
+/// applies: crate::tlsrpt; an MX it does not list is recorded as a validation-failure). No policy is looked up for smtproutes or an address literal: the
 /// administrator's route counts as secure for REQUIRETLS. A REQUIRETLS message to MX hosts
 /// that no policy vouches for (in enforce or testing mode) fails for good, 5.7.30 (RFC 8689
 /// §4.2.1; DNSSEC, the other way to vouch for them, is not built); a message with
@@ -214,10 +234,10 @@ async fn apply_sts(
     job: &Job,
     msg: &Message,
     hosts: Vec<Host>,
-) -> Result<(Vec<Host>, bool), Res> {
+) -> Result<(Vec<Host>, bool, bool), Res> {
     let requiretls = msg.env.requiretls;
     if job.domain.starts_with('[') || hosts.iter().any(|h| h.routed) {
-        return Ok((hosts, requiretls));
+        return Ok((hosts, requiretls, false));
     }
     let Some(policy) = crate::sts::lookup(ctx, &job.msgid, &job.domain).await else {
         if requiretls {
@@ -226,8 +246,16 @@ async fn apply_sts(
                 job.domain
             )));
         }
-        return Ok((hosts, false));
+        return Ok((hosts, false, false));
     };
+    for h in hosts.iter().filter(|h| !policy.allows(&h.name)) {
+        let o = Outcome::Failure {
+            kind: "validation-failure",
+            mx: &h.name,
+            ip: "",
+        };
+        crate::tlsrpt::record(ctx, &job.domain, &o);
+    }
     if requiretls {
         let allowed: Vec<Host> = hosts
             .into_iter()
@@ -240,7 +268,7 @@ async fn apply_sts(
                 policy.mx.join(", ")
             )));
         }
-        return Ok((allowed, true));
+        return Ok((allowed, true, true));
     }
     if msg.tls_optional() {
         log!(
@@ -249,7 +277,7 @@ async fn apply_sts(
             job.domain,
             policy.mode.name()
         );
-        return Ok((hosts, false));
+        return Ok((hosts, false, false));
     }
     let refused: Vec<&str> = hosts
         .iter()
@@ -277,7 +305,7 @@ async fn apply_sts(
                     policy.mx.join(", ")
                 )));
             }
-            Ok((allowed, true))
+            Ok((allowed, true, true))
         }
         _ => {
             if !refused.is_empty() {
@@ -287,7 +315,7 @@ async fn apply_sts(
                     job.domain
                 );
             }
-            Ok((hosts, false))
+            Ok((hosts, false, true))
         }
     }
 }

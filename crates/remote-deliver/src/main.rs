@@ -14,7 +14,9 @@
 //! Routing (route.rs): smtproutes, else MX with hickory-resolver (resolvconf or
 //! /etc/resolv.conf), implicit MX, null MX, remoteport. SMTP (client.rs, deliver.rs): EHLO or
 //! HELO, STARTTLS (opportunistic; verified for tlsdestinations and for the MX hosts of a
-//! domain whose MTA-STS policy enforces: sts.rs, policies cached in queue/sts), PIPELINING,
+//! domain whose MTA-STS policy enforces: sts.rs, policies cached in queue/sts; the TLS
+//! outcomes counted in queue/tlsrpt and mailed once a period to the domain's TLS-RPT rua:
+//! tlsrpt.rs), REQUIRETLS (only over verified TLS to a vouched-for MX offering it), PIPELINING,
 //! SIZE, 8BITMIME,
 //! SMTPUTF8 (kept from the envelope's `U` record; a message that needs it is not sent to a
 //! server without it, 5.6.7), DSN (the envelope's RET, ENVID, NOTIFY, ORCPT to a server that
@@ -35,6 +37,7 @@ mod route;
 mod smtpauth;
 mod sts;
 mod tls;
+mod tlsrpt;
 
 use deliver::{Ctx, Job};
 use ferry_common::config::Config;
@@ -87,6 +90,8 @@ async fn run() -> Result<(), String> {
         tls,
         myself,
         sts_dir: queue.dir().join("sts"),
+        tlsrpt_dir: queue.dir().join("tlsrpt"),
+        root: root.clone(),
         pool: RefCell::new(HashMap::new()),
         tcpto: RefCell::new(HashMap::new()),
     });
@@ -105,9 +110,16 @@ async fn run() -> Result<(), String> {
     let reaper = {
         let ctx = ctx.clone();
         tokio::task::spawn_local(async move {
+            // TLS reports of ended periods: looked for every minute (every period if shorter).
+            let every = ctx.cfg.tlsrptperiod.clamp(2, 60) / 2;
+            let mut ticks = 0u64;
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 ctx.reap_idle().await;
+                ticks += 1;
+                if ticks.is_multiple_of(every.max(1)) {
+                    tlsrpt::send_finished(&ctx).await;
+                }
             }
         })
     };

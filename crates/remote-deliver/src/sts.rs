@@ -276,8 +276,13 @@ fn write_cache(dir: &Path, domain: &str, p: &Policy) -> std::io::Result<()> {
 
 /// The TXT records of `_mta-sts.DOMAIN` (Err: the lookup failed, not "no record").
 async fn txt(ctx: &Ctx, domain: &str) -> Result<Vec<String>, String> {
+    txt_records(ctx, &format!("_mta-sts.{domain}")).await
+}
+
+/// The TXT records of `name` (Err: the lookup failed, not "no record").
+pub async fn txt_records(ctx: &Ctx, name: &str) -> Result<Vec<String>, String> {
     use hickory_resolver::proto::rr::RData;
-    let name = format!("_mta-sts.{}.", domain.trim_end_matches('.'));
+    let name = format!("{}.", name.trim_end_matches('.'));
     match ctx.dns.txt_lookup(name.as_str()).await {
         Ok(l) => Ok(l
             .answers()
