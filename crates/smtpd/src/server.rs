@@ -36,8 +36,10 @@ const INPUT_CAP: usize = 64 * 1024;
 /// Stop reading message data while this much is waiting for the writer, resume below a tenth.
 const WRITER_BACKLOG: usize = 32 << 20;
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Input one session may read in one turn of the loop; a session with more waiting is served
-/// again after the others had their turn (a fast sender cannot starve the rest).
+/// Input one session may read in one turn of the loop, and replies it may make (at most
+/// OUT_CAP); a session with more waiting is served again after the others had their turn, so
+/// neither a fast sender nor a flood of short commands starves the rest or the listener
+/// (500 clients pipelining EHLO once kept a new client waiting 30 s for its greeting).
 const TURN_BYTES: usize = 256 * 1024;
 /// The delay of each error reply past the soft error limit (Postfix: smtpd_error_sleep_time).
 pub const TARPIT: Duration = Duration::from_secs(1);
@@ -390,6 +392,7 @@ impl Server {
         let mut events = Vec::new();
         let mut failed: Option<String> = None;
         let mut turn = 0usize;
+        let mut replies = 0usize;
         loop {
             let backlogged = self.writer_out.pending() > WRITER_BACKLOG;
             let paused = backlogged && c.session.in_data();
@@ -406,7 +409,8 @@ impl Server {
                 self.paused.insert(token);
             }
             let mut progress = false;
-            if can_read && turn >= TURN_BYTES {
+            let over = turn >= TURN_BYTES || replies >= OUT_CAP;
+            if over && (can_read || !c.inbuf.is_empty()) {
                 // Enough for this turn: the others go first, then this session again.
                 if !self.again.contains(&token) {
                     self.again.push(token);
@@ -433,10 +437,13 @@ impl Server {
             // STARTTLS is offered and honoured from the current settings (a reload may have
             // removed the certificate).
             c.session.tls_offered = tls_now;
-            let consumed = if held || backed_up {
+            let consumed = if held || backed_up || over {
                 false
             } else {
-                c.session.input(&mut c.inbuf, &self.policy, &mut events)
+                let before = c.session.out.len();
+                let r = c.session.input(&mut c.inbuf, &self.policy, &mut events);
+                replies += c.session.out.len().saturating_sub(before);
+                r
             };
             if c.session.take_tarpit() {
                 // A failed AUTH's longer delay is never shortened by the tarpit's.
