@@ -400,9 +400,11 @@ print(json.dumps({
 fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
     let (ca, cert, key) =
         ferry_e2e::ca_and_leaf_for(&["mta-sts.good.test", "mta-sts.badname.test", "mx.good.test"]);
-    let (_receiver, port) = receiver(&cert, &key, &["good.test", "badname.test"]);
+    // nofetch.test publishes the TXT records but serves no policy (404).
+    let domains = ["good.test", "badname.test", "nofetch.test"];
+    let (_receiver, port) = receiver(&cert, &key, &domains);
     let mut args = Vec::new();
-    for d in ["good.test", "badname.test"] {
+    for d in domains {
         args.push(format!("--mx-host={d},mx.{d},10"));
         args.push(format!("--host-record=mx.{d},127.0.0.1"));
         args.push(format!("--host-record=mta-sts.{d},127.0.0.1"));
@@ -433,13 +435,18 @@ fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
     if now % period > period - 5 {
         std::thread::sleep(Duration::from_secs(period - now % period));
     }
-    for to in ["good@good.test", "badname@badname.test"] {
+    for to in [
+        "good@good.test",
+        "badname@badname.test",
+        "nofetch@nofetch.test",
+    ] {
         let out = env.sendmail(&["-f", "s@test.example", to], &message(to, "hello\n"));
         assert!(out.status.success());
     }
     env.wait_for("both outcomes", Duration::from_secs(30), || {
         result_line(&env, "good@good.test", "delivered").is_some()
             && result_line(&env, "badname@badname.test", "deferred").is_some()
+            && result_line(&env, "nofetch@nofetch.test", "delivered").is_some()
     });
     let out = env.ferryctl(&["tls", "report", "good.test"]);
     assert!(
@@ -455,8 +462,8 @@ fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
     assert_eq!(p["summary"]["total-failure-session-count"], 0, "{now}");
 
     // When the period ends, one report per domain comes to the rua.
-    let got = env.wait_maildir(&rpt.maildir(), 2);
-    assert_eq!(got.len(), 2);
+    let got = env.wait_maildir(&rpt.maildir(), 3);
+    assert_eq!(got.len(), 3);
     let mut seen = Vec::new();
     for path in env.maildir_new(&rpt.maildir()) {
         let r = python_json(READ_TLSRPT, &[&path.to_string_lossy()]);
@@ -485,12 +492,17 @@ fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
                 assert_eq!(f["receiving-mx-hostname"], "mx.badname.test", "{r}");
                 assert_eq!(f["receiving-ip"], "127.0.0.1", "{r}");
             }
+            "nofetch.test" => {
+                assert_eq!(p["policy"]["policy-type"], "no-policy-found", "{r}");
+                let f = &p["failure-details"][0];
+                assert_eq!(f["result-type"], "sts-policy-fetch-error", "{r}");
+            }
             other => panic!("a report for {other}"),
         }
         seen.push(domain);
     }
     seen.sort();
-    assert_eq!(seen, ["badname.test", "good.test"]);
+    assert_eq!(seen, ["badname.test", "good.test", "nofetch.test"]);
     env.wait_for(
         "the sent periods to be removed",
         Duration::from_secs(10),

@@ -137,12 +137,16 @@ pub fn report_json(m: &Meta<'_>, s: &Summary) -> String {
         .failures
         .iter()
         .map(|((kind, host, ip), n)| {
-            format!(
-                "{{\"result-type\": {}, \"sending-mta-ip\": \"\", \"receiving-ip\": {}, \"receiving-mx-hostname\": {}, \"failed-session-count\": {n}}}",
-                js(kind),
-                js(ip),
-                js(host)
-            )
+            // The fields not known (a policy that could not be fetched has no MX) are left out.
+            let mut f = format!("{{\"result-type\": {}", js(kind));
+            if !ip.is_empty() {
+                f.push_str(&format!(", \"receiving-ip\": {}", js(ip)));
+            }
+            if !host.is_empty() {
+                f.push_str(&format!(", \"receiving-mx-hostname\": {}", js(host)));
+            }
+            f.push_str(&format!(", \"failed-session-count\": {n}}}"));
+            f
         })
         .collect();
     format!(

@@ -342,10 +342,11 @@ pub async fn lookup(ctx: &Ctx, msgid: &str, domain: &str) -> Option<Policy> {
                 }
                 Some(p).filter(|p| p.mode != Mode::None)
             }
-            Err(e) => fetch_failed(msgid, domain, &format!("bad policy: {e}"), cached),
+            Err(e) => fetch_failed(ctx, msgid, domain, &format!("bad policy: {e}"), cached),
         },
-        Ok(Err(e)) => fetch_failed(msgid, domain, &e, cached),
+        Ok(Err(e)) => fetch_failed(ctx, msgid, domain, &e, cached),
         Err(_) => fetch_failed(
+            ctx,
             msgid,
             domain,
             &format!("no answer within {}s", FETCH_LIMIT.as_secs()),
@@ -354,13 +355,32 @@ pub async fn lookup(ctx: &Ctx, msgid: &str, domain: &str) -> Option<Policy> {
     }
 }
 
-fn fetch_failed(msgid: &str, domain: &str, why: &str, cached: Option<Policy>) -> Option<Policy> {
+/// A policy that could not be had: logged, and counted for the domain's TLS report
+/// (sts-policy-invalid or sts-policy-fetch-error, RFC 8460 §4.3.2.1).
+fn fetch_failed(
+    ctx: &Ctx,
+    msgid: &str,
+    domain: &str,
+    why: &str,
+    cached: Option<Policy>,
+) -> Option<Policy> {
     let then = if cached.is_some() {
         "using the cached policy"
     } else {
         "no policy applies"
     };
     log!("{msgid} {domain}: cannot fetch the MTA-STS policy: {why}; {then}");
+    let kind = if why.starts_with("bad policy") {
+        "sts-policy-invalid"
+    } else {
+        "sts-policy-fetch-error"
+    };
+    let o = ferry_common::tlsrpt::Outcome::Failure {
+        kind,
+        mx: "",
+        ip: "",
+    };
+    crate::tlsrpt::record(ctx, domain, &o);
     cached.filter(|p| p.mode != Mode::None)
 }
 
