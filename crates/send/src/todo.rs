@@ -118,6 +118,13 @@ impl Scheduler {
                     n += 1;
                 }
                 Ok(None) => {}
+                Err(_) if std::fs::metadata(self.queue.todo(&id)).is_ok_and(|m| m.len() == 0) => {
+                    // No writer links an empty file: this is a finished message's file that
+                    // clean emptied for the pool, its old name brought back by a crash.
+                    log!("{id}: todo/{id} is empty (a finished message's recycled file); removed");
+                    self.finishing.insert(id);
+                    self.clean.send(&Record::new(b'D').with(id.to_string()));
+                }
                 Err(e) => {
                     log!("{id}: cannot take todo/{id}: {e}; it stays there");
                     self.broken.insert(id);
