@@ -249,7 +249,8 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if b.len() < size + 2 || out.len() + size > MAX_POLICY {
+        // The size is checked first: a huge one must not overflow the sums.
+        if size > MAX_POLICY || b.len() < size + 2 || out.len() + size > MAX_POLICY {
             return Err("cut or oversized chunked body".into());
         }
         out.extend_from_slice(&b[..size]);
@@ -507,6 +508,11 @@ mod tests {
         assert_eq!(http_body(ok).unwrap(), b"hello");
         let chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
         assert_eq!(http_body(chunked).unwrap(), b"hello");
+        let huge = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nx\r\n";
+        assert!(
+            http_body(huge).is_err(),
+            "a chunk size that overflows is refused"
+        );
         let cut = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 50\r\n\r\nhello";
         assert!(http_body(cut).is_err());
         let moved =

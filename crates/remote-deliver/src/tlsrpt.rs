@@ -53,7 +53,7 @@ pub async fn send_finished(ctx: &Ctx) {
         let Some((domain, start)) = tlsrpt::parse_name(&name) else {
             continue;
         };
-        if start + period > now {
+        if start.saturating_add(period) > now {
             continue;
         }
         let path = e.path();
@@ -68,7 +68,7 @@ pub async fn send_finished(ctx: &Ctx) {
         if !path.exists() {
             continue;
         }
-        match send_one(ctx, &domain, start, start + period - 1, &path).await {
+        match send_one(ctx, &domain, start, start.saturating_add(period - 1), &path).await {
             Ok(what) => {
                 log!("{domain}: TLS report for {}: {what}", date::iso(start));
                 let _ = std::fs::remove_file(&path);
