@@ -398,8 +398,12 @@ print(json.dumps({
 /// here) ends remote-deliver mails each domain's report, gzipped, to its `_smtp._tls` rua.
 #[test]
 fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
-    let (ca, cert, key) =
-        ferry_e2e::ca_and_leaf_for(&["mta-sts.good.test", "mta-sts.badname.test", "mx.good.test"]);
+    let (ca, cert, key) = ferry_e2e::ca_and_leaf_for(&[
+        "mta-sts.good.test",
+        "mta-sts.badname.test",
+        "mta-sts.nofetch.test",
+        "mx.good.test",
+    ]);
     // nofetch.test publishes the TXT records but serves no policy (404).
     let domains = ["good.test", "badname.test", "nofetch.test"];
     let (_receiver, port) = receiver(&cert, &key, &domains);
@@ -448,6 +452,19 @@ fn tls_reports_count_sessions_and_are_mailed_to_the_rua() {
             && result_line(&env, "badname@badname.test", "deferred").is_some()
             && result_line(&env, "nofetch@nofetch.test", "delivered").is_some()
     });
+    // A failed fetch is not repeated for the next message (sts::FETCH_RETRY).
+    let to = "again@nofetch.test";
+    let out = env.sendmail(&["-f", "s@test.example", to], &message(to, "hello\n"));
+    assert!(out.status.success());
+    env.wait_for("the second delivery", Duration::from_secs(30), || {
+        result_line(&env, to, "delivered").is_some()
+    });
+    let requests = std::fs::read_to_string(dir.join("requests.log")).unwrap();
+    assert_eq!(
+        requests.matches("mta-sts.nofetch.test ").count(),
+        1,
+        "{requests}"
+    );
     let out = env.ferryctl(&["tls", "report", "good.test"]);
     assert!(
         out.status.success(),

@@ -79,6 +79,8 @@ pub struct Ctx {
     pub myself: Myself,
     /// queue/sts: the cached MTA-STS policies (crate::sts).
     pub sts_dir: std::path::PathBuf,
+    /// Domains whose policy fetch failed, and when (crate::sts::FETCH_RETRY).
+    pub sts_failed: RefCell<HashMap<String, Instant>>,
     /// queue/tlsrpt: the TLS outcomes for the reports (crate::tlsrpt).
     pub tlsrpt_dir: std::path::PathBuf,
     pub root: ferry_common::root::Root,

@@ -90,6 +90,7 @@ async fn run() -> Result<(), String> {
         tls,
         myself,
         sts_dir: queue.dir().join("sts"),
+        sts_failed: RefCell::new(HashMap::new()),
         tlsrpt_dir: queue.dir().join("tlsrpt"),
         root: root.clone(),
         pool: RefCell::new(HashMap::new()),

@@ -9,8 +9,8 @@
 //!   resolver as the MX records, the port is `mtastsport` (443).
 //! - It is cached in queue/sts/DOMAIN (ferryr's) for `max_age` seconds: used while the TXT
 //!   record's id is the cached one, or the TXT record or the new policy cannot be had (RFC
-//!   8461 §5.1); fetched again when the id changes or the cache expired. No TXT record and no
-//!   cached policy: no policy.
+//!   8461 §5.1); fetched again when the id changes or the cache expired, but not within
+//!   [`FETCH_RETRY`] of a failed fetch. No TXT record and no cached policy: no policy.
 //! - `enforce`: only MX hosts matching an `mx` pattern are used, each over verified TLS, or
 //!   the mail waits (4.7.5). `testing`: delivery as without a policy; the hosts that enforce
 //!   would skip are logged. `none`: no policy.
@@ -34,6 +34,9 @@ const MAX_HEADER: usize = 16 * 1024;
 const MAX_AGE_LIMIT: u64 = 31_557_600;
 /// The whole fetch of one policy: connect, handshake, request, response.
 pub const FETCH_LIMIT: Duration = Duration::from_secs(30);
+/// After a failed fetch the domain's policy server is not asked again for this long (every
+/// delivery to it would otherwise wait up to FETCH_LIMIT for a server that is down).
+pub const FETCH_RETRY: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -326,7 +329,24 @@ pub async fn lookup(ctx: &Ctx, msgid: &str, domain: &str) -> Option<Policy> {
     {
         return cached.filter(|p| p.mode != Mode::None);
     }
-    match tokio::time::timeout(FETCH_LIMIT, fetch(ctx, domain)).await {
+    let key = domain.to_ascii_lowercase();
+    if ctx
+        .sts_failed
+        .borrow()
+        .get(&key)
+        .is_some_and(|t| t.elapsed() < FETCH_RETRY)
+    {
+        return cached.filter(|p| p.mode != Mode::None);
+    }
+    let fetched = tokio::time::timeout(FETCH_LIMIT, fetch(ctx, domain)).await;
+    if matches!(fetched, Ok(Ok(_))) {
+        ctx.sts_failed.borrow_mut().remove(&key);
+    } else {
+        ctx.sts_failed
+            .borrow_mut()
+            .insert(key, std::time::Instant::now());
+    }
+    match fetched {
         Ok(Ok(body)) => match parse(&String::from_utf8_lossy(&body), &id, now) {
             Ok(p) => {
                 log!(
