@@ -13,8 +13,9 @@
 //!   of the message that took the file; the link count tells, and only the name goes.) A name another writer took fails the lock
 //!   or the rename and is skipped; with no name left the caller creates a file as before.
 //! - Giving back ([`give_back`], by clean, once a message is finished): only a regular file
-//!   with no other link, renamed to a new random name and then emptied; at most [`MAX_POOL`] files
-//!   (beyond that, or on any error, it is removed as before).
+//!   with no other link, locked, renamed to a new random name, emptied, unlocked (a writer
+//!   takes only what it can lock, so it never finds a file still being emptied); at most
+//!   [`MAX_POOL`] files (beyond that, or on any error, it is removed as before).
 //! - A file in the pool is garbage: nothing reads it, a crash leaves nothing to recover, and
 //!   it keeps its owner, group and mode (ferryq:ferry 0640, as tmp/ made it).
 
@@ -130,6 +131,11 @@ impl Giver {
     fn pool(&self, queue_dir: &Path, path: &Path) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let file = OpenOptions::new().write(true).open(path)?;
+        // Locked from before the rename until emptied: a writer may find the pool name as
+        // soon as it exists, and it takes only a file whose lock it gets; without the lock
+        // the emptying here could cut a new message it had begun to write (it did, in CI).
+        let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| io::Error::other(format!("locked: {e}")))?;
         let meta = file.metadata()?;
         if !meta.is_file() || meta.nlink() != 1 {
             return Err(io::Error::other("not a lone regular file"));
@@ -187,6 +193,21 @@ mod tests {
         assert!(!done.exists());
         assert_eq!(std::fs::read_dir(d.path().join("pool")).unwrap().count(), 0);
         assert_eq!(std::fs::read(d.path().join("todo/a")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_file_someone_holds_locked_is_removed_not_pooled() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["pool", "mess"] {
+            std::fs::create_dir(d.path().join(sub)).unwrap();
+        }
+        let done = d.path().join("mess/a");
+        std::fs::write(&done, b"x").unwrap();
+        let held = Flock::lock(File::open(&done).unwrap(), FlockArg::LockExclusiveNonblock);
+        assert!(held.is_ok());
+        Giver::default().give_back(d.path(), &done).unwrap();
+        assert!(!done.exists());
+        assert_eq!(std::fs::read_dir(d.path().join("pool")).unwrap().count(), 0);
     }
 
     #[test]
